@@ -1,0 +1,2 @@
+//! stptf: STPTF for fMRI decoding, with every hot path a WGSL compute shader on wgpu.
+pub mod gpu;
