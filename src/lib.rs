@@ -1,2 +1,4 @@
 //! stptf: STPTF for fMRI decoding, with every hot path a WGSL compute shader on wgpu.
+pub mod check;
 pub mod gpu;
+pub mod ops;

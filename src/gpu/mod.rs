@@ -1,0 +1,474 @@
+//! The GPU runtime: device, buffer pool, pipeline cache, tensors and kernel launch.
+//!
+//! Every kernel launch is recorded into one pending command encoder owned by
+//! [`Gpu`]; nothing runs until [`Gpu::flush`] submits it. A whole training step
+//! is therefore one submit, and reading a value back ([`Gpu::read`]) is a
+//! separate, explicit call that flushes and waits.
+
+mod device;
+mod pipeline;
+mod pool;
+mod tensor;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use device::{AdapterReport, IMMEDIATE_BYTES};
+pub use pipeline::{validate_wgsl, CompiledKernel, Kernel, Shader};
+pub use tensor::{Arg, Tensor};
+
+use pipeline::PipelineCache;
+use pool::BufferPool;
+
+/// Largest workgroup count per grid dimension that every adapter accepts.
+pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error(
+        "no usable GPU adapter was found (backends tried: {backends}{}; adapters seen: {}). \
+         stptf needs a Vulkan, Metal or DX12 device; OpenGL is never used. On a Linux machine \
+         without a GPU, install Mesa's software Vulkan driver (lavapipe) and the loader: \
+         `sudo apt-get install mesa-vulkan-drivers libvulkan1`. With a GPU, install its Vulkan \
+         driver (e.g. mesa-vulkan-drivers for AMD/Intel, the NVIDIA driver for NVIDIA). \
+         `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` narrow the choice; check them if they are set.",
+        name_filter.as_ref().map(|n| format!(", name containing \"{n}\"")).unwrap_or_default(),
+        if candidates.is_empty() { "none".to_string() } else { candidates.join(", ") }
+    )]
+    NoAdapter {
+        backends: String,
+        name_filter: Option<String>,
+        candidates: Vec<String>,
+    },
+    #[error("GPU adapter {adapter} lacks {what}")]
+    MissingCapability { adapter: String, what: String },
+    #[error("could not open GPU device on {adapter}")]
+    RequestDevice {
+        adapter: String,
+        #[source]
+        source: wgpu::RequestDeviceError,
+    },
+    #[error("shader {shader}: {message}")]
+    Shader { shader: String, message: String },
+    #[error("kernel {kernel}: {message}")]
+    Launch { kernel: String, message: String },
+    #[error("GPU error: {0}")]
+    Device(String),
+    #[error("reading back a buffer failed: {0}")]
+    Readback(String),
+    #[error("shape mismatch in {op}: {message}")]
+    Shape { op: &'static str, message: String },
+}
+
+pub type Result<T, E = GpuError> = std::result::Result<T, E>;
+
+/// The device and everything cached on it.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub report: AdapterReport,
+    /// Largest storage binding in bytes. Launchers split work above it. Tests
+    /// lower it to exercise the split path on small tensors.
+    max_binding_bytes: std::sync::atomic::AtomicU64,
+    pool: Arc<Mutex<BufferPool>>,
+    pipelines: Mutex<PipelineCache>,
+    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    dispatches: std::sync::atomic::AtomicU64,
+    /// When set, every new tensor is filled with NaN before use, so a kernel
+    /// that forgets to write an element fails its test (on in tests).
+    poison_new_tensors: std::sync::atomic::AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind
+    // (pools, caches); it stays usable.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Gpu {
+    /// Opens the best adapter (see `device::open` for the rules).
+    pub fn new() -> Result<Self> {
+        let (device, queue, report) = device::open()?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        // Without a handler wgpu panics on a validation error; we collect the
+        // message and surface it as an error at the next flush instead.
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            lock(&sink).push(e.to_string());
+        }));
+        let max_binding = report.limits.max_storage_buffer_binding_size;
+        Ok(Self {
+            device,
+            queue,
+            report,
+            max_binding_bytes: std::sync::atomic::AtomicU64::new(max_binding),
+            pool: Arc::default(),
+            pipelines: Mutex::default(),
+            encoder: Mutex::default(),
+            errors,
+            dispatches: Default::default(),
+            poison_new_tensors: Default::default(),
+        })
+    }
+
+    /// The process-wide device, opened on first use. Tests and the CLI share it.
+    pub fn shared() -> Result<&'static Gpu> {
+        static GPU: std::sync::OnceLock<std::result::Result<Gpu, String>> =
+            std::sync::OnceLock::new();
+        match GPU.get_or_init(|| Gpu::new().map_err(|e| e.to_string())) {
+            Ok(gpu) => Ok(gpu),
+            Err(message) => Err(GpuError::Device(message.clone())),
+        }
+    }
+
+    pub fn adapter_name(&self) -> &str {
+        &self.report.info.name
+    }
+
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.max_binding_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Lowers the binding limit the launchers plan with (never raises it above
+    /// the device's). For tests of the chunked paths.
+    pub fn set_max_binding_bytes(&self, bytes: u64) {
+        let cap = self.report.limits.max_storage_buffer_binding_size;
+        self.max_binding_bytes
+            .store(bytes.min(cap), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes currently allocated by the pool and the high-water mark.
+    pub fn memory(&self) -> (u64, u64) {
+        let pool = lock(&self.pool);
+        (pool.allocated_bytes, pool.peak_bytes)
+    }
+
+    pub fn dispatch_count(&self) -> u64 {
+        self.dispatches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A tensor of the given shape with unspecified contents.
+    pub fn empty(&self, shape: &[usize]) -> Tensor {
+        let len: usize = shape.iter().product();
+        let buffer = lock(&self.pool).acquire(&self.device, (len.max(1) * 4) as u64);
+        let t = Tensor::new(buffer, Arc::downgrade(&self.pool), shape.to_vec());
+        if self
+            .poison_new_tensors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && len > 0
+        {
+            // Recorded before whatever kernel will write the tensor.
+            let _ = crate::ops::elementwise::fill(self, &t, f32::NAN);
+        }
+        t
+    }
+
+    /// Fill every new tensor with NaN (tests: catches unwritten outputs).
+    pub fn set_poison_new_tensors(&self, on: bool) {
+        self.poison_new_tensors
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Uploads host data. The write is ordered before everything recorded in
+    /// the pending encoder (queue writes precede the next submission), which is
+    /// safe because the pool never hands out a buffer that pending commands use.
+    pub fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        if len != data.len() {
+            return Err(GpuError::Shape {
+                op: "upload",
+                message: format!(
+                    "shape {shape:?} holds {len} values, data has {}",
+                    data.len()
+                ),
+            });
+        }
+        let t = self.empty(shape);
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+        }
+        Ok(t)
+    }
+
+    /// Overwrites an existing tensor's contents from the host (same ordering
+    /// rule as `upload`: lands before the next submission runs). Use for
+    /// persistent input buffers that are rewritten each step.
+    pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        if t.len() != data.len() {
+            return Err(GpuError::Shape {
+                op: "write",
+                message: format!("tensor holds {} values, data has {}", t.len(), data.len()),
+            });
+        }
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
+    /// A tensor filled with `value` (recorded as a kernel, so it is ordered
+    /// with the other recorded work).
+    pub fn full(&self, shape: &[usize], value: f32) -> Result<Tensor> {
+        let t = self.empty(shape);
+        crate::ops::elementwise::fill(self, &t, value)?;
+        Ok(t)
+    }
+
+    pub fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        self.full(shape, 0.0)
+    }
+
+    /// Returns the compiled pipeline for a kernel, compiling it on first use.
+    pub fn kernel(&self, kernel: Kernel) -> Result<Arc<CompiledKernel>> {
+        lock(&self.pipelines).get(&self.device, kernel)
+    }
+
+    pub fn compiled_pipelines(&self) -> usize {
+        lock(&self.pipelines).len()
+    }
+
+    /// Records one dispatch of `kernel` into the pending encoder.
+    ///
+    /// `args` maps `@binding` indices to tensor ranges; bindings the entry
+    /// point does not use are ignored, and a used one that is missing is an
+    /// error. `params` is written as immediates (at most 64 bytes).
+    pub fn launch<P: bytemuck::Pod>(
+        &self,
+        kernel: Kernel,
+        args: &[(u32, Arg<'_>)],
+        params: &P,
+        groups: [u32; 3],
+    ) -> Result<()> {
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let compiled = self.kernel(kernel)?;
+        let err = |message: String| GpuError::Launch {
+            kernel: format!("{}::{}", kernel.shader.name, kernel.entry),
+            message,
+        };
+        let max_groups = self
+            .report
+            .limits
+            .max_compute_workgroups_per_dimension
+            .min(MAX_GROUPS_PER_DIM);
+        if groups.iter().any(|&g| g > max_groups) {
+            return Err(err(format!(
+                "grid {groups:?} exceeds {max_groups} workgroups per dimension (use launch_linear)"
+            )));
+        }
+        let bytes = bytemuck::bytes_of(params);
+        if bytes.len() > IMMEDIATE_BYTES as usize || bytes.len() % 4 != 0 {
+            return Err(err(format!(
+                "params are {} bytes; immediates take a multiple of 4 up to {IMMEDIATE_BYTES}",
+                bytes.len()
+            )));
+        }
+        let max_binding = self.max_binding_bytes();
+        let mut entries = Vec::with_capacity(compiled.bindings.len());
+        for &binding in &compiled.bindings {
+            let Some((_, arg)) = args.iter().find(|(b, _)| *b == binding) else {
+                return Err(err(format!(
+                    "binding {binding} is used but was not supplied"
+                )));
+            };
+            let size = arg.len_elems * 4;
+            if size > max_binding {
+                return Err(err(format!(
+                    "binding {binding} is {size} bytes, over the {max_binding}-byte storage binding limit; the launcher must split it"
+                )));
+            }
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: arg.tensor.buffer(),
+                    offset: arg.offset_elems * 4,
+                    // A zero-length binding is invalid; bind 4 bytes instead
+                    // (the kernel is told the length and never reads it).
+                    size: std::num::NonZeroU64::new(size.max(4)),
+                }),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry),
+            layout: &compiled.layout,
+            entries: &entries,
+        });
+        let mut guard = lock(&self.encoder);
+        let encoder = guard.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("step"),
+                })
+        });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernel.entry),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&compiled.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            if !bytes.is_empty() {
+                pass.set_immediates(0, bytes);
+            }
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        self.dispatches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Launches `total` workgroups of a kernel that indexes them linearly,
+    /// folding the count into a 2-D grid when it exceeds 65,535. The shader
+    /// recovers the index as `wid.x + wid.y * nwg.x` and must bounds-check it,
+    /// since the folded grid may round up.
+    pub fn launch_linear<P: bytemuck::Pod>(
+        &self,
+        kernel: Kernel,
+        args: &[(u32, Arg<'_>)],
+        params: &P,
+        total: u64,
+    ) -> Result<()> {
+        self.launch(kernel, args, params, fold_grid(total))
+    }
+
+    /// Records a buffer-to-buffer copy into the pending encoder.
+    pub fn copy(&self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        if src.len() != dst.len() {
+            return Err(GpuError::Shape {
+                op: "copy",
+                message: format!("{} vs {} values", src.len(), dst.len()),
+            });
+        }
+        let mut guard = lock(&self.encoder);
+        let encoder = guard.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("step"),
+                })
+        });
+        encoder.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, (src.len() * 4) as u64);
+        Ok(())
+    }
+
+    /// Submits everything recorded so far (one submit) and makes buffers
+    /// released during the recording reusable. Does not wait.
+    pub fn flush(&self) -> Result<()> {
+        let encoder = lock(&self.encoder).take();
+        if let Some(encoder) = encoder {
+            self.queue.submit(Some(encoder.finish()));
+        }
+        lock(&self.pool).after_submit();
+        self.check_errors()
+    }
+
+    /// Waits until the device is idle.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Device(e.to_string()))?;
+        self.check_errors()
+    }
+
+    fn check_errors(&self) -> Result<()> {
+        let mut errors = lock(&self.errors);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            let all = errors.join("; ");
+            errors.clear();
+            Err(GpuError::Device(all))
+        }
+    }
+
+    /// Flushes, copies `t` to a mappable buffer, waits, and returns its values.
+    pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let bytes = (t.len() * 4) as u64;
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut guard = lock(&self.encoder);
+            let encoder = guard.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("step"),
+                    })
+            });
+            encoder.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, bytes);
+        }
+        self.flush()?;
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        // map_async only queues the request; the callback fires inside poll,
+        // which also waits for the submission that fills `staging`.
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|e| GpuError::Readback(e.to_string()))?
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        let data = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| GpuError::Readback(e.to_string()))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// Reads a one-element tensor.
+    pub fn read_scalar(&self, t: &Tensor) -> Result<f32> {
+        let v = self.read(t)?;
+        v.first().copied().ok_or_else(|| GpuError::Shape {
+            op: "read_scalar",
+            message: "empty tensor".into(),
+        })
+    }
+}
+
+/// Folds a linear workgroup count into a grid whose dimensions stay ≤ 65,535.
+pub fn fold_grid(total: u64) -> [u32; 3] {
+    let max = MAX_GROUPS_PER_DIM as u64;
+    if total <= max {
+        [total as u32, 1, 1]
+    } else {
+        let y = total.div_ceil(max);
+        let x = total.div_ceil(y);
+        [x as u32, y as u32, 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folded_grids_cover_the_count_and_respect_the_limit() {
+        for total in [
+            1u64,
+            65_535,
+            65_536,
+            200_000,
+            70_400 * 64 / 64,
+            4_294_836_225,
+        ] {
+            let [x, y, z] = fold_grid(total);
+            assert!(x <= MAX_GROUPS_PER_DIM && y <= MAX_GROUPS_PER_DIM && z == 1);
+            assert!(x as u64 * y as u64 >= total, "{total}: {x}x{y}");
+            // No more than one row of slack.
+            assert!((x as u64) * (y as u64) - total < x as u64);
+        }
+    }
+}

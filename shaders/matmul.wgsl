@@ -1,0 +1,85 @@
+// Batched matrix multiply with optional transposes:
+//   C[b] = alpha * op(A[b]) · op(B[b])  (+ C[b] when ACCUMULATE)
+// op(A) is M x K, op(B) is K x N, C is M x N, all row-major.
+// A batch stride of 0 broadcasts one matrix over the batch (a shared weight).
+//
+// Register tiling: each invocation computes a 4x4 block of C in registers, an
+// 8x8 workgroup a 32x32 tile. No workgroup memory and no barriers: on lavapipe
+// (a CPU) that is faster than shared-memory tiling (DESIGN.md §6).
+// Grid: x = ceil(N/32), y = ceil(M/32), z = batch.
+//
+// The backward of C = A·B is dA = dC·Bᵀ and dB = Aᵀ·dC: the same kernel with
+// the transpose flags set, so this file has a single entry point per layout.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,      // bit 0: A transposed, bit 1: B transposed, bit 2: accumulate into C
+    a_stride: u32,   // elements between consecutive batch matrices (0 = broadcast)
+    b_stride: u32,
+    c_stride: u32,
+    alpha: f32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+var<immediate> p: Params;
+
+// A's element (row i, col kk) of op(A), with i clamped so edge tiles read
+// valid memory (their results are discarded at the store).
+fn a_at(base: u32, i: u32, kk: u32) -> f32 {
+    let r = min(i, p.m - 1u);
+    if ((p.flags & 1u) != 0u) {
+        return a[base + kk * p.m + r];
+    }
+    return a[base + r * p.k + kk];
+}
+
+fn b_at(base: u32, kk: u32, j: u32) -> f32 {
+    let col = min(j, p.n - 1u);
+    if ((p.flags & 2u) != 0u) {
+        return b[base + col * p.k + kk];
+    }
+    return b[base + kk * p.n + col];
+}
+
+@compute @workgroup_size(8, 8, 1)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = (wid.y * 8u + lid.y) * 4u;
+    let col0 = (wid.x * 8u + lid.x) * 4u;
+    if (row0 >= p.m || col0 >= p.n) {
+        return;
+    }
+    let a_base = wid.z * p.a_stride;
+    let b_base = wid.z * p.b_stride;
+    let c_base = wid.z * p.c_stride;
+
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < p.k; kk = kk + 1u) {
+        let bv = vec4<f32>(b_at(b_base, kk, col0), b_at(b_base, kk, col0 + 1u),
+                           b_at(b_base, kk, col0 + 2u), b_at(b_base, kk, col0 + 3u));
+        acc0 = acc0 + a_at(a_base, row0, kk) * bv;
+        acc1 = acc1 + a_at(a_base, row0 + 1u, kk) * bv;
+        acc2 = acc2 + a_at(a_base, row0 + 2u, kk) * bv;
+        acc3 = acc3 + a_at(a_base, row0 + 3u, kk) * bv;
+    }
+    let accumulate = (p.flags & 4u) != 0u;
+    var rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    for (var r = 0u; r < 4u; r = r + 1u) {
+        let i = row0 + r;
+        if (i >= p.m) { break; }
+        for (var q = 0u; q < 4u; q = q + 1u) {
+            let j = col0 + q;
+            if (j >= p.n) { break; }
+            let idx = c_base + i * p.n + j;
+            var v = p.alpha * rows[r][q];
+            if (accumulate) { v = v + c[idx]; }
+            c[idx] = v;
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Shaders, kernels and the pipeline cache.
+//!
+//! A `Shader` is one WGSL file (one kernel family, forward and backward entry
+//! points). A `Kernel` names one entry point in it. Pipelines are compiled once
+//! per kernel and cached behind that typed key; shapes travel as immediates,
+//! so one pipeline serves every batch size and crop length.
+//!
+//! Each pipeline uses the layout wgpu derives from its entry point, which omits
+//! bindings the entry point does not touch. We therefore reflect the module with
+//! naga once and remember, per entry point, which `@binding`s it uses: the
+//! launcher binds exactly those and reports a missing one as an error instead
+//! of a wgpu validation panic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::GpuError;
+
+/// One WGSL file under `shaders/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// Declares a `Shader` constant for `shaders/<file>.wgsl`.
+#[macro_export]
+macro_rules! shader {
+    ($file:literal) => {
+        $crate::gpu::Shader {
+            name: $file,
+            source: include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/shaders/",
+                $file,
+                ".wgsl"
+            )),
+        }
+    };
+}
+
+/// One compute entry point of a shader: the pipeline cache key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    pub shader: Shader,
+    pub entry: &'static str,
+}
+
+impl Shader {
+    pub const fn kernel(self, entry: &'static str) -> Kernel {
+        Kernel {
+            shader: self,
+            entry,
+        }
+    }
+}
+
+/// A compiled pipeline and what its entry point binds in group 0.
+pub struct CompiledKernel {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    /// Sorted `@binding` indices of group 0 that the entry point uses.
+    pub bindings: Vec<u32>,
+    /// `@workgroup_size` of the entry point.
+    pub workgroup_size: [u32; 3],
+}
+
+/// Parses and validates WGSL with naga (no device needed).
+pub fn validate_wgsl(
+    name: &str,
+    source: &str,
+) -> Result<(naga::Module, naga::valid::ModuleInfo), GpuError> {
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| GpuError::Shader {
+        shader: name.to_string(),
+        message: e.emit_to_string(source),
+    })?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::IMMEDIATES,
+    )
+    .validate(&module)
+    .map_err(|e| GpuError::Shader {
+        shader: name.to_string(),
+        message: e.emit_to_string(source),
+    })?;
+    Ok((module, info))
+}
+
+/// For each entry point: the group-0 bindings it uses and its workgroup size.
+fn reflect(
+    shader: &Shader,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+) -> Result<HashMap<String, (Vec<u32>, [u32; 3])>, GpuError> {
+    let mut out = HashMap::new();
+    for (index, entry) in module.entry_points.iter().enumerate() {
+        let function_info = info.get_entry_point(index);
+        let mut bindings = Vec::new();
+        for (handle, var) in module.global_variables.iter() {
+            if let Some(binding) = &var.binding {
+                if !function_info[handle].is_empty() {
+                    if binding.group != 0 {
+                        return Err(GpuError::Shader {
+                            shader: shader.name.to_string(),
+                            message: format!(
+                                "entry {} uses bind group {} (only group 0 is supported)",
+                                entry.name, binding.group
+                            ),
+                        });
+                    }
+                    bindings.push(binding.binding);
+                }
+            }
+        }
+        bindings.sort_unstable();
+        out.insert(entry.name.clone(), (bindings, entry.workgroup_size));
+    }
+    Ok(out)
+}
+
+#[derive(Default)]
+pub struct PipelineCache {
+    compiled: HashMap<Kernel, Arc<CompiledKernel>>,
+    modules: HashMap<Shader, (wgpu::ShaderModule, HashMap<String, (Vec<u32>, [u32; 3])>)>,
+}
+
+impl PipelineCache {
+    pub fn get(
+        &mut self,
+        device: &wgpu::Device,
+        kernel: Kernel,
+    ) -> Result<Arc<CompiledKernel>, GpuError> {
+        if let Some(k) = self.compiled.get(&kernel) {
+            return Ok(k.clone());
+        }
+        if !self.modules.contains_key(&kernel.shader) {
+            let (module, info) = validate_wgsl(kernel.shader.name, kernel.shader.source)?;
+            let reflection = reflect(&kernel.shader, &module, &info)?;
+            let sm = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.shader.name),
+                source: wgpu::ShaderSource::Wgsl(kernel.shader.source.into()),
+            });
+            self.modules.insert(kernel.shader, (sm, reflection));
+        }
+        let (sm, reflection) = &self.modules[&kernel.shader];
+        let (bindings, workgroup_size) =
+            reflection
+                .get(kernel.entry)
+                .cloned()
+                .ok_or_else(|| GpuError::Shader {
+                    shader: kernel.shader.name.to_string(),
+                    message: format!("no entry point named {}", kernel.entry),
+                })?;
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.entry),
+            layout: None,
+            module: sm,
+            entry_point: Some(kernel.entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        let compiled = Arc::new(CompiledKernel {
+            pipeline,
+            layout,
+            bindings,
+            workgroup_size,
+        });
+        self.compiled.insert(kernel, compiled.clone());
+        Ok(compiled)
+    }
+
+    pub fn len(&self) -> usize {
+        self.compiled.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.compiled.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `.wgsl` file under `shaders/` parses and validates, with no device.
+    #[test]
+    fn every_shader_file_validates_with_naga() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).expect("shaders/ exists") {
+            let path = entry.expect("readable dir entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("wgsl") {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).expect("readable shader");
+            let name = path.display().to_string();
+            if let Err(e) = validate_wgsl(&name, &source) {
+                panic!("{e}");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 2, "expected WGSL files under {}", dir.display());
+    }
+
+    #[test]
+    fn a_broken_shader_is_reported_with_its_name() {
+        let err = validate_wgsl("broken.wgsl", "fn main( {").unwrap_err();
+        assert!(err.to_string().contains("broken.wgsl"), "{err}");
+    }
+}

@@ -1,0 +1,630 @@
+//! Batched matrix multiply with optional transposes (`shaders/matmul.wgsl`).
+//!
+//! `a` is [.., rows, cols] with op(A) = M x K; `b` likewise with op(B) = K x N.
+//! A 2-D operand is broadcast over the other's batch (stride 0). The GNN's
+//! Â·H·W and the attention products are all built on this kernel, and so are
+//! the backwards (dA = dC·op(B)ᵀ, dB = op(A)ᵀ·dC, see [`matmul_backward`]).
+//!
+//! Work that does not fit in one storage binding is split: over batch items
+//! first (at offsets that respect the storage offset alignment), then over
+//! row blocks of a single large matrix.
+
+use crate::gpu::{Gpu, GpuError, Result, Tensor};
+
+const SHADER: crate::gpu::Shader = crate::shader!("matmul");
+const TILE: u32 = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+    a_stride: u32,
+    b_stride: u32,
+    c_stride: u32,
+    alpha: f32,
+}
+
+/// Options for one product.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spec {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    /// Add into the existing contents of C instead of overwriting it.
+    pub accumulate: bool,
+}
+
+impl Spec {
+    pub const NN: Spec = Spec {
+        trans_a: false,
+        trans_b: false,
+        accumulate: false,
+    };
+    pub const NT: Spec = Spec {
+        trans_a: false,
+        trans_b: true,
+        accumulate: false,
+    };
+    pub const TN: Spec = Spec {
+        trans_a: true,
+        trans_b: false,
+        accumulate: false,
+    };
+    pub fn accumulate(self) -> Spec {
+        Spec {
+            accumulate: true,
+            ..self
+        }
+    }
+}
+
+/// Batch count, M, K (for A) or K, N (for B) of an operand.
+fn dims(t: &Tensor, transposed: bool) -> Result<(usize, usize, usize)> {
+    let s = t.shape();
+    if s.len() < 2 {
+        return Err(GpuError::Shape {
+            op: "matmul",
+            message: format!("operand {s:?} must have at least 2 dimensions"),
+        });
+    }
+    let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
+    let batch: usize = s[..s.len() - 2].iter().product();
+    Ok(if transposed {
+        (batch, c, r)
+    } else {
+        (batch, r, c)
+    })
+}
+
+/// Output shape and sizes of `op(a)·op(b)`.
+pub fn output_shape(
+    a: &Tensor,
+    b: &Tensor,
+    spec: Spec,
+) -> Result<(Vec<usize>, usize, usize, usize, usize)> {
+    let (ba, m, ka) = dims(a, spec.trans_a)?;
+    let (bb, kb, n) = dims(b, spec.trans_b)?;
+    if ka != kb {
+        return Err(GpuError::Shape {
+            op: "matmul",
+            message: format!(
+                "inner dimensions differ: {:?}{} · {:?}{}",
+                a.shape(),
+                if spec.trans_a { "ᵀ" } else { "" },
+                b.shape(),
+                if spec.trans_b { "ᵀ" } else { "" }
+            ),
+        });
+    }
+    let batch = ba.max(bb);
+    let broadcast_ok = (ba == bb) || (a.shape().len() == 2) || (b.shape().len() == 2);
+    if !broadcast_ok {
+        return Err(GpuError::Shape {
+            op: "matmul",
+            message: format!("batch sizes differ: {:?} · {:?}", a.shape(), b.shape()),
+        });
+    }
+    let lead = if a.shape().len() >= b.shape().len() {
+        &a.shape()[..a.shape().len() - 2]
+    } else {
+        &b.shape()[..b.shape().len() - 2]
+    };
+    let mut shape = lead.to_vec();
+    shape.extend([m, n]);
+    Ok((shape, batch, m, n, ka))
+}
+
+/// `op(a)·op(b)` into a new tensor.
+pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, spec: Spec) -> Result<Tensor> {
+    let (shape, ..) = output_shape(
+        a,
+        b,
+        Spec {
+            accumulate: false,
+            ..spec
+        },
+    )?;
+    let c = gpu.empty(&shape);
+    matmul_into(
+        gpu,
+        a,
+        b,
+        &c,
+        Spec {
+            accumulate: false,
+            ..spec
+        },
+        1.0,
+    )?;
+    Ok(c)
+}
+
+/// `c = alpha·op(a)·op(b)` (or `c += ...` with `spec.accumulate`).
+pub fn matmul_into(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    spec: Spec,
+    alpha: f32,
+) -> Result<()> {
+    let (shape, batch, m, n, k) = output_shape(a, b, spec)?;
+    if c.len() != shape.iter().product::<usize>() {
+        return Err(GpuError::Shape {
+            op: "matmul",
+            message: format!("output {:?}, expected {shape:?}", c.shape()),
+        });
+    }
+    let a_stride = if a.shape().len() == 2 { 0 } else { m * k };
+    let b_stride = if b.shape().len() == 2 { 0 } else { k * n };
+    let c_stride = m * n;
+    let flags = spec.trans_a as u32 | (spec.trans_b as u32) << 1 | (spec.accumulate as u32) << 2;
+    let limit = (gpu.max_binding_bytes() / 4) as usize;
+    let align = (gpu.report.limits.min_storage_buffer_offset_alignment / 4).max(1) as usize;
+    let params = |m: usize, batch_a: usize, batch_b: usize| Params {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        flags,
+        a_stride: if batch_a > 0 { a_stride as u32 } else { 0 },
+        b_stride: if batch_b > 0 { b_stride as u32 } else { 0 },
+        c_stride: c_stride as u32,
+        alpha,
+    };
+    let kernel = SHADER.kernel("matmul");
+    if b_stride.max(if b_stride == 0 { k * n } else { 0 }) > limit {
+        return Err(GpuError::Shape {
+            op: "matmul",
+            message: format!("one B matrix ({k}x{n}) exceeds the storage binding limit"),
+        });
+    }
+
+    // Batch items per launch: as many as fit, a multiple of what keeps every
+    // range offset aligned.
+    let per_item = a_stride.max(c_stride).max(b_stride).max(1);
+    let step = [a_stride, b_stride, c_stride]
+        .iter()
+        .filter(|&&s| s > 0)
+        .map(|&s| align / gcd(s, align))
+        .fold(1, lcm);
+    let mut items = (limit / per_item / step) * step;
+    if items == 0 {
+        items = 0; // a single item is too large: split its rows below
+    }
+    let a_whole = a.len();
+    let b_whole = b.len();
+
+    if items > 0 {
+        let mut start = 0;
+        while start < batch {
+            let count = items.min(batch - start);
+            let a_arg = if a_stride > 0 {
+                a.range(start * a_stride, count * a_stride)
+            } else {
+                a.range(0, a_whole)
+            };
+            let b_arg = if b_stride > 0 {
+                b.range(start * b_stride, count * b_stride)
+            } else {
+                b.range(0, b_whole)
+            };
+            let c_arg = c.range(start * c_stride, count * c_stride);
+            gpu.launch(
+                kernel,
+                &[(0, a_arg), (1, b_arg), (2, c_arg)],
+                &params(m, a_stride, b_stride),
+                [
+                    (n as u32).div_ceil(TILE),
+                    (m as u32).div_ceil(TILE),
+                    count as u32,
+                ],
+            )?;
+            start += count;
+        }
+        return Ok(());
+    }
+
+    // One matrix is larger than a binding: split its rows (A must be stored
+    // row-major, i.e. not transposed, so a row block is contiguous).
+    if spec.trans_a {
+        return Err(GpuError::Shape {
+            op: "matmul",
+            message: format!(
+                "a transposed A of {m}x{k} exceeds the storage binding limit; transpose it first"
+            ),
+        });
+    }
+    let row_bytes = k.max(n);
+    let rows = ((limit / row_bytes) / align).max(1) * align;
+    for item in 0..batch {
+        let mut r0 = 0;
+        while r0 < m {
+            let mr = rows.min(m - r0);
+            let a_arg = a.range(item * a_stride + r0 * k, mr * k);
+            let b_arg = if b_stride > 0 {
+                b.range(item * b_stride, b_stride)
+            } else {
+                b.range(0, b_whole)
+            };
+            let c_arg = c.range(item * c_stride + r0 * n, mr * n);
+            gpu.launch(
+                kernel,
+                &[(0, a_arg), (1, b_arg), (2, c_arg)],
+                &params(mr, 0, 0),
+                [(n as u32).div_ceil(TILE), (mr as u32).div_ceil(TILE), 1],
+            )?;
+            r0 += mr;
+        }
+    }
+    Ok(())
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    a / gcd(a, b) * b
+}
+
+/// Gradients of `c = op(a)·op(b)` given `dc`. A broadcast (2-D) operand's
+/// gradient is summed over the batch, which the accumulate flag does for free
+/// when the batch is folded into M (see the GCN weight gradient).
+pub fn matmul_backward(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    dc: &Tensor,
+    spec: Spec,
+) -> Result<(Tensor, Tensor)> {
+    // dA: op(A) = dC·op(B)ᵀ  ⇒  A = (dC·op(B)ᵀ)ᵀ when A is transposed.
+    let da = if !spec.trans_a {
+        grad_operand(
+            gpu,
+            dc,
+            b,
+            Spec {
+                trans_a: false,
+                trans_b: !spec.trans_b,
+                accumulate: false,
+            },
+            a,
+        )?
+    } else {
+        // A = op(B)·dCᵀ
+        grad_operand(
+            gpu,
+            b,
+            dc,
+            Spec {
+                trans_a: spec.trans_b,
+                trans_b: true,
+                accumulate: false,
+            },
+            a,
+        )?
+    };
+    let db = if !spec.trans_b {
+        // B = op(A)ᵀ·dC
+        grad_operand(
+            gpu,
+            a,
+            dc,
+            Spec {
+                trans_a: !spec.trans_a,
+                trans_b: false,
+                accumulate: false,
+            },
+            b,
+        )?
+    } else {
+        // B = dCᵀ·op(A)
+        grad_operand(
+            gpu,
+            dc,
+            a,
+            Spec {
+                trans_a: true,
+                trans_b: spec.trans_a,
+                accumulate: false,
+            },
+            b,
+        )?
+    };
+    Ok((da, db))
+}
+
+/// Computes x·y (per spec) into a tensor shaped like `like`; when `like` is
+/// 2-D but the product is batched, sums over the batch by accumulation.
+fn grad_operand(gpu: &Gpu, x: &Tensor, y: &Tensor, spec: Spec, like: &Tensor) -> Result<Tensor> {
+    let (shape, batch, ..) = output_shape(x, y, spec)?;
+    if like.shape().len() == 2 && batch > 1 && shape.len() > 2 {
+        // When the contraction runs over both operands' rows (xᵀ·y), the batch
+        // sum is one product of the row-stacked operands: fold batch into rows.
+        if spec.trans_a && !spec.trans_b && x.shape().len() > 2 && y.shape().len() > 2 {
+            let xs = x.shape();
+            let ys = y.shape();
+            let x2 = x.reshape(&[x.len() / xs[xs.len() - 1], xs[xs.len() - 1]])?;
+            let y2 = y.reshape(&[y.len() / ys[ys.len() - 1], ys[ys.len() - 1]])?;
+            return matmul(gpu, &x2, &y2, spec);
+        }
+        let out = gpu.zeros(like.shape())?;
+        // Sum over the batch: accumulate each batch item's product.
+        let (_, m, kx) = dims(x, spec.trans_a)?;
+        let (_, _, n) = dims(y, spec.trans_b)?;
+        let xs = if x.shape().len() == 2 { 0 } else { m * kx };
+        let ys = if y.shape().len() == 2 { 0 } else { kx * n };
+        for i in 0..batch {
+            // Views of one batch item as 2-D tensors share the buffer; ranges
+            // at unaligned offsets are not bindable, so copy each item out.
+            let xi = item(gpu, x, i, xs)?;
+            let yi = item(gpu, y, i, ys)?;
+            matmul_into(gpu, &xi, &yi, &out, spec.accumulate(), 1.0)?;
+        }
+        return Ok(out);
+    }
+    let out = matmul(gpu, x, y, spec)?;
+    out.reshape(like.shape())
+}
+
+fn item(gpu: &Gpu, t: &Tensor, i: usize, stride: usize) -> Result<Tensor> {
+    let s = t.shape();
+    let two_d = &s[s.len() - 2..];
+    if stride == 0 {
+        return t.reshape(two_d);
+    }
+    let out = gpu.empty(two_d);
+    crate::ops::elementwise::copy_from(gpu, t, i * stride, &out)?;
+    Ok(out)
+}
+
+/// f64 CPU reference: batched `op(a)·op(b)` with the same broadcasting rules.
+pub mod reference {
+    use super::Spec;
+    use ndarray::{Array2, Array3, Axis};
+
+    /// a: [batch_a, r, c] (batch_a = 1 broadcasts), b likewise.
+    pub fn matmul(a: &Array3<f64>, b: &Array3<f64>, spec: Spec) -> Array3<f64> {
+        let batch = a.len_of(Axis(0)).max(b.len_of(Axis(0)));
+        let pick = |t: &Array3<f64>, i: usize, tr: bool| -> Array2<f64> {
+            let m = t
+                .index_axis(Axis(0), if t.len_of(Axis(0)) == 1 { 0 } else { i })
+                .to_owned();
+            if tr {
+                m.t().to_owned()
+            } else {
+                m
+            }
+        };
+        let first = pick(a, 0, spec.trans_a).dot(&pick(b, 0, spec.trans_b));
+        let mut out = Array3::zeros((batch, first.nrows(), first.ncols()));
+        for i in 0..batch {
+            out.index_axis_mut(Axis(0), i)
+                .assign(&pick(a, i, spec.trans_a).dot(&pick(b, i, spec.trans_b)));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{
+        assert_close, assert_gradient, finite_difference, gpu, poisoned, random_vec, Tolerance,
+    };
+    use ndarray::Array3;
+
+    fn arr(v: &[f32], shape: (usize, usize, usize)) -> Array3<f64> {
+        Array3::from_shape_vec(shape, v.iter().map(|&x| x as f64).collect()).unwrap()
+    }
+
+    /// (batch_a, batch_b, M, K, N) with every transpose combination.
+    const CASES: &[(usize, usize, usize, usize, usize)] = &[
+        (1, 1, 1, 1, 1),
+        (1, 1, 5, 3, 7),
+        (3, 3, 33, 17, 31),
+        (2, 1, 200, 5, 64), // shared weight broadcast over the batch
+        (1, 4, 22, 22, 9),  // shared adjacency broadcast
+        (2, 2, 64, 130, 65),
+    ];
+
+    #[test]
+    fn matmul_matches_reference_for_all_transposes() {
+        let gpu = gpu();
+        for (ci, &(ba, bb, m, k, n)) in CASES.iter().enumerate() {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let spec = Spec {
+                    trans_a: ta,
+                    trans_b: tb,
+                    accumulate: false,
+                };
+                let a_shape = if ta { (ba, k, m) } else { (ba, m, k) };
+                let b_shape = if tb { (bb, n, k) } else { (bb, k, n) };
+                let av = random_vec(ba * m * k, 100 + ci as u64);
+                let bv = random_vec(bb * k * n, 200 + ci as u64);
+                let shape_of = |bt: usize, s: (usize, usize, usize)| {
+                    if bt == 1 && ba != bb {
+                        vec![s.1, s.2]
+                    } else {
+                        vec![bt, s.1, s.2]
+                    }
+                };
+                let ta_t = gpu.upload(&av, &shape_of(ba, a_shape)).unwrap();
+                let tb_t = gpu.upload(&bv, &shape_of(bb, b_shape)).unwrap();
+                let (out_shape, ..) = output_shape(&ta_t, &tb_t, spec).unwrap();
+                let c = poisoned(gpu, &out_shape);
+                matmul_into(gpu, &ta_t, &tb_t, &c, spec, 1.0).unwrap();
+                let want = reference::matmul(&arr(&av, a_shape), &arr(&bv, b_shape), spec);
+                assert_close(
+                    &gpu.read(&c).unwrap(),
+                    want.as_slice().unwrap(),
+                    Tolerance::Accumulation,
+                    &format!("matmul case {ci} ta={ta} tb={tb}"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn accumulate_and_alpha() {
+        let gpu = gpu();
+        let (m, k, n) = (9, 4, 6);
+        let av = random_vec(m * k, 1);
+        let bv = random_vec(k * n, 2);
+        let cv = random_vec(m * n, 3);
+        let c = gpu.upload(&cv, &[m, n]).unwrap();
+        matmul_into(
+            gpu,
+            &gpu.upload(&av, &[m, k]).unwrap(),
+            &gpu.upload(&bv, &[k, n]).unwrap(),
+            &c,
+            Spec::NN.accumulate(),
+            -0.5,
+        )
+        .unwrap();
+        let prod = reference::matmul(&arr(&av, (1, m, k)), &arr(&bv, (1, k, n)), Spec::NN);
+        let want: Vec<f64> = prod
+            .iter()
+            .zip(&cv)
+            .map(|(p, &c)| c as f64 - 0.5 * p)
+            .collect();
+        assert_close(
+            &gpu.read(&c).unwrap(),
+            &want,
+            Tolerance::Accumulation,
+            "accumulate",
+        );
+    }
+
+    #[test]
+    fn backward_matches_reference_and_reference_matches_finite_differences() {
+        let gpu = gpu();
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let spec = Spec {
+                trans_a: ta,
+                trans_b: tb,
+                accumulate: false,
+            };
+            let (batch, m, k, n) = (2, 5, 4, 3);
+            let a_shape = if ta { (batch, k, m) } else { (batch, m, k) };
+            let b_shape = if tb { (batch, n, k) } else { (batch, k, n) };
+            let av = random_vec(batch * m * k, 11);
+            let bv = random_vec(batch * k * n, 12);
+            let gv = random_vec(batch * m * n, 13);
+            let a64 = arr(&av, a_shape);
+            let b64 = arr(&bv, b_shape);
+            let g64 = arr(&gv, (batch, m, n));
+            // Loss = <g, op(a)·op(b)>; its gradient in a and b by finite differences.
+            let loss_a = |x: &[f64]| {
+                (reference::matmul(
+                    &Array3::from_shape_vec(a_shape, x.to_vec()).unwrap(),
+                    &b64,
+                    spec,
+                ) * &g64)
+                    .sum()
+            };
+            let loss_b = |x: &[f64]| {
+                (reference::matmul(
+                    &a64,
+                    &Array3::from_shape_vec(b_shape, x.to_vec()).unwrap(),
+                    spec,
+                ) * &g64)
+                    .sum()
+            };
+            let fd_a = finite_difference(a64.as_slice().unwrap(), loss_a);
+            let fd_b = finite_difference(b64.as_slice().unwrap(), loss_b);
+            let (da, db) = matmul_backward(
+                gpu,
+                &gpu.upload(&av, &[a_shape.0, a_shape.1, a_shape.2]).unwrap(),
+                &gpu.upload(&bv, &[b_shape.0, b_shape.1, b_shape.2]).unwrap(),
+                &gpu.upload(&gv, &[batch, m, n]).unwrap(),
+                spec,
+            )
+            .unwrap();
+            let da = gpu.read(&da).unwrap();
+            let db = gpu.read(&db).unwrap();
+            assert_close(
+                &da,
+                &fd_a,
+                Tolerance::Composite,
+                &format!("dA ta={ta} tb={tb}"),
+            );
+            assert_close(
+                &db,
+                &fd_b,
+                Tolerance::Composite,
+                &format!("dB ta={ta} tb={tb}"),
+            );
+            // The analytic reference (dA = G·op(B)ᵀ) against finite differences, in f64.
+            let analytic_a: Vec<f64> = if !ta {
+                reference::matmul(
+                    &g64,
+                    &b64,
+                    Spec {
+                        trans_a: false,
+                        trans_b: !tb,
+                        accumulate: false,
+                    },
+                )
+                .iter()
+                .copied()
+                .collect()
+            } else {
+                reference::matmul(
+                    &b64,
+                    &g64,
+                    Spec {
+                        trans_a: tb,
+                        trans_b: true,
+                        accumulate: false,
+                    },
+                )
+                .iter()
+                .copied()
+                .collect()
+            };
+            assert_gradient(&analytic_a, &fd_a, "reference dA");
+        }
+    }
+
+    #[test]
+    fn broadcast_weight_gradient_sums_over_batch() {
+        let gpu = gpu();
+        let (batch, m, k, n) = (3, 6, 4, 5);
+        let av = random_vec(batch * m * k, 21);
+        let wv = random_vec(k * n, 22);
+        let gv = random_vec(batch * m * n, 23);
+        let a = gpu.upload(&av, &[batch, m, k]).unwrap();
+        let w = gpu.upload(&wv, &[k, n]).unwrap();
+        let g = gpu.upload(&gv, &[batch, m, n]).unwrap();
+        let (_, dw) = matmul_backward(gpu, &a, &w, &g, Spec::NN).unwrap();
+        assert_eq!(dw.shape(), &[k, n]);
+        let w64 = arr(&wv, (1, k, n));
+        let a64 = arr(&av, (batch, m, k));
+        let g64 = arr(&gv, (batch, m, n));
+        let fd = finite_difference(w64.as_slice().unwrap(), |x| {
+            (reference::matmul(
+                &a64,
+                &Array3::from_shape_vec((1, k, n), x.to_vec()).unwrap(),
+                Spec::NN,
+            ) * &g64)
+                .sum()
+        });
+        assert_close(&gpu.read(&dw).unwrap(), &fd, Tolerance::Composite, "dW");
+    }
+
+    #[test]
+    fn shape_errors_are_reported() {
+        let gpu = gpu();
+        let a = gpu.zeros(&[3, 4]).unwrap();
+        let b = gpu.zeros(&[5, 2]).unwrap();
+        let e = matmul(gpu, &a, &b, Spec::NN).unwrap_err().to_string();
+        assert!(e.contains("inner dimensions differ"), "{e}");
+    }
+}
