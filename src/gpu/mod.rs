@@ -150,9 +150,8 @@ impl Gpu {
 
     /// A tensor of the given shape with unspecified contents.
     pub fn empty(&self, shape: &[usize]) -> Tensor {
-        let len: usize = shape.iter().product();
-        let buffer = lock(&self.pool).acquire(&self.device, (len.max(1) * 4) as u64);
-        let t = Tensor::new(buffer, Arc::downgrade(&self.pool), shape.to_vec());
+        let t = self.allocate(shape);
+        let len = t.len();
         if self
             .poison_new_tensors
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -162,6 +161,12 @@ impl Gpu {
             let _ = crate::ops::elementwise::fill(self, &t, f32::NAN);
         }
         t
+    }
+
+    fn allocate(&self, shape: &[usize]) -> Tensor {
+        let len: usize = shape.iter().product();
+        let buffer = lock(&self.pool).acquire(&self.device, (len.max(1) * 4) as u64);
+        Tensor::new(buffer, Arc::downgrade(&self.pool), shape.to_vec())
     }
 
     /// Fill every new tensor with NaN (tests: catches unwritten outputs).
@@ -184,7 +189,9 @@ impl Gpu {
                 ),
             });
         }
-        let t = self.empty(shape);
+        // Not `empty`: a recorded poison fill would run after this queue write
+        // and overwrite the data.
+        let t = self.allocate(shape);
         if !data.is_empty() {
             self.queue
                 .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
