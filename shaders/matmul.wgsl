@@ -20,6 +20,12 @@ struct Params {
     b_stride: u32,
     c_stride: u32,
     alpha: f32,
+    // Element offsets of this launch's data inside the bound ranges: bindings
+    // must start at 256-byte-aligned offsets, so a launcher that splits work
+    // binds from the aligned offset below and passes the remainder here.
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -52,9 +58,9 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     if (row0 >= p.m || col0 >= p.n) {
         return;
     }
-    let a_base = wid.z * p.a_stride;
-    let b_base = wid.z * p.b_stride;
-    let c_base = wid.z * p.c_stride;
+    let a_base = p.a_off + wid.z * p.a_stride;
+    let b_base = p.b_off + wid.z * p.b_stride;
+    let c_base = p.c_off + wid.z * p.c_stride;
 
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);

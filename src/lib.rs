@@ -1,4 +1,5 @@
 //! stptf: STPTF for fMRI decoding, with every hot path a WGSL compute shader on wgpu.
+pub mod autograd;
 pub mod check;
 pub mod gpu;
 pub mod ops;

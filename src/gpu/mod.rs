@@ -144,6 +144,11 @@ impl Gpu {
         (pool.allocated_bytes, pool.peak_bytes)
     }
 
+    /// Returns idle pooled buffers to the device (e.g. between folds).
+    pub fn trim_pool(&self) {
+        lock(&self.pool).trim();
+    }
+
     pub fn dispatch_count(&self) -> u64 {
         self.dispatches.load(std::sync::atomic::Ordering::Relaxed)
     }

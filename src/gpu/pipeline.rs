@@ -173,10 +173,6 @@ impl PipelineCache {
     pub fn len(&self) -> usize {
         self.compiled.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.compiled.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ struct Params {
     b_stride: u32,
     c_stride: u32,
     alpha: f32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
 }
 
 /// Options for one product.
@@ -163,63 +166,73 @@ pub fn matmul_into(
     let flags = spec.trans_a as u32 | (spec.trans_b as u32) << 1 | (spec.accumulate as u32) << 2;
     let limit = (gpu.max_binding_bytes() / 4) as usize;
     let align = (gpu.report.limits.min_storage_buffer_offset_alignment / 4).max(1) as usize;
-    let params = |m: usize, batch_a: usize, batch_b: usize| Params {
-        m: m as u32,
-        n: n as u32,
-        k: k as u32,
-        flags,
-        a_stride: if batch_a > 0 { a_stride as u32 } else { 0 },
-        b_stride: if batch_b > 0 { b_stride as u32 } else { 0 },
-        c_stride: c_stride as u32,
-        alpha,
-    };
+    // Room for the misalignment remainder of a split range (see `aligned`).
+    let capacity = limit.saturating_sub(align).max(1);
     let kernel = SHADER.kernel("matmul");
-    if b_stride.max(if b_stride == 0 { k * n } else { 0 }) > limit {
+    let b_item = k * n;
+    if b_item > capacity {
         return Err(GpuError::Shape {
             op: "matmul",
             message: format!("one B matrix ({k}x{n}) exceeds the storage binding limit"),
         });
     }
+    let launch = |a_rng: (usize, usize),
+                  b_rng: (usize, usize),
+                  c_rng: (usize, usize),
+                  m: usize,
+                  batched: bool,
+                  count: usize| {
+        let (a_arg, a_off) = aligned(a, a_rng, align);
+        let (b_arg, b_off) = aligned(b, b_rng, align);
+        let (c_arg, c_off) = aligned(c, c_rng, align);
+        let p = Params {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            flags,
+            a_stride: if batched { a_stride as u32 } else { 0 },
+            b_stride: if batched { b_stride as u32 } else { 0 },
+            c_stride: c_stride as u32,
+            alpha,
+            a_off,
+            b_off,
+            c_off,
+        };
+        gpu.launch(
+            kernel,
+            &[(0, a_arg), (1, b_arg), (2, c_arg)],
+            &p,
+            [
+                (n as u32).div_ceil(TILE),
+                (m as u32).div_ceil(TILE),
+                count as u32,
+            ],
+        )
+    };
+    // The range of operand `t` (batch stride `s`) covering items start..start+count.
+    let span = |s: usize, whole: usize, start: usize, count: usize| {
+        if s > 0 {
+            (start * s, count * s)
+        } else {
+            (0, whole)
+        }
+    };
 
-    // Batch items per launch: as many as fit, a multiple of what keeps every
-    // range offset aligned.
     let per_item = a_stride.max(c_stride).max(b_stride).max(1);
-    let step = [a_stride, b_stride, c_stride]
-        .iter()
-        .filter(|&&s| s > 0)
-        .map(|&s| align / gcd(s, align))
-        .fold(1, lcm);
-    let mut items = (limit / per_item / step) * step;
-    if items == 0 {
-        items = 0; // a single item is too large: split its rows below
-    }
-    let a_whole = a.len();
-    let b_whole = b.len();
-
+    let items = capacity / per_item;
     if items > 0 {
         let mut start = 0;
         while start < batch {
-            let count = items.min(batch - start);
-            let a_arg = if a_stride > 0 {
-                a.range(start * a_stride, count * a_stride)
-            } else {
-                a.range(0, a_whole)
-            };
-            let b_arg = if b_stride > 0 {
-                b.range(start * b_stride, count * b_stride)
-            } else {
-                b.range(0, b_whole)
-            };
-            let c_arg = c.range(start * c_stride, count * c_stride);
-            gpu.launch(
-                kernel,
-                &[(0, a_arg), (1, b_arg), (2, c_arg)],
-                &params(m, a_stride, b_stride),
-                [
-                    (n as u32).div_ceil(TILE),
-                    (m as u32).div_ceil(TILE),
-                    count as u32,
-                ],
+            let count = items
+                .min(batch - start)
+                .min(crate::gpu::MAX_GROUPS_PER_DIM as usize);
+            launch(
+                span(a_stride, a.len(), start, count),
+                span(b_stride, b.len(), start, count),
+                (start * c_stride, count * c_stride),
+                m,
+                true,
+                count,
             )?;
             start += count;
         }
@@ -236,24 +249,22 @@ pub fn matmul_into(
             ),
         });
     }
-    let row_bytes = k.max(n);
-    let rows = ((limit / row_bytes) / align).max(1) * align;
+    let rows = (capacity / k.max(n)).max(1);
     for item in 0..batch {
         let mut r0 = 0;
         while r0 < m {
             let mr = rows.min(m - r0);
-            let a_arg = a.range(item * a_stride + r0 * k, mr * k);
-            let b_arg = if b_stride > 0 {
-                b.range(item * b_stride, b_stride)
-            } else {
-                b.range(0, b_whole)
-            };
-            let c_arg = c.range(item * c_stride + r0 * n, mr * n);
-            gpu.launch(
-                kernel,
-                &[(0, a_arg), (1, b_arg), (2, c_arg)],
-                &params(mr, 0, 0),
-                [(n as u32).div_ceil(TILE), (mr as u32).div_ceil(TILE), 1],
+            let a_rng = (
+                if a_stride > 0 { item * a_stride } else { 0 } + r0 * k,
+                mr * k,
+            );
+            launch(
+                a_rng,
+                span(b_stride, b.len(), item, 1),
+                (item * c_stride + r0 * n, mr * n),
+                mr,
+                false,
+                1,
             )?;
             r0 += mr;
         }
@@ -261,16 +272,11 @@ pub fn matmul_into(
     Ok(())
 }
 
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
-fn lcm(a: usize, b: usize) -> usize {
-    a / gcd(a, b) * b
+/// Binds `t[offset..offset+len]` from the aligned offset at or below `offset`;
+/// returns the argument and the element remainder the shader must add.
+fn aligned(t: &Tensor, (offset, len): (usize, usize), align: usize) -> (crate::gpu::Arg<'_>, u32) {
+    let base = offset / align * align;
+    (t.range(base, len + (offset - base)), (offset - base) as u32)
 }
 
 /// Gradients of `c = op(a)·op(b)` given `dc`. A broadcast (2-D) operand's
@@ -283,59 +289,42 @@ pub fn matmul_backward(
     dc: &Tensor,
     spec: Spec,
 ) -> Result<(Tensor, Tensor)> {
-    // dA: op(A) = dC·op(B)ᵀ  ⇒  A = (dC·op(B)ᵀ)ᵀ when A is transposed.
-    let da = if !spec.trans_a {
-        grad_operand(
-            gpu,
-            dc,
-            b,
-            Spec {
-                trans_a: false,
-                trans_b: !spec.trans_b,
-                accumulate: false,
-            },
-            a,
-        )?
-    } else {
-        // A = op(B)·dCᵀ
-        grad_operand(
-            gpu,
-            b,
-            dc,
-            Spec {
-                trans_a: spec.trans_b,
-                trans_b: true,
-                accumulate: false,
-            },
-            a,
-        )?
+    match matmul_backward_selected(gpu, a, b, dc, spec, true, true)? {
+        (Some(da), Some(db)) => Ok((da, db)),
+        _ => Err(GpuError::Shape {
+            op: "matmul_backward",
+            message: "a requested gradient was not produced".into(),
+        }),
+    }
+}
+
+/// Like [`matmul_backward`], computing only the gradients asked for (a
+/// constant operand, such as a normalized adjacency, needs none).
+pub fn matmul_backward_selected(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    dc: &Tensor,
+    spec: Spec,
+    want_a: bool,
+    want_b: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let spec_of = |trans_a, trans_b| Spec {
+        trans_a,
+        trans_b,
+        accumulate: false,
     };
-    let db = if !spec.trans_b {
-        // B = op(A)ᵀ·dC
-        grad_operand(
-            gpu,
-            a,
-            dc,
-            Spec {
-                trans_a: !spec.trans_a,
-                trans_b: false,
-                accumulate: false,
-            },
-            b,
-        )?
-    } else {
-        // B = dCᵀ·op(A)
-        grad_operand(
-            gpu,
-            dc,
-            a,
-            Spec {
-                trans_a: true,
-                trans_b: spec.trans_a,
-                accumulate: false,
-            },
-            b,
-        )?
+    // dA: op(A) = dC·op(B)ᵀ, so A = dC·op(B)ᵀ, or A = op(B)·dCᵀ when A is stored transposed.
+    let da = match (want_a, spec.trans_a) {
+        (false, _) => None,
+        (true, false) => Some(grad_operand(gpu, dc, b, spec_of(false, !spec.trans_b), a)?),
+        (true, true) => Some(grad_operand(gpu, b, dc, spec_of(spec.trans_b, true), a)?),
+    };
+    // dB: op(B) = op(A)ᵀ·dC, so B = op(A)ᵀ·dC, or B = dCᵀ·op(A) when B is stored transposed.
+    let db = match (want_b, spec.trans_b) {
+        (false, _) => None,
+        (true, false) => Some(grad_operand(gpu, a, dc, spec_of(!spec.trans_a, false), b)?),
+        (true, true) => Some(grad_operand(gpu, dc, a, spec_of(true, spec.trans_a), b)?),
     };
     Ok((da, db))
 }

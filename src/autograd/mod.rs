@@ -1,0 +1,300 @@
+//! Reverse-mode autograd as a tape.
+//!
+//! Forward ops push a node (its inputs, its output and a closure holding what
+//! its backward needs); [`Tape::backward`] walks the nodes in reverse — the
+//! push order is already topological — and each node records its own backward
+//! kernels. Nothing here reads the GPU: forward, backward and the optimizer
+//! all land in the one pending command encoder of the step.
+//!
+//! Parameters live outside the tape in a [`ParamStore`]; their gradient
+//! buffers are zeroed once per step and backward accumulates into them.
+
+mod ops;
+
+use crate::gpu::{Gpu, Result, Tensor};
+
+/// A value on the tape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Var(usize);
+
+type BackwardFn = Box<dyn Fn(&Gpu, &Tensor) -> Result<Vec<Option<Tensor>>>>;
+
+struct Node {
+    inputs: Vec<Var>,
+    output: Var,
+    /// Given the gradient of the output, returns one gradient per input
+    /// (None where an input needs none).
+    backward: BackwardFn,
+}
+
+/// A named trainable tensor with its gradient buffer.
+pub struct Param {
+    pub name: String,
+    pub value: Tensor,
+    pub grad: Tensor,
+}
+
+/// All parameters of a model, in a fixed order (the order of safetensors
+/// files and of the optimizer state).
+#[derive(Default)]
+pub struct ParamStore {
+    pub params: Vec<Param>,
+}
+
+/// Handle to a parameter in a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParamId(pub usize);
+
+impl ParamStore {
+    pub fn add(&mut self, gpu: &Gpu, name: &str, data: &[f32], shape: &[usize]) -> Result<ParamId> {
+        let value = gpu.upload(data, shape)?;
+        let grad = gpu.zeros(shape)?;
+        self.params.push(Param {
+            name: name.to_string(),
+            value,
+            grad,
+        });
+        Ok(ParamId(self.params.len() - 1))
+    }
+
+    pub fn get(&self, id: ParamId) -> &Param {
+        &self.params[id.0]
+    }
+
+    /// Records a zero fill of every gradient buffer (once per step).
+    pub fn zero_grads(&self, gpu: &Gpu) -> Result<()> {
+        for p in &self.params {
+            crate::ops::elementwise::fill(gpu, &p.grad, 0.0)?;
+        }
+        Ok(())
+    }
+
+    pub fn count(&self) -> usize {
+        self.params.iter().map(|p| p.value.len()).sum()
+    }
+}
+
+pub struct Tape<'g> {
+    pub gpu: &'g Gpu,
+    values: Vec<Tensor>,
+    /// For each value, the parameter it is bound to (its gradient accumulates there).
+    param_of: Vec<Option<ParamId>>,
+    needs_grad: Vec<bool>,
+    nodes: Vec<Node>,
+}
+
+impl<'g> Tape<'g> {
+    pub fn new(gpu: &'g Gpu) -> Self {
+        Self {
+            gpu,
+            values: Vec::new(),
+            param_of: Vec::new(),
+            needs_grad: Vec::new(),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// A constant input (no gradient).
+    pub fn input(&mut self, t: Tensor) -> Var {
+        self.push_value(t, None, false)
+    }
+
+    /// A parameter: its gradient accumulates into the store's grad buffer.
+    pub fn param(&mut self, store: &ParamStore, id: ParamId) -> Var {
+        self.push_value(store.get(id).value.clone(), Some(id), true)
+    }
+
+    fn push_value(&mut self, t: Tensor, param: Option<ParamId>, needs_grad: bool) -> Var {
+        self.values.push(t);
+        self.param_of.push(param);
+        self.needs_grad.push(needs_grad);
+        Var(self.values.len() - 1)
+    }
+
+    pub fn value(&self, v: Var) -> &Tensor {
+        &self.values[v.0]
+    }
+
+    pub fn shape(&self, v: Var) -> &[usize] {
+        self.values[v.0].shape()
+    }
+
+    pub fn needs_grad(&self, v: Var) -> bool {
+        self.needs_grad[v.0]
+    }
+
+    /// Records an op's result and its backward. The backward is skipped
+    /// entirely when no input needs a gradient.
+    pub fn push(&mut self, output: Tensor, inputs: &[Var], backward: BackwardFn) -> Var {
+        let needs = inputs.iter().any(|v| self.needs_grad[v.0]);
+        let out = self.push_value(output, None, needs);
+        if needs {
+            self.nodes.push(Node {
+                inputs: inputs.to_vec(),
+                output: out,
+                backward,
+            });
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Backpropagates from a scalar (1-element) value, seeding d(loss) = 1,
+    /// and accumulates parameter gradients into `store`.
+    pub fn backward(&self, loss: Var, store: &ParamStore) -> Result<()> {
+        let seed = self.gpu.full(self.values[loss.0].shape(), 1.0)?;
+        self.backward_from(loss, seed, store)
+    }
+
+    /// Backpropagates a given output gradient.
+    pub fn backward_from(&self, out: Var, grad: Tensor, store: &ParamStore) -> Result<()> {
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.values.len()];
+        grads[out.0] = Some(grad);
+        for node in self.nodes.iter().rev() {
+            let Some(g_out) = grads[node.output.0].take() else {
+                continue;
+            };
+            let input_grads = (node.backward)(self.gpu, &g_out)?;
+            for (input, g) in node.inputs.iter().zip(input_grads) {
+                let Some(g) = g else { continue };
+                if !self.needs_grad[input.0] {
+                    continue;
+                }
+                match &mut grads[input.0] {
+                    // Out of place: a backward may hand the same tensor to
+                    // several inputs (add passes its gradient through), so an
+                    // in-place sum would corrupt the others.
+                    Some(acc) => *acc = crate::ops::elementwise::add(self.gpu, acc, &g)?,
+                    slot @ None => *slot = Some(g),
+                }
+            }
+        }
+        for (i, g) in grads.into_iter().enumerate() {
+            if let (Some(g), Some(pid)) = (g, self.param_of[i]) {
+                crate::ops::elementwise::axpy(self.gpu, &store.get(pid).grad, 1.0, &g)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{assert_close, finite_difference, gpu, random_vec, to_f64, Tolerance};
+    use crate::ops::matmul::Spec;
+    use ndarray::{Array1, Array2};
+
+    /// loss = Σ G ⊙ tanh(relu(X·W1 + b1)·W2 + b2), in f64.
+    fn reference_loss(
+        x: &Array2<f64>,
+        g: &Array2<f64>,
+        w1: &[f64],
+        b1: &[f64],
+        w2: &[f64],
+        b2: &[f64],
+        h: usize,
+        o: usize,
+    ) -> f64 {
+        let d = x.ncols();
+        let w1 = Array2::from_shape_vec((d, h), w1.to_vec()).unwrap();
+        let w2 = Array2::from_shape_vec((h, o), w2.to_vec()).unwrap();
+        let hid = (x.dot(&w1) + &Array1::from(b1.to_vec())).mapv(|v| v.max(0.0));
+        let out = (hid.dot(&w2) + &Array1::from(b2.to_vec())).mapv(f64::tanh);
+        (out * g).sum()
+    }
+
+    #[test]
+    fn tape_gradients_match_finite_differences_of_the_f64_composition() {
+        let gpu = gpu();
+        let (n, d, h, o) = (7, 5, 6, 3);
+        let xv = random_vec(n * d, 1);
+        let gv = random_vec(n * o, 2);
+        let init = [
+            random_vec(d * h, 3),
+            random_vec(h, 4),
+            random_vec(h * o, 5),
+            random_vec(o, 6),
+        ];
+        let mut store = ParamStore::default();
+        let shapes: [&[usize]; 4] = [&[d, h], &[h], &[h, o], &[o]];
+        let ids: Vec<ParamId> = init
+            .iter()
+            .zip(shapes)
+            .enumerate()
+            .map(|(i, (v, s))| store.add(gpu, &format!("p{i}"), v, s).unwrap())
+            .collect();
+
+        // Run two steps' worth of backward without zeroing in between would
+        // double the gradient; zero once, then backward once.
+        store.zero_grads(gpu).unwrap();
+        let mut tape = Tape::new(gpu);
+        let x = tape.input(gpu.upload(&xv, &[n, d]).unwrap());
+        let gt = tape.input(gpu.upload(&gv, &[n, o]).unwrap());
+        let [w1, b1, w2, b2] = [ids[0], ids[1], ids[2], ids[3]].map(|id| tape.param(&store, id));
+        let z1 = tape.matmul(x, w1, Spec::NN).unwrap();
+        let z1 = tape.bias_add(z1, b1).unwrap();
+        let a1 = tape.relu(z1).unwrap();
+        let z2 = tape.matmul(a1, w2, Spec::NN).unwrap();
+        let z2 = tape.bias_add(z2, b2).unwrap();
+        let y = tape.tanh(z2).unwrap();
+        let prod = tape.mul(y, gt).unwrap();
+        let flat = tape.reshape(prod, &[1, n * o]).unwrap();
+        let ones = tape.input(gpu.full(&[n * o, 1], 1.0).unwrap());
+        let loss = tape.matmul(flat, ones, Spec::NN).unwrap();
+        tape.backward(loss, &store).unwrap();
+
+        let x64 = Array2::from_shape_vec((n, d), to_f64(&xv)).unwrap();
+        let g64 = Array2::from_shape_vec((n, o), to_f64(&gv)).unwrap();
+        let p64: Vec<Vec<f64>> = init.iter().map(|v| to_f64(v)).collect();
+        let gpu_loss = gpu.read(tape.value(loss)).unwrap()[0] as f64;
+        let ref_loss = reference_loss(&x64, &g64, &p64[0], &p64[1], &p64[2], &p64[3], h, o);
+        assert!(
+            (gpu_loss - ref_loss).abs() < 1e-4 * ref_loss.abs().max(1.0),
+            "{gpu_loss} vs {ref_loss}"
+        );
+        for (k, id) in ids.iter().enumerate() {
+            let fd = finite_difference(&p64[k], |pk| {
+                let mut ps = p64.clone();
+                ps[k] = pk.to_vec();
+                reference_loss(&x64, &g64, &ps[0], &ps[1], &ps[2], &ps[3], h, o)
+            });
+            assert_close(
+                &gpu.read(&store.get(*id).grad).unwrap(),
+                &fd,
+                Tolerance::Composite,
+                &format!("gradient of p{k}"),
+            );
+        }
+    }
+
+    #[test]
+    fn a_value_used_twice_gets_both_gradients() {
+        let gpu = gpu();
+        let mut store = ParamStore::default();
+        let v = random_vec(4, 9);
+        let id = store.add(gpu, "a", &v, &[1, 4]).unwrap();
+        store.zero_grads(gpu).unwrap();
+        let mut tape = Tape::new(gpu);
+        let a = tape.param(&store, id);
+        let s = tape.add(a, a).unwrap(); // d(2a)/da = 2
+        let sq = tape.mul(s, a).unwrap(); // 2a², gradient 4a
+        let ones = tape.input(gpu.full(&[4, 1], 1.0).unwrap());
+        let loss = tape.matmul(sq, ones, Spec::NN).unwrap();
+        tape.backward(loss, &store).unwrap();
+        let want: Vec<f64> = v.iter().map(|&x| 4.0 * x as f64).collect();
+        assert_close(
+            &gpu.read(&store.get(id).grad).unwrap(),
+            &want,
+            Tolerance::Elementwise,
+            "d(2a²)/da",
+        );
+    }
+}

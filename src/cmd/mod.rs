@@ -1,0 +1,2 @@
+//! Subcommand bodies of the `stptf` binary.
+pub mod info;
