@@ -1,5 +1,6 @@
 //! stptf: STPTF for fMRI decoding, with every hot path a WGSL compute shader on wgpu.
 pub mod autograd;
+pub mod bench;
 pub mod check;
 pub mod gpu;
 pub mod ops;

@@ -377,6 +377,81 @@ impl Gpu {
         self.check_errors()
     }
 
+    /// Records `work` between two GPU timestamps and returns the GPU time in
+    /// seconds, or `None` when the adapter has no timestamp queries (callers
+    /// then fall back to wall clock around `flush` + `wait`). Flushes and waits.
+    pub fn time_on_gpu(&self, work: impl FnOnce() -> Result<()>) -> Result<Option<f64>> {
+        if !self.report.timestamp_queries {
+            work()?;
+            self.flush()?;
+            self.wait()?;
+            return Ok(None);
+        }
+        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("bench"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        // An empty pass whose only job is to write a timestamp: with the
+        // TIMESTAMP_QUERY feature alone, timestamps can only be written at
+        // pass boundaries.
+        let mark = |index: u32| {
+            let mut guard = lock(&self.encoder);
+            let encoder = guard.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("step"),
+                    })
+            });
+            let _pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("timestamp"),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &queries,
+                    beginning_of_pass_write_index: Some(index),
+                    end_of_pass_write_index: None,
+                }),
+            });
+        };
+        mark(0);
+        work()?;
+        mark(1);
+        let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps readback"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut guard = lock(&self.encoder);
+            if let Some(encoder) = guard.as_mut() {
+                encoder.resolve_query_set(&queries, 0..2, &resolved, 0);
+                encoder.copy_buffer_to_buffer(&resolved, 0, &staging, 0, 16);
+            }
+        }
+        self.flush()?;
+        let slice = staging.slice(..);
+        slice.map_async(wgpu::MapMode::Read, |_| {});
+        self.wait()?;
+        let ticks: [u64; 2] = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| GpuError::Readback(e.to_string()))?;
+            let v = bytemuck::cast_slice::<u8, u64>(&view);
+            [v[0], v[1]]
+        };
+        staging.unmap();
+        let period_ns = self.queue.get_timestamp_period() as f64;
+        Ok(Some(
+            ticks[1].saturating_sub(ticks[0]) as f64 * period_ns * 1e-9,
+        ))
+    }
+
     /// Waits until the device is idle.
     pub fn wait(&self) -> Result<()> {
         self.device

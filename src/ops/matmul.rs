@@ -168,7 +168,11 @@ pub fn matmul_into(
     let align = (gpu.report.limits.min_storage_buffer_offset_alignment / 4).max(1) as usize;
     // Room for the misalignment remainder of a split range (see `aligned`).
     let capacity = limit.saturating_sub(align).max(1);
-    let kernel = SHADER.kernel("matmul");
+    // The vec4 fast path needs 16-byte-aligned rows and offsets; every range
+    // offset below is a multiple of k or n (or of the batch strides), so
+    // K, N divisible by 4 is enough.
+    let vec4 = !spec.trans_a && !spec.trans_b && k % 4 == 0 && n % 4 == 0;
+    let kernel = SHADER.kernel(if vec4 { "matmul_nn_vec4" } else { "matmul" });
     let b_item = k * n;
     if b_item > capacity {
         return Err(GpuError::Shape {
@@ -421,6 +425,10 @@ mod tests {
         (2, 1, 200, 5, 64), // shared weight broadcast over the batch
         (1, 4, 22, 22, 9),  // shared adjacency broadcast
         (2, 2, 64, 130, 65),
+        // K and N multiples of 4 take the vec4 path (when not transposed).
+        (2, 1, 37, 8, 12),
+        (3, 3, 33, 16, 20),
+        (1, 1, 1, 4, 4),
     ];
 
     #[test]
@@ -463,32 +471,33 @@ mod tests {
     #[test]
     fn accumulate_and_alpha() {
         let gpu = gpu();
-        let (m, k, n) = (9, 4, 6);
-        let av = random_vec(m * k, 1);
-        let bv = random_vec(k * n, 2);
-        let cv = random_vec(m * n, 3);
-        let c = gpu.upload(&cv, &[m, n]).unwrap();
-        matmul_into(
-            gpu,
-            &gpu.upload(&av, &[m, k]).unwrap(),
-            &gpu.upload(&bv, &[k, n]).unwrap(),
-            &c,
-            Spec::NN.accumulate(),
-            -0.5,
-        )
-        .unwrap();
-        let prod = reference::matmul(&arr(&av, (1, m, k)), &arr(&bv, (1, k, n)), Spec::NN);
-        let want: Vec<f64> = prod
-            .iter()
-            .zip(&cv)
-            .map(|(p, &c)| c as f64 - 0.5 * p)
-            .collect();
-        assert_close(
-            &gpu.read(&c).unwrap(),
-            &want,
-            Tolerance::Accumulation,
-            "accumulate",
-        );
+        for (m, k, n) in [(9, 4, 6), (9, 8, 12)] {
+            let av = random_vec(m * k, 1);
+            let bv = random_vec(k * n, 2);
+            let cv = random_vec(m * n, 3);
+            let c = gpu.upload(&cv, &[m, n]).unwrap();
+            matmul_into(
+                gpu,
+                &gpu.upload(&av, &[m, k]).unwrap(),
+                &gpu.upload(&bv, &[k, n]).unwrap(),
+                &c,
+                Spec::NN.accumulate(),
+                -0.5,
+            )
+            .unwrap();
+            let prod = reference::matmul(&arr(&av, (1, m, k)), &arr(&bv, (1, k, n)), Spec::NN);
+            let want: Vec<f64> = prod
+                .iter()
+                .zip(&cv)
+                .map(|(p, &c)| c as f64 - 0.5 * p)
+                .collect();
+            assert_close(
+                &gpu.read(&c).unwrap(),
+                &want,
+                Tolerance::Accumulation,
+                "accumulate",
+            );
+        }
     }
 
     #[test]

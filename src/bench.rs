@@ -1,0 +1,197 @@
+//! Kernel benchmarks, shared by `cargo bench` and `stptf bench`.
+//!
+//! Each case records its kernel `reps` times into one encoder, timed by GPU
+//! timestamps when the adapter has them (wall clock around a waited submit
+//! otherwise), after warm-up; we report the median of several samples with
+//! the operation or byte count and GFLOP/s or GB/s. Nothing is asserted.
+
+use std::time::Instant;
+
+use crate::check::random_vec;
+use crate::gpu::{Gpu, Result, Tensor};
+use crate::ops::{elementwise, matmul};
+
+/// What one run of a case does, for the rate column.
+#[derive(Clone, Copy, Debug)]
+pub enum Work {
+    Flops(f64),
+    Bytes(f64),
+}
+
+pub struct Case {
+    pub name: String,
+    pub shape: String,
+    pub work: Work,
+    pub run: Box<dyn Fn(&Gpu) -> Result<()>>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Measurement {
+    pub name: String,
+    pub shape: String,
+    pub median_ms: f64,
+    pub rate: f64,
+    pub unit: &'static str,
+    pub clock: &'static str,
+}
+
+fn input(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<Tensor> {
+    gpu.upload(&random_vec(shape.iter().product(), seed), shape)
+}
+
+fn matmul_case(
+    gpu: &Gpu,
+    name: &str,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    spec: matmul::Spec,
+) -> Result<Case> {
+    let a_shape = if spec.trans_a {
+        [batch, k, m]
+    } else {
+        [batch, m, k]
+    };
+    let b_shape = if spec.trans_b { [n, k] } else { [k, n] };
+    let a = input(gpu, &a_shape, 1)?;
+    let b = input(gpu, &b_shape, 2)?;
+    let c = gpu.empty(&[batch, m, n]);
+    Ok(Case {
+        name: name.to_string(),
+        shape: format!("{batch}x({m}x{k})·({k}x{n})"),
+        work: Work::Flops(2.0 * (batch * m * k * n) as f64),
+        run: Box::new(move |gpu| matmul::matmul_into(gpu, &a, &b, &c, spec, 1.0)),
+    })
+}
+
+/// The kernel cases, at the shapes the model uses.
+pub fn kernel_cases(gpu: &Gpu) -> Result<Vec<Case>> {
+    let mut cases = vec![
+        // The GNN message passing H·W for B=32, T=... folded: 70,400 rows of F=64.
+        matmul_case(gpu, "matmul (GNN H·W)", 1, 70_400, 64, 64, matmul::Spec::NN)?,
+        matmul_case(
+            gpu,
+            "matmul Âᵀ-style (TN)",
+            1,
+            4096,
+            200,
+            64,
+            matmul::Spec::TN,
+        )?,
+        matmul_case(
+            gpu,
+            "matmul attention (NT)",
+            32,
+            128,
+            128,
+            128,
+            matmul::Spec::NT,
+        )?,
+        matmul_case(gpu, "matmul square 512", 1, 512, 512, 512, matmul::Spec::NN)?,
+    ];
+    let n = 4 << 20;
+    let x = input(gpu, &[n], 3)?;
+    let y = input(gpu, &[n], 4)?;
+    let out = gpu.empty(&[n]);
+    let (x2, out2) = (x.clone(), out.clone());
+    cases.push(Case {
+        name: "elementwise add".into(),
+        shape: format!("{n}"),
+        work: Work::Bytes(3.0 * 4.0 * n as f64),
+        run: Box::new(move |gpu| {
+            let _ = elementwise::add(gpu, &x, &y)?;
+            Ok(())
+        }),
+    });
+    cases.push(Case {
+        name: "elementwise axpy (in place)".into(),
+        shape: format!("{n}"),
+        work: Work::Bytes(3.0 * 4.0 * n as f64),
+        run: Box::new(move |gpu| elementwise::axpy(gpu, &out2, 0.5, &x2)),
+    });
+    Ok(cases)
+}
+
+/// Times one case: `warmup` untimed runs, then `samples` timings of `reps`
+/// back-to-back runs each; returns the median per run.
+pub fn measure(
+    gpu: &Gpu,
+    case: &Case,
+    warmup: usize,
+    samples: usize,
+    reps: usize,
+) -> Result<Measurement> {
+    for _ in 0..warmup {
+        (case.run)(gpu)?;
+    }
+    gpu.flush()?;
+    gpu.wait()?;
+    let mut times = Vec::with_capacity(samples);
+    let mut clock = "gpu timestamps";
+    for _ in 0..samples {
+        let start = Instant::now();
+        let gpu_time = gpu.time_on_gpu(|| {
+            for _ in 0..reps {
+                (case.run)(gpu)?;
+            }
+            Ok(())
+        })?;
+        let seconds = match gpu_time {
+            Some(t) if t > 0.0 => t,
+            _ => {
+                clock = "wall clock";
+                start.elapsed().as_secs_f64()
+            }
+        };
+        times.push(seconds / reps as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let (rate, unit) = match case.work {
+        Work::Flops(f) => (f / median / 1e9, "GFLOP/s"),
+        Work::Bytes(b) => (b / median / 1e9, "GB/s"),
+    };
+    Ok(Measurement {
+        name: case.name.clone(),
+        shape: case.shape.clone(),
+        median_ms: median * 1e3,
+        rate,
+        unit,
+        clock,
+    })
+}
+
+pub fn print_header(gpu: &Gpu) {
+    let i = &gpu.report.info;
+    println!(
+        "adapter: {} ({:?}, {:?}, driver {} {})",
+        i.name, i.backend, i.device_type, i.driver, i.driver_info
+    );
+    println!(
+        "{:<30} {:<28} {:>12} {:>10} {:<8}  {}",
+        "kernel", "shape", "median ms", "rate", "unit", "clock"
+    );
+}
+
+pub fn print_row(m: &Measurement) {
+    println!(
+        "{:<30} {:<28} {:>12.3} {:>10.2} {:<8}  {}",
+        m.name, m.shape, m.median_ms, m.rate, m.unit, m.clock
+    );
+}
+
+/// Runs every kernel case and prints the table; `filter` keeps names containing it.
+pub fn run_kernels(gpu: &Gpu, filter: Option<&str>, samples: usize) -> Result<Vec<Measurement>> {
+    print_header(gpu);
+    let mut out = Vec::new();
+    for case in kernel_cases(gpu)? {
+        if filter.is_some_and(|f| !case.name.contains(f)) {
+            continue;
+        }
+        let m = measure(gpu, &case, 2, samples, 3)?;
+        print_row(&m);
+        out.push(m);
+    }
+    Ok(out)
+}
