@@ -1,1 +1,43 @@
-fn main() {}
+//! The `stptf` command line. Each subcommand's body lives in `src/cmd/<name>.rs`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(
+    name = "stptf",
+    version,
+    about = "STPTF: spatio-temporal foundation model for fMRI ROI time series, on wgpu"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a dataset and print what is in it (scans, regions, lengths, classes, sites, exclusions).
+    Inspect(cmd::inspect::InspectArgs),
+    /// Write a synthetic dataset with planted spatial and temporal class differences.
+    Synth(cmd::synth::SynthArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let outcome = match Cli::parse().command {
+        Command::Inspect(args) => cmd::inspect::run(&args),
+        Command::Synth(args) => cmd::synth::run(&args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The whole cause chain on one line, without a backtrace: these are
+            // input errors meant for the user, not crashes.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -60,6 +60,15 @@ pub enum Orientation {
     RegionByTime,
 }
 
+impl std::fmt::Display for Orientation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Orientation::TimeByRegion => "time_by_region",
+            Orientation::RegionByTime => "region_by_time",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(untagged)]
 pub enum SkipColumns {

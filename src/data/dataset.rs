@@ -236,6 +236,7 @@ impl Dataset {
             ));
         }
 
+        warn_if_wider_than_long(&scans, config.orientation);
         let class_names: Vec<String> = config
             .labels
             .classes
@@ -408,6 +409,25 @@ fn prepare_scan(
         site,
         all_zero_regions: all_zero,
         constant_regions: constant,
+    }
+}
+
+/// One warning for all scans with more regions than time points: with short
+/// scans and a fine atlas that is real (ABIDE: 200 regions, 78-316 frames), but
+/// when every scan is like that the orientation is the likelier mistake.
+fn warn_if_wider_than_long(scans: &[Scan], orientation: super::config::Orientation) {
+    let wide: Vec<&Scan> = scans.iter().filter(|s| s.regions() > s.length()).collect();
+    if let Some(example) = wide.first() {
+        log::warn!(
+            "{} of {} scans have more regions than time points (e.g. {}: {} regions, {} frames); \
+             orientation is {}: if that is wrong, set `orientation` in the dataset description",
+            wide.len(),
+            scans.len(),
+            example.id,
+            example.regions(),
+            example.length(),
+            orientation
+        );
     }
 }
 

@@ -41,8 +41,8 @@ struct RawTable {
     values: Vec<f32>,
 }
 
-/// Reads one scan into [regions, time]. Logs a warning when the result has more
-/// regions than time points, which usually means the orientation is wrong.
+/// Reads one scan into [regions, time]. (`Dataset::load` warns when scans have
+/// more regions than time points, which can mean the orientation is wrong.)
 pub fn read_scan(path: &Path, options: &ReadOptions) -> Result<Array2<f32>> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if bytes.is_empty() {
@@ -69,8 +69,9 @@ pub fn read_scan(path: &Path, options: &ReadOptions) -> Result<Array2<f32>> {
     };
     let scan = orient(raw, options.orientation)?;
     if scan.nrows() > scan.ncols() {
-        log::warn!(
-            "{}: {} regions but only {} time points; is `orientation` right?",
+        // Debug only: datasets warn once for all such scans (ABIDE has hundreds, legitimately).
+        log::debug!(
+            "{}: {} regions but only {} time points",
             path.display(),
             scan.nrows(),
             scan.ncols()
@@ -296,7 +297,7 @@ fn read_npy_bytes(path: &Path, bytes: &[u8]) -> Result<RawTable> {
     if element_size == 0 {
         return Err(DataError::UnsupportedDtype {
             path: shown(path),
-            found: dtype.descr(),
+            found: numpy_type_name(&dtype),
             expected: "float32 or float64 (<f4, <f8, >f4, >f8)",
         });
     }
@@ -334,6 +335,24 @@ fn read_npy_bytes(path: &Path, bytes: &[u8]) -> Result<RawTable> {
             .map_err(|e| bad(format!("cannot read data: {e}")))?
     };
     from_stored_order(path, rows, cols, &stored, fortran)
+}
+
+/// "int8 (|i1)": numpy's name for a dtype, then its type string.
+fn numpy_type_name(dtype: &npyz::DType) -> String {
+    let descr = dtype.descr().trim_matches('\'').to_string();
+    let npyz::DType::Plain(ts) = dtype else {
+        return format!("structured ({descr})");
+    };
+    let bits = ts.size_field() * 8;
+    let name = match ts.type_char() {
+        npyz::TypeChar::Bool => "bool".to_string(),
+        npyz::TypeChar::Int => format!("int{bits}"),
+        npyz::TypeChar::Uint => format!("uint{bits}"),
+        npyz::TypeChar::Float => format!("float{bits}"),
+        npyz::TypeChar::Complex => format!("complex{bits}"),
+        _ => return descr,
+    };
+    format!("{name} ({descr})")
 }
 
 /// Builds a row-major table from values stored row-major (C) or column-major
