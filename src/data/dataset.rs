@@ -798,6 +798,46 @@ crop_length = 4
     }
 
     #[test]
+    fn scans_without_a_label_are_excluded_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = write_small(dir.path());
+        fs::write(dir.path().join("S7_rois.1D"), "1\t2\t3\n4\t5\t6\n").unwrap();
+        let labels = fs::read_to_string(dir.path().join("labels.csv")).unwrap();
+        fs::write(
+            dir.path().join("labels.csv"),
+            labels.replace("S1,2,b,X", "S1,-9999,b,X"),
+        )
+        .unwrap();
+        let dataset = Dataset::from_config_file(&toml, None).unwrap();
+        assert_eq!(dataset.scans.len(), 3);
+        assert_eq!(dataset.report.files_found, 5);
+        let reasons: Vec<(String, ExclusionReason)> = dataset
+            .report
+            .excluded
+            .iter()
+            .map(|e| (e.id.clone(), e.reason.clone()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (
+                    "S1".to_string(),
+                    ExclusionReason::LabelMissing {
+                        value: "-9999".to_string()
+                    }
+                ),
+                ("S7".to_string(), ExclusionReason::NoLabelRow),
+            ]
+        );
+        let summary = dataset.summary().to_string();
+        assert!(summary.contains("excluded  2\n"), "{summary}");
+        assert!(
+            summary.contains("1 x no row in the labels table"),
+            "{summary}"
+        );
+    }
+
+    #[test]
     fn short_scans_can_be_excluded_and_data_dir_overridden() {
         let dir = tempfile::tempdir().unwrap();
         let toml = write_small(dir.path());
