@@ -511,6 +511,9 @@ fn read_labels_table(path: &Path, config: &LabelsConfig) -> Result<HashMap<Strin
         },
         _ => DataError::io(path, e),
     })?;
+    // Spreadsheet exports often start with a byte-order mark, which would
+    // otherwise become part of the first column's name.
+    let text = text.trim_start_matches('\u{feff}');
     if text.trim().is_empty() {
         return Err(DataError::EmptyFile { path: shown(path) });
     }

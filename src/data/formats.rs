@@ -64,7 +64,11 @@ pub fn read_scan(path: &Path, options: &ReadOptions) -> Result<Array2<f32>> {
                     e.utf8_error().valid_up_to()
                 ),
             })?;
-            parse_text_table(path, &text, &options.skip_columns)?
+            parse_text_table(
+                path,
+                text.trim_start_matches('\u{feff}'),
+                &options.skip_columns,
+            )?
         }
     };
     let scan = orient(raw, options.orientation)?;
@@ -421,7 +425,7 @@ fn read_npz(path: &Path, bytes: Vec<u8>, array_name: Option<&str>) -> Result<Raw
             }
         },
     };
-    if !names.iter().any(|n| *n == name) {
+    if !names.contains(&name) {
         return Err(DataError::ArrayNotFound {
             path: shown(path),
             name,
@@ -626,7 +630,8 @@ pub(crate) mod tests {
     #[test]
     fn csv_with_named_header_and_skipped_columns() {
         let dir = tempfile::tempdir().unwrap();
-        let text = "File,Sub-brick,Mean_1,Mean_2\n/a.nii,0,1.5,2.5\n/a.nii,1,3.5,4.5\n";
+        // Starts with a byte-order mark, as spreadsheet exports do.
+        let text = "\u{feff}File,Sub-brick,Mean_1,Mean_2\n/a.nii,0,1.5,2.5\n/a.nii,1,3.5,4.5\n";
         let path = write(dir.path(), "adhd.csv", text.as_bytes());
         let options = ReadOptions {
             skip_columns: SkipColumns::Names(vec!["File".into(), "Sub-brick".into()]),
