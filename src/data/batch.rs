@@ -223,6 +223,9 @@ impl Prefetcher {
                     }
                 }
             })
+            .map_err(|e| {
+                log::error!("cannot start the prefetch thread: {e}; the epoch will be empty")
+            })
             .ok();
         Prefetcher {
             receiver: Some(receiver),
