@@ -2,5 +2,6 @@
 pub mod autograd;
 pub mod bench;
 pub mod check;
+pub mod data;
 pub mod gpu;
 pub mod ops;

@@ -1,8 +1,10 @@
-//! The `stptf` command line.
+//! The `stptf` command line. Each subcommand's body lives in `src/cmd/<name>.rs`.
 
-mod cmd;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod cmd;
 
 #[derive(Parser)]
 #[command(
@@ -19,16 +21,26 @@ struct Cli {
 enum Command {
     /// Show the GPU adapter, its limits and optional features.
     Info,
+    /// Load a dataset and print what is in it (scans, regions, lengths, classes, sites, exclusions).
+    Inspect(cmd::inspect::InspectArgs),
+    /// Write a synthetic dataset with planted spatial and temporal class differences.
+    Synth(cmd::synth::SynthArgs),
 }
 
-fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
-    let result = match cli.command {
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let outcome = match Cli::parse().command {
         Command::Info => cmd::info::run(),
+        Command::Inspect(args) => cmd::inspect::run(&args),
+        Command::Synth(args) => cmd::synth::run(&args),
     };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The whole cause chain on one line, without a backtrace: these are
+            // input errors meant for the user, not crashes.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,2 +1,4 @@
-//! Subcommand bodies of the `stptf` binary.
+//! One module per subcommand: its clap arguments and its `run`.
 pub mod info;
+pub mod inspect;
+pub mod synth;
