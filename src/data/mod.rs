@@ -17,6 +17,7 @@ pub mod formats;
 pub mod preprocess;
 pub mod split;
 pub mod synth;
+pub mod upload;
 
 pub use batch::HostBatch;
 pub use config::DatasetConfig;
