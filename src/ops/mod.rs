@@ -2,6 +2,7 @@
 //! beside the WGSL file of the same name under `shaders/`.
 pub mod barlow;
 pub mod batchnorm;
+pub mod correlation;
 pub mod elementwise;
 pub mod layernorm;
 pub(crate) mod limits;
