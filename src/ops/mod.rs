@@ -7,3 +7,4 @@ pub mod elementwise;
 pub mod layernorm;
 pub(crate) mod limits;
 pub mod matmul;
+pub mod partial_correlation;
