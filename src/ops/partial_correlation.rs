@@ -243,7 +243,9 @@ mod tests {
                 Tolerance::Composite,
                 &format!("{what} shrinkage"),
             );
-            assert_close(&p, &want, Tolerance::Composite, &what);
+            // Measured: at most 9e-6 (N = 200) on lavapipe, so the tighter
+            // accumulation tolerance holds with a 10x margin.
+            assert_close(&p, &want, Tolerance::Accumulation, &what);
             if let Some(z) = zero {
                 // A zero region is partially correlated with nothing.
                 for bi in 0..b {
@@ -295,7 +297,7 @@ mod tests {
         assert_close(
             &gpu.read(&got.partial).unwrap(),
             &want,
-            Tolerance::Composite,
+            Tolerance::Accumulation,
             "GPU vs nilearn",
         );
         assert_close(
