@@ -369,10 +369,15 @@ impl Gpu {
     /// Submits everything recorded so far (one submit) and makes buffers
     /// released during the recording reusable. Does not wait.
     pub fn flush(&self) -> Result<()> {
-        let encoder = lock(&self.encoder).take();
-        if let Some(encoder) = encoder {
+        // Hold the encoder lock until the submit is done: otherwise another
+        // thread's `read` could find the encoder empty (taken here), skip its
+        // own submit, and map its staging buffer before the copy that fills it
+        // was submitted (seen as reads of zeros in parallel tests).
+        let mut guard = lock(&self.encoder);
+        if let Some(encoder) = guard.take() {
             self.queue.submit(Some(encoder.finish()));
         }
+        drop(guard);
         lock(&self.pool).after_submit();
         self.check_errors()
     }
