@@ -373,12 +373,16 @@ impl Gpu {
         // thread's `read` could find the encoder empty (taken here), skip its
         // own submit, and map its staging buffer before the copy that fills it
         // was submitted (seen as reads of zeros in parallel tests).
+        //
+        // Recycle released buffers under the same lock: a buffer released
+        // after this submit may still be used by commands another thread
+        // records next, and must wait for the *next* submit.
         let mut guard = lock(&self.encoder);
         if let Some(encoder) = guard.take() {
             self.queue.submit(Some(encoder.finish()));
         }
-        drop(guard);
         lock(&self.pool).after_submit();
+        drop(guard);
         self.check_errors()
     }
 
