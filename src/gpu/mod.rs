@@ -364,11 +364,20 @@ impl Gpu {
     /// Submits everything recorded so far (one submit) and makes buffers
     /// released during the recording reusable. Does not wait.
     pub fn flush(&self) -> Result<()> {
-        let encoder = lock(&self.encoder).take();
-        if let Some(encoder) = encoder {
+        // Take, submit and recycle under the encoder lock, so that with several
+        // threads recording (the tests) encoders are submitted in the order
+        // they were taken: otherwise a thread could submit its later commands
+        // (a readback copy) while another thread still holds the encoder with
+        // its earlier ones, and read stale data. The released buffers are taken
+        // with the encoder: one released after the take may be used by
+        // commands in the next encoder, so it must stay pending.
+        let mut guard = lock(&self.encoder);
+        let released = lock(&self.pool).take_pending();
+        if let Some(encoder) = guard.take() {
             self.queue.submit(Some(encoder.finish()));
         }
-        lock(&self.pool).after_submit();
+        lock(&self.pool).after_submit(released);
+        drop(guard);
         self.check_errors()
     }
 
