@@ -1,6 +1,8 @@
 //! One module per kernel family: launch code, f64 CPU reference and tests,
 //! beside the WGSL file of the same name under `shaders/`.
 mod chunk;
+pub mod cross_entropy;
 pub mod elementwise;
 pub mod matmul;
 pub mod reduce;
+pub mod softmax;
