@@ -1,6 +1,7 @@
 //! One module per kernel family: launch code, f64 CPU reference and tests,
 //! beside the WGSL file of the same name under `shaders/`.
 mod chunk;
+pub mod conv1d;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod matmul;
