@@ -15,7 +15,6 @@ pub(crate) fn align_elems(gpu: &Gpu) -> usize {
 
 /// Largest element count per binding, rounded down to the offset alignment
 /// (the same rule `elementwise::run` uses).
-#[allow(dead_code)] // used by adamw and random
 pub(crate) fn chunk_elems(gpu: &Gpu) -> usize {
     let align = align_elems(gpu);
     (((gpu.max_binding_bytes() / 4) as usize / align) * align).max(align)
