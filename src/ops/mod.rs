@@ -6,5 +6,6 @@ pub mod conv1d;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod matmul;
+pub mod random;
 pub mod reduce;
 pub mod softmax;
