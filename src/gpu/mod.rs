@@ -369,19 +369,19 @@ impl Gpu {
     /// Submits everything recorded so far (one submit) and makes buffers
     /// released during the recording reusable. Does not wait.
     pub fn flush(&self) -> Result<()> {
-        // Hold the encoder lock until the submit is done: otherwise another
-        // thread's `read` could find the encoder empty (taken here), skip its
-        // own submit, and map its staging buffer before the copy that fills it
-        // was submitted (seen as reads of zeros in parallel tests).
-        //
-        // Recycle released buffers under the same lock: a buffer released
-        // after this submit may still be used by commands another thread
-        // records next, and must wait for the *next* submit.
+        // Take, submit and recycle under the encoder lock, so that with several
+        // threads recording (the tests) encoders are submitted in the order
+        // they were taken: otherwise a thread could submit its later commands
+        // (a readback copy) while another thread still holds the encoder with
+        // its earlier ones, and read stale data. The released buffers are taken
+        // with the encoder: one released after the take may be used by
+        // commands in the next encoder, so it must stay pending.
         let mut guard = lock(&self.encoder);
+        let released = lock(&self.pool).take_pending();
         if let Some(encoder) = guard.take() {
             self.queue.submit(Some(encoder.finish()));
         }
-        lock(&self.pool).after_submit();
+        lock(&self.pool).after_submit(released);
         drop(guard);
         self.check_errors()
     }

@@ -52,9 +52,18 @@ impl BufferPool {
         self.pending.push(buf);
     }
 
-    /// Called right after a submission: everything released before it may be reused.
-    pub fn after_submit(&mut self) {
-        for buf in self.pending.drain(..) {
+    /// Takes the buffers released so far. Called while the encoder is taken
+    /// for submission (under its lock), so every command that used them is in
+    /// that encoder or an earlier one.
+    pub fn take_pending(&mut self) -> Vec<Arc<wgpu::Buffer>> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Called right after the submission that `take_pending` belonged to:
+    /// those buffers may be reused. Buffers released after the encoder was
+    /// taken stay pending: their last users may be in the next encoder.
+    pub fn after_submit(&mut self, released: Vec<Arc<wgpu::Buffer>>) {
+        for buf in released {
             self.free.entry(buf.size()).or_default().push(buf);
         }
     }

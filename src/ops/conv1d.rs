@@ -1,0 +1,441 @@
+//! 1-D convolution along time (`shaders/conv1d.wgsl`): input [B, Cin, T],
+//! weight [Cout, Cin, k] with k odd, bias [Cout], zero padding k/2 ("same"
+//! length), stride 1, output [B, Cout, T]. Used for Q, K, V (k = 3) and the
+//! 1×1 convolutions over [B, D, T] and [B, N·F, T].
+//!
+//! Inputs larger than one storage binding (the fusion conv's [B, N·F, T] is
+//! over 128 MiB at the paper's sizes) are split over batch items; the weight
+//! and bias gradients then add up the launches' parts on the GPU.
+
+use super::chunk::rows_per_launch;
+use crate::gpu::{Gpu, GpuError, Result, Tensor, MAX_GROUPS_PER_DIM};
+
+const SHADER: crate::gpu::Shader = crate::shader!("conv1d");
+const TILE: u32 = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    cin: u32,
+    cout: u32,
+    t: u32,
+    k: u32,
+    flags: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+/// Sizes of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub batch: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub t: usize,
+    pub k: usize,
+}
+
+/// Checks x [B, Cin, T] against w [Cout, Cin, k] (k odd).
+pub fn dims(x: &Tensor, w: &Tensor) -> Result<Dims> {
+    let (xs, ws) = (x.shape(), w.shape());
+    let err = |message: String| GpuError::Shape {
+        op: "conv1d",
+        message,
+    };
+    if xs.len() != 3 || ws.len() != 3 {
+        return Err(err(format!(
+            "input {xs:?} must be [B, Cin, T] and weight {ws:?} [Cout, Cin, k]"
+        )));
+    }
+    if ws[1] != xs[1] {
+        return Err(err(format!(
+            "weight {ws:?} expects {} input channels, input {xs:?} has {}",
+            ws[1], xs[1]
+        )));
+    }
+    if ws[2] % 2 == 0 {
+        return Err(err(format!(
+            "kernel size {} must be odd for same-length padding",
+            ws[2]
+        )));
+    }
+    if xs.contains(&0) || ws.contains(&0) {
+        return Err(err(format!("empty input {xs:?} or weight {ws:?}")));
+    }
+    Ok(Dims {
+        batch: xs[0],
+        cin: xs[1],
+        cout: ws[0],
+        t: xs[2],
+        k: ws[2],
+    })
+}
+
+fn params(d: Dims, batch: usize, accumulate: bool) -> Params {
+    Params {
+        batch: batch as u32,
+        cin: d.cin as u32,
+        cout: d.cout as u32,
+        t: d.t as u32,
+        k: d.k as u32,
+        flags: accumulate as u32,
+        _pad0: 0,
+        _pad1: 0,
+    }
+}
+
+/// Batch items per launch: what fits in a binding, at most one grid's z.
+fn items_per_launch(gpu: &Gpu, d: Dims) -> Result<usize> {
+    let n = rows_per_launch(gpu, "conv1d", d.batch, &[d.cin * d.t, d.cout * d.t])?;
+    Ok(n.min(MAX_GROUPS_PER_DIM as usize))
+}
+
+/// Calls `f(first item, items)` for each launch's range of batch items.
+fn for_each_chunk(gpu: &Gpu, d: Dims, mut f: impl FnMut(usize, usize) -> Result<()>) -> Result<()> {
+    let per = items_per_launch(gpu, d)?;
+    let mut b0 = 0;
+    while b0 < d.batch {
+        let n = per.min(d.batch - b0);
+        f(b0, n)?;
+        b0 += n;
+    }
+    Ok(())
+}
+
+/// y = conv1d(x, w) + bias.
+pub fn conv1d(gpu: &Gpu, x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let d = dims(x, w)?;
+    if bias.len() != d.cout {
+        return Err(GpuError::Shape {
+            op: "conv1d",
+            message: format!("bias {:?} for {} output channels", bias.shape(), d.cout),
+        });
+    }
+    let y = gpu.empty(&[d.batch, d.cout, d.t]);
+    let kernel = SHADER.kernel("forward");
+    let (xi, yi) = (d.cin * d.t, d.cout * d.t);
+    for_each_chunk(gpu, d, |b0, n| {
+        gpu.launch(
+            kernel,
+            &[
+                (0, x.range(b0 * xi, n * xi)),
+                (1, w.arg()),
+                (2, bias.arg()),
+                (4, y.range(b0 * yi, n * yi)),
+            ],
+            &params(d, n, false),
+            [
+                (d.t as u32).div_ceil(TILE),
+                (d.cout as u32).div_ceil(TILE),
+                n as u32,
+            ],
+        )
+    })?;
+    Ok(y)
+}
+
+fn check_dy(d: Dims, dy: &Tensor) -> Result<()> {
+    if dy.shape() != [d.batch, d.cout, d.t] {
+        return Err(GpuError::Shape {
+            op: "conv1d_backward",
+            message: format!(
+                "output gradient {:?}, expected {:?}",
+                dy.shape(),
+                [d.batch, d.cout, d.t]
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// dx [B, Cin, T] from the output gradient dy [B, Cout, T].
+pub fn conv1d_backward_input(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let d = dims(x, w)?;
+    check_dy(d, dy)?;
+    let dx = gpu.empty(x.shape());
+    let kernel = SHADER.kernel("backward_input");
+    let (xi, yi) = (d.cin * d.t, d.cout * d.t);
+    for_each_chunk(gpu, d, |b0, n| {
+        gpu.launch(
+            kernel,
+            &[
+                (0, dy.range(b0 * yi, n * yi)),
+                (1, w.arg()),
+                (4, dx.range(b0 * xi, n * xi)),
+            ],
+            &params(d, n, false),
+            [
+                (d.t as u32).div_ceil(TILE),
+                (d.cin as u32).div_ceil(TILE),
+                n as u32,
+            ],
+        )
+    })?;
+    Ok(dx)
+}
+
+/// dw [Cout, Cin, k], summed over batch and time.
+pub fn conv1d_backward_weight(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let d = dims(x, w)?;
+    check_dy(d, dy)?;
+    let dw = gpu.empty(w.shape());
+    let kernel = SHADER.kernel("backward_weight");
+    let (xi, yi) = (d.cin * d.t, d.cout * d.t);
+    for_each_chunk(gpu, d, |b0, n| {
+        gpu.launch(
+            kernel,
+            &[
+                (0, x.range(b0 * xi, n * xi)),
+                (3, dy.range(b0 * yi, n * yi)),
+                (4, dw.arg()),
+            ],
+            // Launches after the first add their items' sums to the first's.
+            &params(d, n, b0 > 0),
+            [
+                (d.cin as u32).div_ceil(TILE),
+                (d.cout as u32).div_ceil(TILE),
+                d.k as u32,
+            ],
+        )
+    })?;
+    Ok(dw)
+}
+
+/// dbias [Cout], summed over batch and time.
+pub fn conv1d_backward_bias(gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
+    let s = dy.shape();
+    if s.len() != 3 || s.contains(&0) {
+        return Err(GpuError::Shape {
+            op: "conv1d_backward",
+            message: format!("output gradient {s:?} must be [B, Cout, T]"),
+        });
+    }
+    let d = Dims {
+        batch: s[0],
+        cin: 0,
+        cout: s[1],
+        t: s[2],
+        k: 1,
+    };
+    let db = gpu.empty(&[d.cout]);
+    let kernel = SHADER.kernel("backward_bias");
+    let yi = d.cout * d.t;
+    for_each_chunk(gpu, d, |b0, n| {
+        gpu.launch_linear(
+            kernel,
+            &[(3, dy.range(b0 * yi, n * yi)), (4, db.arg())],
+            &params(d, n, b0 > 0),
+            (d.cout as u64).div_ceil(64),
+        )
+    })?;
+    Ok(db)
+}
+
+/// All three gradients of `conv1d(x, w) + bias`.
+pub struct Conv1dGrads {
+    pub dx: Tensor,
+    pub dw: Tensor,
+    pub db: Tensor,
+}
+
+pub fn conv1d_backward(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Conv1dGrads> {
+    Ok(Conv1dGrads {
+        dx: conv1d_backward_input(gpu, x, w, dy)?,
+        dw: conv1d_backward_weight(gpu, x, w, dy)?,
+        db: conv1d_backward_bias(gpu, dy)?,
+    })
+}
+
+/// f64 CPU references on row-major slices.
+pub mod reference {
+    use super::Dims;
+
+    fn x_at(x: &[f64], d: Dims, b: usize, c: usize, pos: isize) -> f64 {
+        if pos < 0 || pos >= d.t as isize {
+            0.0
+        } else {
+            x[(b * d.cin + c) * d.t + pos as usize]
+        }
+    }
+
+    pub fn conv1d(x: &[f64], w: &[f64], bias: &[f64], d: Dims) -> Vec<f64> {
+        let h = (d.k / 2) as isize;
+        let mut y = vec![0.0; d.batch * d.cout * d.t];
+        for b in 0..d.batch {
+            for o in 0..d.cout {
+                for t in 0..d.t {
+                    let mut s = bias[o];
+                    for c in 0..d.cin {
+                        for j in 0..d.k {
+                            s += w[(o * d.cin + c) * d.k + j]
+                                * x_at(x, d, b, c, t as isize + j as isize - h);
+                        }
+                    }
+                    y[(b * d.cout + o) * d.t + t] = s;
+                }
+            }
+        }
+        y
+    }
+
+    /// (dx, dw, db) given the output gradient dy.
+    pub fn conv1d_backward(
+        x: &[f64],
+        w: &[f64],
+        dy: &[f64],
+        d: Dims,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let h = (d.k / 2) as isize;
+        let mut dx = vec![0.0; x.len()];
+        let mut dw = vec![0.0; w.len()];
+        let mut db = vec![0.0; d.cout];
+        for b in 0..d.batch {
+            for o in 0..d.cout {
+                for t in 0..d.t {
+                    let g = dy[(b * d.cout + o) * d.t + t];
+                    db[o] += g;
+                    for c in 0..d.cin {
+                        for j in 0..d.k {
+                            let pos = t as isize + j as isize - h;
+                            if pos < 0 || pos >= d.t as isize {
+                                continue;
+                            }
+                            let xi = (b * d.cin + c) * d.t + pos as usize;
+                            let wi = (o * d.cin + c) * d.k + j;
+                            dx[xi] += g * w[wi];
+                            dw[wi] += g * x[xi];
+                        }
+                    }
+                }
+            }
+        }
+        (dx, dw, db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{
+        assert_close, assert_gradient, finite_difference, gpu, random_vec, to_f64, Tolerance,
+    };
+
+    fn check_case(gpu: &Gpu, d: Dims, seed: u64) {
+        let xv = random_vec(d.batch * d.cin * d.t, seed);
+        let wv = random_vec(d.cout * d.cin * d.k, seed + 1);
+        let bv = random_vec(d.cout, seed + 2);
+        let gv = random_vec(d.batch * d.cout * d.t, seed + 3);
+        let x = gpu.upload(&xv, &[d.batch, d.cin, d.t]).unwrap();
+        let w = gpu.upload(&wv, &[d.cout, d.cin, d.k]).unwrap();
+        let b = gpu.upload(&bv, &[d.cout]).unwrap();
+        let g = gpu.upload(&gv, &[d.batch, d.cout, d.t]).unwrap();
+        let y = conv1d(gpu, &x, &w, &b).unwrap();
+        let grads = conv1d_backward(gpu, &x, &w, &g).unwrap();
+        let (x64, w64, g64) = (to_f64(&xv), to_f64(&wv), to_f64(&gv));
+        let what = format!("conv1d {d:?}");
+        assert_close(
+            &gpu.read(&y).unwrap(),
+            &reference::conv1d(&x64, &w64, &to_f64(&bv), d),
+            Tolerance::Accumulation,
+            &what,
+        );
+        let (dx, dw, db) = reference::conv1d_backward(&x64, &w64, &g64, d);
+        for (got, want, name) in [
+            (&grads.dx, dx, "dx"),
+            (&grads.dw, dw, "dw"),
+            (&grads.db, db, "db"),
+        ] {
+            assert_close(
+                &gpu.read(got).unwrap(),
+                &want,
+                Tolerance::Accumulation,
+                &format!("{what}: {name}"),
+            );
+        }
+    }
+
+    fn dims_of(batch: usize, cin: usize, cout: usize, t: usize, k: usize) -> Dims {
+        Dims {
+            batch,
+            cin,
+            cout,
+            t,
+            k,
+        }
+    }
+
+    #[test]
+    fn forward_and_backward_match_reference() {
+        let gpu = gpu();
+        for (i, d) in [
+            dims_of(1, 1, 1, 1, 1),
+            dims_of(1, 1, 1, 1, 3), // the whole kernel hangs over the padding
+            dims_of(2, 3, 5, 7, 3),
+            dims_of(3, 16, 8, 33, 3),
+            dims_of(1, 2, 3, 10, 5),
+            dims_of(2, 7, 9, 130, 1), // 1×1 conv, T not a multiple of the tile
+            dims_of(2, 128, 64, 45, 3), // Q/K: D = 128 → 64
+            dims_of(4, 3, 2, 316, 3), // long time axis: 1264-term weight sums
+            dims_of(1, 200, 3, 5, 1), // N = 200 input channels
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            check_case(gpu, d, 900 + 10 * i as u64);
+        }
+    }
+
+    #[test]
+    fn split_launches_match_reference() {
+        // 256-value bindings: 8 items of 2×8 inputs / 3×8 outputs per launch
+        // (offsets 128 and 192: aligned), 20 items in three launches, so the
+        // weight and bias gradients accumulate across launches.
+        check_case(
+            super::super::chunk::small_binding_gpu(),
+            dims_of(20, 2, 3, 8, 3),
+            77,
+        );
+    }
+
+    #[test]
+    fn reference_backward_matches_finite_differences() {
+        let d = dims_of(2, 3, 2, 5, 3);
+        let x = to_f64(&random_vec(d.batch * d.cin * d.t, 1));
+        let w = to_f64(&random_vec(d.cout * d.cin * d.k, 2));
+        let b = to_f64(&random_vec(d.cout, 3));
+        let g = to_f64(&random_vec(d.batch * d.cout * d.t, 4));
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
+            reference::conv1d(x, w, b, d)
+                .iter()
+                .zip(&g)
+                .map(|(y, g)| y * g)
+                .sum()
+        };
+        let (dx, dw, db) = reference::conv1d_backward(&x, &w, &g, d);
+        assert_gradient(&dx, &finite_difference(&x, |v| loss(v, &w, &b)), "dx");
+        assert_gradient(&dw, &finite_difference(&w, |v| loss(&x, v, &b)), "dw");
+        assert_gradient(&db, &finite_difference(&b, |v| loss(&x, &w, v)), "db");
+    }
+
+    #[test]
+    fn shape_errors_are_reported() {
+        let gpu = gpu();
+        let x = gpu.zeros(&[2, 3, 5]).unwrap();
+        let b = gpu.zeros(&[4]).unwrap();
+        for (w_shape, needle) in [
+            (vec![4, 2, 3], "input channels"),
+            (vec![4, 3, 2], "odd"),
+            (vec![4, 3], "[Cout, Cin, k]"),
+        ] {
+            let w = gpu.zeros(&w_shape).unwrap();
+            let e = conv1d(gpu, &x, &w, &b).unwrap_err().to_string();
+            assert!(e.contains(needle), "{w_shape:?}: {e}");
+        }
+        let w = gpu.zeros(&[4, 3, 3]).unwrap();
+        let bad_bias = gpu.zeros(&[3]).unwrap();
+        assert!(conv1d(gpu, &x, &w, &bad_bias).is_err());
+        let bad_dy = gpu.zeros(&[2, 4, 6]).unwrap();
+        assert!(conv1d_backward(gpu, &x, &w, &bad_dy).is_err());
+    }
+}
