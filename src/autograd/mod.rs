@@ -9,7 +9,9 @@
 //! Parameters live outside the tape in a [`ParamStore`]; their gradient
 //! buffers are zeroed once per step and backward accumulates into them.
 
+mod nn_ops;
 mod ops;
+pub mod optim;
 
 use crate::gpu::{Gpu, Result, Tensor};
 

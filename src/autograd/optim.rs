@@ -1,0 +1,38 @@
+//! AdamW over a parameter store, on the GPU (moments live beside the params).
+
+use super::ParamStore;
+use crate::gpu::{Gpu, Result, Tensor};
+use crate::ops::adamw::{adamw_step, AdamW};
+
+pub struct AdamWState {
+    pub hp: AdamW,
+    /// Steps taken so far (the next update uses `step + 1`).
+    pub step: u32,
+    /// First and second moments, one pair per parameter in store order.
+    pub moments: Vec<(Tensor, Tensor)>,
+}
+
+impl AdamWState {
+    pub fn new(gpu: &Gpu, store: &ParamStore, hp: AdamW) -> Result<Self> {
+        let moments = store
+            .params
+            .iter()
+            .map(|p| Ok((gpu.zeros(p.value.shape())?, gpu.zeros(p.value.shape())?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            hp,
+            step: 0,
+            moments,
+        })
+    }
+
+    /// Records one update of every parameter with learning rate `lr`.
+    pub fn update(&mut self, gpu: &Gpu, store: &ParamStore, lr: f32) -> Result<()> {
+        self.step += 1;
+        let hp = AdamW { lr, ..self.hp };
+        for (p, (m, v)) in store.params.iter().zip(&self.moments) {
+            adamw_step(gpu, &p.value, &p.grad, m, v, &hp, self.step)?;
+        }
+        Ok(())
+    }
+}
