@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use crate::check::random_vec;
 use crate::gpu::{Gpu, Result, Tensor};
-use crate::ops::{elementwise, matmul};
+use crate::ops::{
+    adamw, barlow, batchnorm, conv1d, correlation, cross_entropy, elementwise, layernorm, matmul,
+    partial_correlation, random, reduce, softmax,
+};
 
 /// What one run of a case does, for the rate column.
 #[derive(Clone, Copy, Debug)]
@@ -110,6 +113,145 @@ pub fn kernel_cases(gpu: &Gpu) -> Result<Vec<Case>> {
         work: Work::Bytes(3.0 * 4.0 * n as f64),
         run: Box::new(move |gpu| elementwise::axpy(gpu, &out2, 0.5, &x2)),
     });
+    cases.extend(model_cases(gpu)?);
+    Ok(cases)
+}
+
+/// A case whose run discards its output (the pool recycles it after the submit).
+fn case(name: &str, shape: String, work: Work, run: impl Fn(&Gpu) -> Result<()> + 'static) -> Case {
+    Case {
+        name: name.to_string(),
+        shape,
+        work,
+        run: Box::new(run),
+    }
+}
+
+/// The other families at the paper/ABIDE shapes (B = 32, T = 128, D = 128, N = 200).
+fn model_cases(gpu: &Gpu) -> Result<Vec<Case>> {
+    let (b, t, d, n) = (32usize, 128usize, 128usize, 200usize);
+    let mut cases = Vec::new();
+
+    let x = input(gpu, &[b, d, t], 5)?;
+    cases.push(case(
+        "reduce mean (over T)",
+        format!("[{b},{d},{t}] axis 2"),
+        Work::Bytes(4.0 * (b * d * t) as f64),
+        move |gpu| reduce::reduce(gpu, &x, 2, reduce::Reduction::Mean).map(drop),
+    ));
+
+    let s = input(gpu, &[b * t, t], 6)?;
+    cases.push(case(
+        "softmax rows",
+        format!("[{},{t}]", b * t),
+        Work::Bytes(8.0 * (b * t * t) as f64),
+        move |gpu| softmax::softmax(gpu, &s, 0.1).map(drop),
+    ));
+
+    let xc = input(gpu, &[b, d, t], 7)?;
+    let wc = input(gpu, &[d, d, 3], 8)?;
+    let bc = input(gpu, &[d], 9)?;
+    cases.push(case(
+        "conv1d k3 (calibration V)",
+        format!("[{b},{d},{t}]*[{d},{d},3]"),
+        Work::Flops(2.0 * (b * d * d * 3 * t) as f64),
+        move |gpu| conv1d::conv1d(gpu, &xc, &wc, &bc).map(drop),
+    ));
+
+    let xs = input(gpu, &[b, n, t], 10)?;
+    let (win, stride) = (30usize, 15usize);
+    let windows = (t - win) / stride + 1;
+    let xs2 = xs.clone();
+    cases.push(case(
+        "windowed Pearson",
+        format!("[{b},{n},{t}] L{win} S{stride}"),
+        Work::Flops(2.0 * (b * windows * n * n * win) as f64),
+        move |gpu| correlation::correlation(gpu, &xs2, win, stride).map(drop),
+    ));
+    let xs3 = xs.clone();
+    cases.push(case(
+        "partial corr (Ledoit-Wolf)",
+        format!("[{b},{n},{t}]"),
+        Work::Flops((b as f64) * (2.0 * (n * n * t) as f64 + 2.0 * (n as f64).powi(3))),
+        move |gpu| partial_correlation::partial_correlation(gpu, &xs3).map(drop),
+    ));
+
+    let z = input(gpu, &[b, 256], 11)?;
+    let z2 = input(gpu, &[b, 256], 12)?;
+    let gamma = gpu.upload(&vec![1.0; 256], &[256])?;
+    let beta = gpu.upload(&vec![0.0; 256], &[256])?;
+    let (zb, gb, bb) = (z.clone(), gamma.clone(), beta.clone());
+    cases.push(case(
+        "batchnorm forward",
+        format!("[{b},256]"),
+        Work::Bytes(8.0 * (b * 256) as f64),
+        move |gpu| {
+            batchnorm::batchnorm_forward(
+                gpu,
+                &zb,
+                Some(batchnorm::Affine {
+                    gamma: &gb,
+                    beta: &bb,
+                }),
+            )
+            .map(drop)
+        },
+    ));
+    let xl = input(gpu, &[b * t, d], 13)?;
+    let gl = gpu.upload(&vec![1.0; d], &[d])?;
+    let bl = gpu.upload(&vec![0.0; d], &[d])?;
+    cases.push(case(
+        "layernorm forward",
+        format!("[{},{d}]", b * t),
+        Work::Bytes(8.0 * (b * t * d) as f64),
+        move |gpu| layernorm::layernorm_forward(gpu, &xl, &gl, &bl).map(drop),
+    ));
+    let (za, zc) = (z.clone(), z2.clone());
+    cases.push(case(
+        "barlow loss forward",
+        format!("[{b},256]x2"),
+        Work::Flops(2.0 * (b * 256 * 256) as f64),
+        move |gpu| barlow::barlow_forward(gpu, &za, &zc, barlow::LAMBDA).map(drop),
+    ));
+    let logits = input(gpu, &[b, 2], 14)?;
+    let labels = gpu.upload(&(0..b).map(|i| (i % 2) as f32).collect::<Vec<_>>(), &[b])?;
+    cases.push(case(
+        "cross-entropy forward",
+        format!("[{b},2]"),
+        Work::Bytes(4.0 * (b * 3) as f64),
+        move |gpu| cross_entropy::cross_entropy(gpu, &logits, &labels).map(drop),
+    ));
+    let np = 1 << 20;
+    let (p, g, m, v) = (
+        input(gpu, &[np], 15)?,
+        input(gpu, &[np], 16)?,
+        gpu.zeros(&[np])?,
+        gpu.zeros(&[np])?,
+    );
+    cases.push(case(
+        "adamw step",
+        format!("{np} params"),
+        Work::Bytes(7.0 * 4.0 * np as f64),
+        move |gpu| adamw::adamw_step(gpu, &p, &g, &m, &v, &adamw::AdamW::default(), 1),
+    ));
+    let shape = [b, n, t];
+    cases.push(case(
+        "uniform RNG",
+        format!("{shape:?}"),
+        Work::Bytes(4.0 * (b * n * t) as f64),
+        move |gpu| {
+            random::uniform(
+                gpu,
+                &shape,
+                random::RngKey {
+                    seed: 1,
+                    stream: 0,
+                    step: 0,
+                },
+            )
+            .map(drop)
+        },
+    ));
     Ok(cases)
 }
 

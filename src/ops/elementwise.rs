@@ -7,7 +7,8 @@
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("elementwise");
-const WORKGROUP: u64 = 256;
+/// Elements per workgroup: 256 invocations x ELEMS_PER_THREAD (8) in the shader.
+const WORKGROUP: u64 = 256 * 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
