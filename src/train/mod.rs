@@ -4,13 +4,16 @@
 //!
 //! - `schedule`: learning rate as a pure function of the step (warm-up, cosine)
 //! - `metrics`: accuracy, ROC AUC, recall, ROC curves, mean (std) over folds
-//! - `checkpoint`: weights + AdamW state + metadata, saved atomically
-
+//! - `checkpoint`: weights + AdamW state + metadata, saved crash-safely
+//! - `rundir`: a run's resolved config, metrics log, summary, per-fold folders
 //! - `plots`: dependency-free SVG loss curves, ROC curves, region bar charts
 //! - `baseline`: FC features + L2 logistic regression, the honest floor
 //! - `atomic`: write-to-temp, fsync, rename
 
 pub mod atomic;
+pub mod baseline;
 pub mod checkpoint;
 pub mod metrics;
+pub mod plots;
+pub mod rundir;
 pub mod schedule;
