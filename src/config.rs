@@ -56,7 +56,7 @@ pub enum ConfigError {
 
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Seeds everything random: splits, crops, augmentation masks, initialization.
@@ -235,21 +235,6 @@ pub enum SplitKind {
 pub struct BaselineConfig {
     /// Inverse L2 strength of the FC + logistic-regression baseline (scikit-learn's C).
     pub c_reg: f64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            seed: 0,
-            data: DataSection::default(),
-            model: ModelConfig::default(),
-            augment: AugmentConfig::default(),
-            pretrain: PretrainConfig::default(),
-            finetune: FinetuneConfig::default(),
-            evaluate: EvaluateConfig::default(),
-            baseline: BaselineConfig::default(),
-        }
-    }
 }
 
 impl Default for ModelConfig {
