@@ -2,6 +2,8 @@
 pub mod autograd;
 pub mod bench;
 pub mod check;
+pub mod config;
 pub mod data;
 pub mod gpu;
 pub mod ops;
+pub mod train;

@@ -19,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Functional-connectivity + logistic-regression baseline with stratified subject-level CV.
+    Baseline(cmd::baseline::BaselineArgs),
     /// Show the GPU adapter, its limits and optional features.
     Info,
     /// Load a dataset and print what is in it (scans, regions, lengths, classes, sites, exclusions).
@@ -30,6 +32,7 @@ enum Command {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let outcome = match Cli::parse().command {
+        Command::Baseline(args) => cmd::baseline::run(&args),
         Command::Info => cmd::info::run(),
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Synth(args) => cmd::synth::run(&args),

@@ -1,4 +1,5 @@
 //! One module per subcommand: its clap arguments and its `run`.
+pub mod baseline;
 pub mod info;
 pub mod inspect;
 pub mod synth;

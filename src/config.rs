@@ -1,0 +1,767 @@
+//! The experiment config: one TOML file that fixes the data, the model sizes,
+//! the augmentation, the pretraining and fine-tuning schedules and the
+//! evaluation protocol of one run. Every field has a default (the paper's
+//! setting, `assets/default.toml`), every table denies unknown fields so a typo
+//! is an error, and `--set key=value` overrides any single field
+//! (`Config::apply_override`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: invalid experiment config: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+
+    #[error("--set {assignment}: expected KEY=VALUE (e.g. pretrain.lr=3e-4)")]
+    NotAnAssignment { assignment: String },
+
+    #[error("unknown config key \"{key}\"; {hint}")]
+    UnknownKey { key: String, hint: String },
+
+    #[error("config key \"{key}\" = {value}: expected {expected}: {message}")]
+    BadValue {
+        key: String,
+        value: String,
+        expected: String,
+        message: String,
+    },
+
+    #[error("config key \"{key}\" = {value}: expected {expected}")]
+    Invalid {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+
+    #[error("cannot write the config as TOML: {source}")]
+    Serialize {
+        #[source]
+        source: toml::ser::Error,
+    },
+}
+
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Seeds everything random: splits, crops, augmentation masks, initialization.
+    pub seed: u64,
+    pub data: DataSection,
+    pub model: ModelConfig,
+    pub augment: AugmentConfig,
+    pub pretrain: PretrainConfig,
+    pub finetune: FinetuneConfig,
+    pub evaluate: EvaluateConfig,
+    pub baseline: BaselineConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// The dataset description TOML (docs/data.md), relative to the current
+    /// directory. Optional here: `--config` on the command line may give it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<PathBuf>,
+    /// Sites whose scans are used for pretraining; empty = every site.
+    pub pretrain_sites: Vec<String>,
+    /// Sites whose scans are used for fine-tuning and evaluation; empty = every site.
+    pub finetune_sites: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// T: frames per crop.
+    pub crop: usize,
+    /// F: GCN channels per node.
+    pub node_channels: usize,
+    /// D: model width.
+    pub width: usize,
+    /// d: node-embedding size of the dynamic graph.
+    pub embed_dim: usize,
+    /// L: frames per dynamic-graph window.
+    pub window: usize,
+    /// S: stride between dynamic-graph windows.
+    pub stride: usize,
+    /// P: frames per aggregation segment.
+    pub segment: usize,
+    /// Q: query/key channels of the calibration.
+    pub qk_dim: usize,
+    /// J: projector width (FGCO `global`).
+    pub proj_dim: usize,
+    pub norm: Norm,
+    pub residual: Residual,
+    pub encoder: Encoder,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Norm {
+    /// The literal model: no normalization layer.
+    #[default]
+    None,
+    /// LayerNorm over D after the fusion projection and on Z_st.
+    Layer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Residual {
+    /// Z_temporal = conv_out(O) + Z_spatial (DESIGN.md's call).
+    #[default]
+    Spatial,
+    /// The paper's literal "+ X" (needs a projection of the input).
+    Input,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoder {
+    /// The full PSTA encoder (static + dynamic GCN, calibration, aggregation).
+    #[default]
+    Psta,
+    /// Ablation: the spatial GCN branches only, mean over time.
+    GcnOnly,
+    /// Ablation: an LSTM over frames.
+    Lstm,
+    /// Baseline: a traditional ST-GCN-style spatio-temporal encoder.
+    StgcnStyle,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    pub kind: AugmentKind,
+    /// Spatial centrality augmentation (ROI masking) on or off.
+    pub sca: bool,
+    /// Temporal continuity augmentation (frame masking) on or off.
+    pub tca: bool,
+    /// p_s: the mean masking probability before capping.
+    pub p_scale: f64,
+    /// The cap on any single masking probability.
+    pub p_max: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AugmentKind {
+    /// STIGA: centrality- and continuity-weighted masking probabilities.
+    #[default]
+    Stiga,
+    /// RSA + RTA: the same mean rates, uniform probabilities.
+    Random,
+    /// No masking: every view equals the original.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainConfig {
+    /// 0 skips pretraining (supervised from scratch).
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub lr_min: f64,
+    pub warmup_fraction: f64,
+    pub weight_decay: f64,
+    pub fgco: Fgco,
+    /// The off-diagonal weight of the Barlow Twins term.
+    pub lambda_offdiag: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fgco {
+    /// Projector on Z_st, one 256x256 cross-correlation per view pair.
+    #[default]
+    Global,
+    /// ROI-by-ROI (spatial view) and frame-by-frame (temporal view) cross-correlations.
+    Fine,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub lr_min: f64,
+    pub warmup_fraction: f64,
+    pub weight_decay: f64,
+    /// true: train the head only (a linear probe).
+    pub freeze_encoder: bool,
+    /// Fraction of each training fold's subjects (per class) whose labels are used.
+    pub label_fraction: f64,
+    /// K: fixed crops per scan whose logits are averaged at evaluation.
+    pub eval_crops: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluateConfig {
+    pub folds: usize,
+    pub split: SplitKind,
+    /// Pretrain on the test fold's scans too (without their labels).
+    pub include_test_unlabeled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitKind {
+    /// Stratified k-fold over subjects.
+    #[default]
+    Stratified,
+    /// One fold per site.
+    LeaveSiteOut,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineConfig {
+    /// Inverse L2 strength of the FC + logistic-regression baseline (scikit-learn's C).
+    pub c_reg: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            crop: 128,
+            node_channels: 32,
+            width: 128,
+            embed_dim: 16,
+            window: 30,
+            stride: 15,
+            segment: 16,
+            qk_dim: 64,
+            proj_dim: 256,
+            norm: Norm::None,
+            residual: Residual::Spatial,
+            encoder: Encoder::Psta,
+        }
+    }
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig {
+            kind: AugmentKind::Stiga,
+            sca: true,
+            tca: true,
+            p_scale: 0.2,
+            p_max: 0.7,
+        }
+    }
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        PretrainConfig {
+            epochs: 100,
+            batch: 64,
+            lr: 1e-3,
+            lr_min: 1e-6,
+            warmup_fraction: 0.1,
+            weight_decay: 1e-4,
+            fgco: Fgco::Global,
+            lambda_offdiag: 0.0051,
+        }
+    }
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            epochs: 50,
+            batch: 32,
+            lr: 1e-4,
+            lr_min: 1e-7,
+            warmup_fraction: 0.1,
+            weight_decay: 1e-4,
+            freeze_encoder: false,
+            label_fraction: 1.0,
+            eval_crops: 8,
+        }
+    }
+}
+
+impl Default for EvaluateConfig {
+    fn default() -> Self {
+        EvaluateConfig {
+            folds: 5,
+            split: SplitKind::Stratified,
+            include_test_unlabeled: false,
+        }
+    }
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        BaselineConfig { c_reg: 1.0 }
+    }
+}
+
+/// Keys whose value may be absent (an `Option`), so they do not appear in the
+/// serialized table but may still be set with `--set`.
+const OPTIONAL_KEYS: &[&str] = &["data.dataset"];
+
+impl Config {
+    /// Parses and validates a config; `origin` names the source in errors.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.display().to_string(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// The resolved config as TOML (what a run directory records).
+    pub fn to_toml_string(&self) -> Result<String> {
+        toml::to_string(self).map_err(|source| ConfigError::Serialize { source })
+    }
+
+    /// Applies `--set KEY=VALUE`.
+    pub fn apply_assignment(&mut self, assignment: &str) -> Result<()> {
+        let Some((key, value)) = assignment.split_once('=') else {
+            return Err(ConfigError::NotAnAssignment {
+                assignment: assignment.to_string(),
+            });
+        };
+        self.apply_override(key.trim(), value.trim())
+    }
+
+    /// Replaces one field, named by its dotted path (`pretrain.lr`), with a
+    /// value written as in TOML (`3e-4`, `true`, `"fine"` or bare `fine`).
+    /// The config is round-tripped through `toml::Value`, so the value is
+    /// checked by the same deserializer as a file, and then validated.
+    pub fn apply_override(&mut self, key: &str, value: &str) -> Result<()> {
+        let mut table =
+            toml::Value::try_from(&*self).map_err(|source| ConfigError::Serialize { source })?;
+        let parts: Vec<&str> = key.split('.').collect();
+        let (last, parents) = match parts.split_last() {
+            Some((last, parents)) if !last.is_empty() => (*last, parents),
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    key: key.to_string(),
+                    hint: "expected a dotted key such as pretrain.lr".to_string(),
+                })
+            }
+        };
+        let mut node = &mut table;
+        let mut walked = String::new();
+        for part in parents {
+            let keys = child_keys(node);
+            let next = node
+                .as_table_mut()
+                .and_then(|t| t.get_mut(*part))
+                .filter(|v| v.is_table());
+            let Some(next) = next else {
+                return Err(ConfigError::UnknownKey {
+                    key: key.to_string(),
+                    hint: format!(
+                        "{} has no section \"{part}\"; sections: {}",
+                        if walked.is_empty() {
+                            "the config"
+                        } else {
+                            &walked
+                        },
+                        keys
+                    ),
+                });
+            };
+            if !walked.is_empty() {
+                walked.push('.');
+            }
+            walked.push_str(part);
+            node = next;
+        }
+        let keys = child_keys(node);
+        let Some(section) = node.as_table_mut() else {
+            return Err(ConfigError::UnknownKey {
+                key: key.to_string(),
+                hint: format!("{walked} is not a section"),
+            });
+        };
+        let old = section.get(last).cloned();
+        if old.is_none() && !OPTIONAL_KEYS.contains(&key) {
+            return Err(ConfigError::UnknownKey {
+                key: key.to_string(),
+                hint: format!(
+                    "{} has the keys: {keys}",
+                    if walked.is_empty() {
+                        "the top level"
+                    } else {
+                        &walked
+                    }
+                ),
+            });
+        }
+        if matches!(old, Some(toml::Value::Table(_))) {
+            return Err(ConfigError::UnknownKey {
+                key: key.to_string(),
+                hint: format!("\"{key}\" is a section; set one of its keys: {key}.KEY"),
+            });
+        }
+        let expected = old.as_ref().map_or("a string (a path)", expected_kind);
+        let new = parse_value(value, old.as_ref());
+        section.insert(last.to_string(), new);
+        let bad = |message: String| ConfigError::BadValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            expected: expected.to_string(),
+            message,
+        };
+        let updated: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.message().trim().to_string()))?;
+        updated.validate()?;
+        *self = updated;
+        Ok(())
+    }
+
+    /// Ranges the deserializer cannot check: positive sizes and rates,
+    /// probabilities in [0, 1], windows that fit in a crop.
+    pub fn validate(&self) -> Result<()> {
+        fn check(ok: bool, key: &str, value: String, expected: &'static str) -> Result<()> {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key: key.to_string(),
+                    value,
+                    expected,
+                })
+            }
+        }
+        let m = &self.model;
+        for (key, v) in [
+            ("model.crop", m.crop),
+            ("model.node_channels", m.node_channels),
+            ("model.width", m.width),
+            ("model.embed_dim", m.embed_dim),
+            ("model.window", m.window),
+            ("model.stride", m.stride),
+            ("model.segment", m.segment),
+            ("model.qk_dim", m.qk_dim),
+            ("model.proj_dim", m.proj_dim),
+            ("pretrain.batch", self.pretrain.batch),
+            ("finetune.batch", self.finetune.batch),
+            ("finetune.eval_crops", self.finetune.eval_crops),
+        ] {
+            check(v >= 1, key, v.to_string(), "an integer >= 1")?;
+        }
+        check(
+            m.window <= m.crop,
+            "model.window",
+            m.window.to_string(),
+            "at most model.crop (a window must fit in a crop)",
+        )?;
+        let a = &self.augment;
+        check(
+            (0.0..=1.0).contains(&a.p_scale),
+            "augment.p_scale",
+            a.p_scale.to_string(),
+            "a probability in [0, 1]",
+        )?;
+        check(
+            (0.0..=1.0).contains(&a.p_max),
+            "augment.p_max",
+            a.p_max.to_string(),
+            "a probability in [0, 1]",
+        )?;
+        for (prefix, lr, lr_min, warmup, wd) in [
+            (
+                "pretrain",
+                self.pretrain.lr,
+                self.pretrain.lr_min,
+                self.pretrain.warmup_fraction,
+                self.pretrain.weight_decay,
+            ),
+            (
+                "finetune",
+                self.finetune.lr,
+                self.finetune.lr_min,
+                self.finetune.warmup_fraction,
+                self.finetune.weight_decay,
+            ),
+        ] {
+            let key = |name: &str| format!("{prefix}.{name}");
+            check(
+                lr.is_finite() && lr > 0.0,
+                &key("lr"),
+                lr.to_string(),
+                "a finite number > 0",
+            )?;
+            check(
+                lr_min.is_finite() && (0.0..=lr).contains(&lr_min),
+                &key("lr_min"),
+                lr_min.to_string(),
+                "a number in [0, lr]",
+            )?;
+            check(
+                (0.0..=1.0).contains(&warmup),
+                &key("warmup_fraction"),
+                warmup.to_string(),
+                "a fraction in [0, 1]",
+            )?;
+            check(
+                wd.is_finite() && wd >= 0.0,
+                &key("weight_decay"),
+                wd.to_string(),
+                "a finite number >= 0",
+            )?;
+        }
+        check(
+            self.pretrain.lambda_offdiag.is_finite() && self.pretrain.lambda_offdiag >= 0.0,
+            "pretrain.lambda_offdiag",
+            self.pretrain.lambda_offdiag.to_string(),
+            "a finite number >= 0",
+        )?;
+        check(
+            self.finetune.label_fraction > 0.0 && self.finetune.label_fraction <= 1.0,
+            "finetune.label_fraction",
+            self.finetune.label_fraction.to_string(),
+            "a fraction in (0, 1]",
+        )?;
+        check(
+            self.evaluate.folds >= 2,
+            "evaluate.folds",
+            self.evaluate.folds.to_string(),
+            "an integer >= 2",
+        )?;
+        check(
+            self.baseline.c_reg.is_finite() && self.baseline.c_reg > 0.0,
+            "baseline.c_reg",
+            self.baseline.c_reg.to_string(),
+            "a finite number > 0",
+        )?;
+        Ok(())
+    }
+}
+
+fn child_keys(node: &toml::Value) -> String {
+    node.as_table()
+        .map(|t| t.keys().map(String::as_str).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+fn expected_kind(old: &toml::Value) -> &'static str {
+    match old {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a number",
+        toml::Value::Boolean(_) => "true or false",
+        toml::Value::Array(_) => "an array, e.g. [\"NYU\", \"UCLA_1\"]",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Table(_) => "a section",
+    }
+}
+
+/// A command-line value as TOML: `3e-4`, `true`, `[1, 2]`, `"x"`; anything
+/// that is not valid TOML is taken as a bare string (`fine`, `runs/a`). An
+/// integer given for a float field is widened (`pretrain.lr=1`).
+fn parse_value(text: &str, old: Option<&toml::Value>) -> toml::Value {
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    match (parsed, old) {
+        (Some(toml::Value::Integer(i)), Some(toml::Value::Float(_))) => {
+            toml::Value::Float(i as f64)
+        }
+        // A string field given something that parses as another type
+        // (`data.dataset=2`): keep the text.
+        (Some(v), Some(toml::Value::String(_))) if !v.is_str() => {
+            toml::Value::String(text.to_string())
+        }
+        (Some(v), None) if !v.is_str() => toml::Value::String(text.to_string()),
+        (Some(v), _) => v,
+        (None, _) => toml::Value::String(text.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::DatasetConfig;
+
+    fn assets() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
+    }
+
+    fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                toml_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// Every TOML under assets/ parses by its own type: dataset descriptions
+    /// (they have `files =`) as `DatasetConfig`, the rest as `Config`.
+    #[test]
+    fn every_asset_parses() {
+        let mut files = Vec::new();
+        toml_files(&assets(), &mut files);
+        files.sort();
+        let mut experiments = 0;
+        for path in &files {
+            let text = std::fs::read_to_string(path).unwrap();
+            let is_dataset = toml::from_str::<toml::Table>(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .contains_key("files");
+            if is_dataset {
+                DatasetConfig::from_toml_str(&text, path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            } else {
+                let config = Config::from_toml_str(&text, path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                experiments += 1;
+                // Any dataset it names exists and parses too.
+                if let Some(dataset) = &config.data.dataset {
+                    let dataset = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dataset);
+                    DatasetConfig::from_file(&dataset)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                }
+            }
+        }
+        assert!(
+            experiments >= 14,
+            "found only {experiments} experiment configs"
+        );
+    }
+
+    #[test]
+    fn default_toml_equals_the_defaults() {
+        let path = assets().join("default.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = Config::from_toml_str(&text, &path).unwrap();
+        assert_eq!(config, Config::default());
+        // And the serialized form reads back to the same config.
+        let again = Config::from_toml_str(&config.to_toml_string().unwrap(), &path).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn overrides_replace_one_field() {
+        let mut c = Config::default();
+        c.apply_override("pretrain.lr", "3e-4").unwrap();
+        assert_eq!(c.pretrain.lr, 3e-4);
+        c.apply_override("pretrain.lr", "1").unwrap();
+        assert_eq!(c.pretrain.lr, 1.0);
+        c.apply_override("pretrain.fgco", "fine").unwrap();
+        assert_eq!(c.pretrain.fgco, Fgco::Fine);
+        c.apply_override("model.encoder", "\"gcn-only\"").unwrap();
+        assert_eq!(c.model.encoder, Encoder::GcnOnly);
+        c.apply_assignment("augment.sca = false").unwrap();
+        assert!(!c.augment.sca);
+        c.apply_override("seed", "42").unwrap();
+        assert_eq!(c.seed, 42);
+        c.apply_override("data.dataset", "assets/abide_cc200.toml")
+            .unwrap();
+        assert_eq!(
+            c.data.dataset.as_deref(),
+            Some(Path::new("assets/abide_cc200.toml"))
+        );
+        c.apply_override("data.finetune_sites", "[\"NYU\", \"KKI\"]")
+            .unwrap();
+        assert_eq!(c.data.finetune_sites, vec!["NYU", "KKI"]);
+        c.apply_override("evaluate.split", "leave-site-out")
+            .unwrap();
+        assert_eq!(c.evaluate.split, SplitKind::LeaveSiteOut);
+    }
+
+    #[test]
+    fn override_errors_name_key_value_and_expectation() {
+        let mut c = Config::default();
+        let e = c
+            .apply_override("pretrain.lrr", "1e-3")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"pretrain.lrr\"") && e.contains("lr_min"),
+            "{e}"
+        );
+        let e = c
+            .apply_override("pretrian.lr", "1e-3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pretrian") && e.contains("pretrain"), "{e}");
+        let e = c
+            .apply_override("pretrain.epochs", "many")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pretrain.epochs") && e.contains("many") && e.contains("an integer"),
+            "{e}"
+        );
+        let e = c
+            .apply_override("pretrain.fgco", "coarse")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("coarse") && e.contains("global") && e.contains("fine"),
+            "{e}"
+        );
+        let e = c
+            .apply_override("augment.sca", "1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("true or false"), "{e}");
+        let e = c
+            .apply_override("pretrain.lr", "-1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pretrain.lr") && e.contains("> 0"), "{e}");
+        let e = c.apply_override("pretrain", "1").unwrap_err().to_string();
+        assert!(e.contains("section"), "{e}");
+        let e = c.apply_assignment("pretrain.lr").unwrap_err().to_string();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+        // A failed override leaves the config as it was.
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_named() {
+        let e = Config::from_toml_str("[pretrain]\nlearning_rate = 1e-3\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.toml") && e.contains("learning_rate"), "{e}");
+        let e = Config::from_toml_str("[pretrian]\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pretrian"), "{e}");
+        let e = Config::from_toml_str("[model]\nwindow = 200\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.window") && e.contains("200"), "{e}");
+    }
+}

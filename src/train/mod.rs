@@ -1,0 +1,19 @@
+//! Training infrastructure that does not touch the GPU: the learning-rate
+//! schedule, metrics over folds, checkpoints, run directories, SVG plots and
+//! the functional-connectivity + logistic-regression baseline.
+//!
+//! - `schedule`: learning rate as a pure function of the step (warm-up, cosine)
+//! - `metrics`: accuracy, ROC AUC, recall, ROC curves, mean (std) over folds
+//! - `checkpoint`: weights + AdamW state + metadata, saved crash-safely
+//! - `rundir`: a run's resolved config, metrics log, summary, per-fold folders
+//! - `plots`: dependency-free SVG loss curves, ROC curves, region bar charts
+//! - `baseline`: FC features + L2 logistic regression, the honest floor
+//! - `atomic`: write-to-temp, fsync, rename
+
+pub mod atomic;
+pub mod baseline;
+pub mod checkpoint;
+pub mod metrics;
+pub mod plots;
+pub mod rundir;
+pub mod schedule;
