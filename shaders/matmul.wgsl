@@ -91,16 +91,18 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
 }
 
 // Fast path for the common layout: neither operand transposed, K and N
-// multiples of 4, every offset a multiple of 4. The same 4x4 register tile,
-// but A and B are read as vec4: 8 vector loads per 64 multiply-adds instead
-// of 8 scalar loads per 16. (The same buffers, viewed as vec4 arrays; no
+// multiples of 4, every offset a multiple of 4. Each invocation computes an
+// 8x4 block (an 8x8 workgroup a 64x32 tile), reading A and B as vec4: 12
+// vector loads per 128 multiply-adds instead of 8 scalar loads per 16.
+// Measured on lavapipe against the 4x4 vec4 tile in one sitting: 8x4 was
+// 1.26x faster, 16x4 2x slower (register spills). (The same buffers, viewed as vec4 arrays; no
 // entry point uses both views, so the shared binding numbers never clash.)
 @group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
 
 @compute @workgroup_size(8, 8, 1)
 fn matmul_nn_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = (wid.y * 8u + lid.y) * 4u;
+    let row0 = (wid.y * 8u + lid.y) * 8u;
     let col0 = (wid.x * 8u + lid.x) * 4u;
     if (row0 >= p.m || col0 >= p.n) {
         return;
@@ -110,37 +112,29 @@ fn matmul_nn_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let a_base = (p.a_off + wid.z * p.a_stride) / 4u;
     let b_base = (p.b_off + wid.z * p.b_stride) / 4u + col0 / 4u;
     let c_base = p.c_off + wid.z * p.c_stride;
-    // Rows past M are clamped (read valid memory, results discarded).
-    let r0 = a_base + min(row0, p.m - 1u) * k4;
-    let r1 = a_base + min(row0 + 1u, p.m - 1u) * k4;
-    let r2 = a_base + min(row0 + 2u, p.m - 1u) * k4;
-    let r3 = a_base + min(row0 + 3u, p.m - 1u) * k4;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var r: array<u32, 8>;
+    for (var q = 0u; q < 8u; q = q + 1u) {
+        r[q] = a_base + min(row0 + q, p.m - 1u) * k4;
+    }
+    var acc: array<vec4<f32>, 8>;
+    for (var q = 0u; q < 8u; q = q + 1u) { acc[q] = vec4<f32>(0.0); }
     for (var kq = 0u; kq < k4; kq = kq + 1u) {
         let bk = b_base + kq * 4u * n4;
         let b0 = b4[bk];
         let b1 = b4[bk + n4];
         let b2 = b4[bk + 2u * n4];
         let b3 = b4[bk + 3u * n4];
-        let a0 = a4[r0 + kq];
-        let a1 = a4[r1 + kq];
-        let a2 = a4[r2 + kq];
-        let a3 = a4[r3 + kq];
-        acc0 = acc0 + a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
-        acc1 = acc1 + a1.x * b0 + a1.y * b1 + a1.z * b2 + a1.w * b3;
-        acc2 = acc2 + a2.x * b0 + a2.y * b1 + a2.z * b2 + a2.w * b3;
-        acc3 = acc3 + a3.x * b0 + a3.y * b1 + a3.z * b2 + a3.w * b3;
+        for (var q = 0u; q < 8u; q = q + 1u) {
+            let av = a4[r[q] + kq];
+            acc[q] = acc[q] + av.x * b0 + av.y * b1 + av.z * b2 + av.w * b3;
+        }
     }
     let accumulate = (p.flags & 4u) != 0u;
-    var rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-    for (var r = 0u; r < 4u; r = r + 1u) {
-        let i = row0 + r;
+    for (var q = 0u; q < 8u; q = q + 1u) {
+        let i = row0 + q;
         if (i >= p.m) { break; }
         let idx = c_base + i * p.n + col0;
-        var v = p.alpha * rows[r];
+        var v = p.alpha * acc[q];
         if (accumulate) { v = v + vec4<f32>(c[idx], c[idx + 1u], c[idx + 2u], c[idx + 3u]); }
         c[idx] = v.x;
         c[idx + 1u] = v.y;

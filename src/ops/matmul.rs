@@ -208,7 +208,7 @@ pub fn matmul_into(
             &p,
             [
                 (n as u32).div_ceil(TILE),
-                (m as u32).div_ceil(TILE),
+                (m as u32).div_ceil(if vec4 { 2 * TILE } else { TILE }),
                 count as u32,
             ],
         )
