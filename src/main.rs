@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Functional-connectivity + logistic-regression baseline with stratified subject-level CV.
     Baseline(cmd::baseline::BaselineArgs),
+    /// Time every kernel at the model's shapes (GFLOP/s, GB/s; median after warm-up).
+    Bench(cmd::bench::BenchArgs),
     /// Show the GPU adapter, its limits and optional features.
     Info,
     /// Load a dataset and print what is in it (scans, regions, lengths, classes, sites, exclusions).
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let outcome = match Cli::parse().command {
         Command::Baseline(args) => cmd::baseline::run(&args),
+        Command::Bench(args) => cmd::bench::run(&args),
         Command::Info => cmd::info::run(),
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Synth(args) => cmd::synth::run(&args),
