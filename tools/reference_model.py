@@ -323,10 +323,17 @@ def forward(p: Params, cfg: Config, X: Tensor, valid: Optional[Tensor] = None) -
     # 2. dynamic graphs + GCN (frames grouped by the window they use)
     A_d = dynamic_adjacency(p, cfg, X)
     out["A_dynamic"] = A_d
-    blocks = frame_windows(cfg)
+    S, W = cfg.stride, cfg.n_windows
+    t_last = (W - 1) * S  # frames [wS, (w+1)S) use window w < W-1; frames t_last.. use window W-1
 
     def dyn_apply(H):
-        return torch.cat([torch.einsum("bnm,btmf->btnf", A_d[:, w], H[:, t0:t1]) for (w, t0, t1) in blocks], dim=1)
+        Bh, _, Nh, Fh = H.shape
+        last = torch.einsum("bnm,btmf->btnf", A_d[:, W - 1], H[:, t_last:])
+        if W == 1:
+            return last
+        head = H[:, :t_last].reshape(Bh, W - 1, S, Nh, Fh)
+        head = torch.einsum("bwnm,bwsmf->bwsnf", A_d[:, : W - 1], head).reshape(Bh, t_last, Nh, Fh)
+        return torch.cat([head, last], dim=1)
 
     Z_d = gcn(p, "dynamic", X, dyn_apply)
     out["Z_s"], out["Z_d"] = Z_s, Z_d

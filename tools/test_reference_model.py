@@ -130,6 +130,24 @@ def test_static_adjacency_properties():
     assert torch.allclose(A[0, 1], torch.nn.functional.one_hot(torch.tensor(1), cfg.n_regions).double())
 
 
+def test_dynamic_branch_frame_to_window():
+    """Frame t uses window min(t // S, W - 1): compare the GCN's blocked
+    adjacency product with a per-frame loop."""
+    for crop in (10, 11, 12):  # W = 3, 3, 3 with L = 4, S = 3: last window gets 4, 5, 6 frames
+        cfg = rm.Config(**dict(TINY, crop=crop))
+        p = perturbed_params(cfg, 13)
+        X = make_batch(cfg, 14, zero_region=False, padded=False)["X"]
+        A = rm.dynamic_adjacency(p, cfg, X)
+        assert A.shape == (cfg.batch, cfg.n_windows, cfg.n_regions, cfg.n_regions)
+        assert torch.allclose(A.sum(-1), torch.ones_like(A.sum(-1)))
+        Z = rm.forward(p, cfg, X)["Z_d"]
+        H = X.transpose(1, 2)[..., None] * p["dynamic.lift.weight"][0] + p["dynamic.lift.bias"]
+        for g in ("gcn1", "gcn2"):
+            AH = torch.stack([A[:, min(t // cfg.stride, cfg.n_windows - 1)] @ H[:, t] for t in range(crop)], dim=1)
+            H = torch.relu(AH @ p[f"dynamic.{g}.weight"] + p[f"dynamic.{g}.bias"])
+        assert torch.allclose(Z, H, rtol=1e-12, atol=1e-12)
+
+
 def test_no_nan_with_zero_region():
     cfg = rm.Config(**TINY)
     batch = make_batch(cfg, 7, zero_region=True, padded=True)
