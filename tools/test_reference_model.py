@@ -231,6 +231,35 @@ def test_params_names_shapes_and_roundtrip():
     assert not torch.equal(a["fusion.proj.weight"], c["fusion.proj.weight"])
 
 
+def test_committed_fixtures_match_the_code():
+    """tests/fixtures/model/ is what make_model_fixtures.py writes with the
+    current code (regenerate and commit when this fails)."""
+    import json
+
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "model")
+    cases = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    assert cases, "no fixtures: run python tools/make_model_fixtures.py"
+    for case in cases:
+        d = os.path.join(root, case)
+        meta = json.load(open(os.path.join(d, "config.json")))
+        c = {k: v for k, v in meta["config"].items() if k not in ("n_windows", "n_segments")}
+        cfg = rm.Config(**c)
+        params = rm.load_tensors(os.path.join(d, "params.safetensors"))
+        rm.check_params(cfg, params)
+        inputs = {k: v.double() for k, v in rm.load_tensors(os.path.join(d, "inputs.safetensors")).items()}
+        for kind in rm.LOSSES:
+            p = {k: v.double().requires_grad_(True) for k, v in params.items()}
+            loss = rm.compute_loss(kind, p, cfg, inputs)
+            loss.backward()
+            want = meta["losses"][kind]["value"]
+            assert abs(loss.item() - want) <= 1e-10 * abs(want), (case, kind, loss.item(), want)
+            grads = rm.load_tensors(os.path.join(d, f"grads_{kind}.safetensors"))
+            scale = max(float(g.abs().max()) for g in grads.values())
+            for k, v in p.items():
+                got = v.grad if v.grad is not None else torch.zeros_like(v)
+                assert torch.allclose(got.float(), grads[k], rtol=1e-6, atol=1e-7 * scale), (case, kind, k)
+
+
 def test_init_statistics():
     cfg = rm.Config(n_regions=50, node_channels=16, width=64, embed_dim=16)
     p = rm.init_params(cfg, 0, torch.float64)
