@@ -8,8 +8,8 @@
 struct Params {
     n: u32,        // elements in this launch
     base: u32,     // global index of element 0 of this launch
-    channels: u32, // bias_add: size of the last dimension
-    _pad: u32,
+    channels: u32, // bias_add: size of the last dimension; mul_broadcast: inner size
+    mid: u32,      // mul_broadcast: size of the dimension y skips
     alpha: f32,    // scale / fill value / axpy factor
     beta: f32,
 }
@@ -144,5 +144,19 @@ fn copy_from(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         let i = index(wid, nwg, lid, j);
         if (i >= p.n) { return; }
         out[i] = x[p.base + i];
+    }
+}
+
+// out[i] = x[i] * y[j] with y broadcast over one middle dimension: for x
+// viewed as [outer, mid, inner], j = outer_index * inner + inner_index. A
+// region mask [B, N] over x [B, N, T] is (inner 1, mid T); a frame mask
+// [B, T] is (inner T, mid N).
+@compute @workgroup_size(256)
+fn mul_broadcast(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    for (var j = 0u; j < ELEMS_PER_THREAD; j = j + 1u) {
+        let i = index(wid, nwg, lid, j);
+        if (i >= p.n) { return; }
+        let g = p.base + i;
+        out[i] = x[i] * y[(g / (p.channels * p.mid)) * p.channels + g % p.channels];
     }
 }

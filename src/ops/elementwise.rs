@@ -16,7 +16,7 @@ struct Params {
     n: u32,
     base: u32,
     channels: u32,
-    _pad: u32,
+    mid: u32,
     alpha: f32,
     beta: f32,
 }
@@ -92,7 +92,7 @@ fn params(alpha: f32, beta: f32, channels: u32) -> Params {
         n: 0,
         base: 0,
         channels,
-        _pad: 0,
+        mid: 1,
         alpha,
         beta,
     }
@@ -244,6 +244,45 @@ pub fn unary_backward(gpu: &Gpu, op: Unary, grad: &Tensor, output: &Tensor) -> R
     }
 }
 
+/// `x ⊙ y` with `y` broadcast over one middle dimension of `x` viewed as
+/// [outer, mid, inner] (y holds [outer, inner]): masks over regions
+/// (`inner = 1, mid = T` for x [B, N, T], y [B, N]) or frames
+/// (`inner = T, mid = N`, y [B, T]).
+pub fn mul_broadcast(
+    gpu: &Gpu,
+    x: &Tensor,
+    y: &Tensor,
+    inner: usize,
+    mid: usize,
+) -> Result<Tensor> {
+    if inner == 0 || mid == 0 || x.len() % (inner * mid) != 0 || y.len() != x.len() / mid {
+        return Err(GpuError::Shape {
+            op: "mul_broadcast",
+            message: format!(
+                "y {:?} cannot broadcast over x {:?} with inner {inner}, mid {mid}",
+                y.shape(),
+                x.shape()
+            ),
+        });
+    }
+    let out = gpu.empty(x.shape());
+    let p = Params {
+        mid: mid as u32,
+        ..params(0.0, 0.0, inner as u32)
+    };
+    run(
+        gpu,
+        "mul_broadcast",
+        x.len(),
+        Some(x),
+        Some(y),
+        true,
+        &out,
+        p,
+    )?;
+    Ok(out)
+}
+
 /// `out[i] = src[offset + i]` for every element of `out` (an unaligned range copy).
 pub fn copy_from(gpu: &Gpu, src: &Tensor, offset: usize, out: &Tensor) -> Result<()> {
     if offset + out.len() > src.len() {
@@ -301,6 +340,13 @@ pub mod reference {
             .collect()
     }
 
+    pub fn mul_broadcast(x: &[f64], y: &[f64], inner: usize, mid: usize) -> Vec<f64> {
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| v * y[(i / (inner * mid)) * inner + i % inner])
+            .collect()
+    }
+
     pub fn bias_add(x: &[f64], bias: &[f64]) -> Vec<f64> {
         x.iter()
             .enumerate()
@@ -312,7 +358,9 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::{assert_close, finite_difference, gpu, poisoned, random_vec, Tolerance};
+    use crate::check::{
+        assert_close, finite_difference, gpu, poisoned, random_vec, to_f64, Tolerance,
+    };
 
     const SHAPES: &[&[usize]] = &[&[1], &[7], &[3, 257], &[2, 200, 5]];
 
@@ -438,6 +486,27 @@ mod tests {
                 "bias_add",
             );
         }
+    }
+
+    #[test]
+    fn mul_broadcast_masks_regions_and_frames() {
+        let gpu = gpu();
+        let (b, n, t) = (2, 5, 7);
+        let x = random_vec(b * n * t, 50);
+        let tx = gpu.upload(&x, &[b, n, t]).unwrap();
+        for (inner, mid, ylen) in [(1, t, b * n), (t, n, b * t)] {
+            let y = random_vec(ylen, 51);
+            let out =
+                mul_broadcast(gpu, &tx, &gpu.upload(&y, &[ylen]).unwrap(), inner, mid).unwrap();
+            let want = reference::mul_broadcast(&to_f64(&x), &to_f64(&y), inner, mid);
+            assert_close(
+                &gpu.read(&out).unwrap(),
+                &want,
+                Tolerance::Elementwise,
+                "mul_broadcast",
+            );
+        }
+        assert!(mul_broadcast(gpu, &tx, &gpu.zeros(&[3]).unwrap(), 1, t).is_err());
     }
 
     #[test]
