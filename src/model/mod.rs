@@ -1,0 +1,269 @@
+//! The STPTF model on the GPU: PSTA encoder, FGCO losses, head.
+//!
+//! Every step of docs/model.md is a composition of tape ops, each of which
+//! has its own f64 reference and gradient check; the whole model is checked
+//! against an independent PyTorch implementation (tests/model_parity.rs).
+//!
+//! Layouts: inputs X [B, N, T]; GCN activations [B, T, N, F]; the temporal
+//! stages [B, D, T].
+
+pub mod params;
+
+use crate::autograd::{Tape, Var};
+use crate::config::{Fgco, ModelConfig, Norm, Residual};
+use crate::gpu::{GpuError, Result, Tensor};
+use crate::ops::matmul::Spec;
+use crate::ops::{graph_conv, partial_correlation, segment_pool, window};
+
+pub use params::{DataDims, HostTensor, Params};
+
+/// Barlow Twins off-diagonal weight (λ, DESIGN.md §3).
+pub const LAMBDA_OFFDIAG: f32 = 0.0051;
+
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub dims: DataDims,
+    pub params: Params,
+}
+
+/// What one encoder pass produces (tape values).
+pub struct Encoded {
+    /// β₀Z_s + β₁Z_d [B, T, N, F].
+    pub z_fused: Var,
+    /// Z_temporal [B, D, T].
+    pub z_temporal: Var,
+    /// Z_st [B, D].
+    pub z_st: Var,
+    /// Frame weights within segments [B, T] and segment weights [B, K]
+    /// (what the model attended to; for plots).
+    pub frame_weights: Tensor,
+    pub segment_weights: Tensor,
+}
+
+impl Model {
+    pub fn new(gpu: &crate::gpu::Gpu, cfg: ModelConfig, dims: DataDims, seed: u64) -> Result<Self> {
+        let params = Params::init(gpu, &cfg, dims, seed)?;
+        Ok(Self { cfg, dims, params })
+    }
+
+    pub fn from_host(gpu: &crate::gpu::Gpu, cfg: ModelConfig, dims: DataDims, tensors: &[HostTensor]) -> Result<Self> {
+        let params = Params::from_host(gpu, &cfg, dims, tensors)?;
+        Ok(Self { cfg, dims, params })
+    }
+
+    fn p(&self, tape: &mut Tape, name: &str) -> Result<Var> {
+        Ok(tape.param(&self.params.store, self.params.id(name)?))
+    }
+
+    /// `x·W + b` over the last dimension, for x of any rank.
+    fn linear(&self, tape: &mut Tape, x: Var, weight: &str, bias: Option<&str>) -> Result<Var> {
+        let shape = tape.shape(x).to_vec();
+        let cols = *shape.last().unwrap_or(&1);
+        let rows = tape.value(x).len() / cols.max(1);
+        let x2 = tape.reshape(x, &[rows, cols])?;
+        let w = self.p(tape, weight)?;
+        let mut y = tape.matmul(x2, w, Spec::NN)?;
+        if let Some(b) = bias {
+            let b = self.p(tape, b)?;
+            y = tape.bias_add(y, b)?;
+        }
+        let out_cols = tape.shape(y)[1];
+        let mut out_shape = shape;
+        *out_shape.last_mut().expect("rank >= 1") = out_cols;
+        tape.reshape(y, &out_shape)
+    }
+
+    /// One GCN branch: lift each node's scalar to F channels, then two layers
+    /// `H ← ReLU(Â_t H W + b)`. `adj` is [B, W, N, N] with frame t using
+    /// window min(t / stride, W − 1); `xt` is X as [B, T, N].
+    fn gcn(&self, tape: &mut Tape, branch: &str, adj: Var, xt: Var, stride: usize) -> Result<Var> {
+        let (b, t, n) = (tape.shape(xt)[0], tape.shape(xt)[1], tape.shape(xt)[2]);
+        let x1 = tape.reshape(xt, &[b, t, n, 1])?;
+        let mut h = self.linear(tape, x1, &format!("{branch}.lift.weight"), Some(&format!("{branch}.lift.bias")))?;
+        for layer in ["gcn1", "gcn2"] {
+            let ah = tape.graph_conv(adj, h, stride)?;
+            let z = self.linear(tape, ah, &format!("{branch}.{layer}.weight"), Some(&format!("{branch}.{layer}.bias")))?;
+            h = tape.relu(z)?;
+        }
+        Ok(h)
+    }
+
+    /// The PSTA encoder on one view x [B, N, T] (valid [B, T]: 1 real frame, 0 padding).
+    pub fn encode(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
+        let gpu = tape.gpu;
+        let &[b, n, t] = x.shape() else {
+            return Err(GpuError::Shape { op: "encode", message: format!("input {:?} must be [B, N, T]", x.shape()) });
+        };
+        if n != self.dims.n_regions {
+            return Err(GpuError::Shape {
+                op: "encode",
+                message: format!("input has {n} regions, the model was built for {}", self.dims.n_regions),
+            });
+        }
+        let m = &self.cfg;
+        let (f, dw) = (m.node_channels, m.width);
+        let xv = tape.input(x.clone());
+        let xt = tape.transpose(xv)?; // [B, T, N]
+
+        // Static branch: Ledoit–Wolf partial correlation → normalized |P| (no gradient).
+        let pc = partial_correlation::partial_correlation(gpu, x)?;
+        let a_static = graph_conv::normalize_adjacency(gpu, &pc.partial)?.reshape(&[b, 1, n, n])?;
+        let a_static = tape.input(a_static);
+        let z_s = self.gcn(tape, "static", a_static, xt, t.max(1))?;
+
+        // Dynamic branch: per-window adaptive adjacency softmax(ReLU(E Eᵀ)/√d).
+        let (l, s, e) = (m.window, m.stride, m.embed_dim);
+        let w = window::window_count(t, l, s)?;
+        let xw = tape.input(window::unfold(gpu, x, l, s)?); // [B, W, N, L]
+        let emb = self.linear(tape, xw, "dynamic.window_proj.weight", None)?; // [B, W, N, d]
+        let emb = tape.reshape(emb, &[b * w, n * e])?;
+        let node = self.p(tape, "dynamic.node_embedding")?;
+        let node = tape.reshape(node, &[n * e])?;
+        let emb = tape.bias_add(emb, node)?;
+        let emb = tape.reshape(emb, &[b * w, n, e])?;
+        let sim = tape.matmul(emb, emb, Spec::NT)?;
+        let sim = tape.relu(sim)?;
+        let a_dyn = tape.softmax(sim, 1.0 / (e as f32).sqrt())?;
+        let a_dyn = tape.reshape(a_dyn, &[b, w, n, n])?;
+        let z_d = self.gcn(tape, "dynamic", a_dyn, xt, s)?;
+
+        // Fusion (eq. 1): β = softmax(−α), Z = β₀Z_s + β₁Z_d.
+        let alpha = self.p(tape, "fusion.alpha")?;
+        let alpha = tape.reshape(alpha, &[1, 2])?;
+        let beta = tape.softmax(alpha, -1.0)?;
+        let beta = tape.reshape(beta, &[2])?;
+        let zs = tape.mul_scalar(z_s, beta, 0)?;
+        let zd = tape.mul_scalar(z_d, beta, 1)?;
+        let z_fused = tape.add(zs, zd)?; // [B, T, N, F]
+        let z = tape.reshape(z_fused, &[b, t, n * f])?;
+        let mut z_sp = self.linear(tape, z, "fusion.proj.weight", Some("fusion.proj.bias"))?; // [B, T, D]
+        if m.norm == Norm::Layer {
+            z_sp = self.layer_norm(tape, z_sp, "norm.fusion")?;
+        }
+        let z_sp = tape.transpose(z_sp)?; // [B, D, T]
+
+        // Continuous brain-state calibration (eq. 2).
+        let gram = tape.matmul(z_sp, z_sp, Spec::TN)?; // [B, T, T]
+        let ccm = tape.softmax(gram, 1.0 / (dw as f32).sqrt())?;
+        let (qw, qb, kw, kb) = (self.p(tape, "calib.q.weight")?, self.p(tape, "calib.q.bias")?, self.p(tape, "calib.k.weight")?, self.p(tape, "calib.k.bias")?);
+        let qm = tape.conv1d(z_sp, qw, qb)?;
+        let km = tape.conv1d(z_sp, kw, kb)?;
+        let qk = tape.matmul(qm, km, Spec::TN)?;
+        let taw = tape.softmax(qk, 1.0 / (m.qk_dim as f32).sqrt())?;
+        let mix = self.p(tape, "calib.mix.weight")?;
+        let mix_b = self.p(tape, "calib.mix.bias")?;
+        let c0 = tape.mul_scalar(ccm, mix, 0)?;
+        let c1 = tape.mul_scalar(taw, mix, 1)?;
+        let mixed = tape.add(c0, c1)?;
+        let mixed = tape.add_scalar(mixed, mix_b, 0)?;
+        let cam = tape.softmax(mixed, 1.0)?;
+        let (vw, vb) = (self.p(tape, "calib.v.weight")?, self.p(tape, "calib.v.bias")?);
+        let v = tape.conv1d(z_sp, vw, vb)?;
+        let o = tape.matmul(v, cam, Spec::NT)?; // O[:, t] = Σ_s V[:, s] CAM[t, s]
+        let (ow, ob) = (self.p(tape, "calib.out.weight")?, self.p(tape, "calib.out.bias")?);
+        let out = tape.conv1d(o, ow, ob)?;
+        let z_temporal = match m.residual {
+            Residual::Spatial => tape.add(out, z_sp)?,
+            Residual::Input => out,
+        };
+
+        // Progressive temporal aggregation.
+        let h = tape.transpose(z_temporal)?; // [B, T, D]
+        let e1 = self.linear(tape, h, "agg.w1", None)?;
+        let e1 = tape.tanh(e1)?;
+        let e1 = tape.reshape(e1, &[b * t, dw])?;
+        let v1 = self.p(tape, "agg.v1")?;
+        let v1 = tape.reshape(v1, &[dw, 1])?;
+        let scores = tape.matmul(e1, v1, Spec::NN)?;
+        let scores = tape.reshape(scores, &[b, t])?;
+        let (g, frame_weights) = tape.segment_pool(h, scores, valid, m.segment)?; // [B, K, D]
+        let k = tape.shape(g)[1];
+        let u = self.linear(tape, g, "agg.w2", None)?;
+        let u = tape.tanh(u)?;
+        let u = tape.reshape(u, &[b * k, dw])?;
+        let v2 = self.p(tape, "agg.v2")?;
+        let v2 = tape.reshape(v2, &[dw, 1])?;
+        let seg_scores = tape.matmul(u, v2, Spec::NN)?;
+        let seg_scores = tape.reshape(seg_scores, &[b, k])?;
+        let seg_valid = segment_pool::segment_valid(gpu, valid, m.segment)?;
+        let (z_st, segment_weights) = tape.segment_pool(g, seg_scores, &seg_valid, k)?; // [B, 1, D]
+        let mut z_st = tape.reshape(z_st, &[b, dw])?;
+        if m.norm == Norm::Layer {
+            z_st = self.layer_norm(tape, z_st, "norm.out")?;
+        }
+        Ok(Encoded { z_fused, z_temporal, z_st, frame_weights, segment_weights })
+    }
+
+    fn layer_norm(&self, tape: &mut Tape, x: Var, prefix: &str) -> Result<Var> {
+        let shape = tape.shape(x).to_vec();
+        let cols = *shape.last().unwrap_or(&1);
+        let x2 = tape.reshape(x, &[tape.value(x).len() / cols, cols])?;
+        let (g, bta) = (self.p(tape, &format!("{prefix}.weight"))?, self.p(tape, &format!("{prefix}.bias"))?);
+        let y = tape.layernorm(x2, g, bta)?;
+        tape.reshape(y, &shape)
+    }
+
+    /// Logits [B, C] from Z_st.
+    pub fn head(&self, tape: &mut Tape, z_st: Var) -> Result<Var> {
+        self.linear(tape, z_st, "head.weight", Some("head.bias"))
+    }
+
+    /// Projector fc2(ReLU(BN(fc1(Z_st)))) [B, J].
+    fn project(&self, tape: &mut Tape, z_st: Var) -> Result<Var> {
+        let h = self.linear(tape, z_st, "proj.fc1.weight", Some("proj.fc1.bias"))?;
+        let (g, bta) = (self.p(tape, "proj.bn.weight")?, self.p(tape, "proj.bn.bias")?);
+        let h = tape.batchnorm(h, g, bta)?;
+        let h = tape.relu(h)?;
+        self.linear(tape, h, "proj.fc2.weight", Some("proj.fc2.bias"))
+    }
+
+    /// FGCO pretraining loss (eq. 3) from the original view and the SCA and
+    /// TCA views (all [B, N, T]).
+    pub fn pretrain_loss(&self, tape: &mut Tape, x: &Tensor, x_s: &Tensor, x_t: &Tensor, valid: &Tensor, fgco: Fgco) -> Result<Var> {
+        let e0 = self.encode(tape, x, valid)?;
+        let es = self.encode(tape, x_s, valid)?;
+        let et = self.encode(tape, x_t, valid)?;
+        match fgco {
+            Fgco::Global => {
+                let p0 = self.project(tape, e0.z_st)?;
+                let ps = self.project(tape, es.z_st)?;
+                let pt = self.project(tape, et.z_st)?;
+                let ls = tape.barlow(p0, ps, LAMBDA_OFFDIAG)?;
+                let lt = tape.barlow(p0, pt, LAMBDA_OFFDIAG)?;
+                tape.add(ls, lt)
+            }
+            Fgco::Fine => {
+                let r0 = self.roi_embedding(tape, e0.z_fused)?;
+                let rs = self.roi_embedding(tape, es.z_fused)?;
+                let ls = tape.barlow(r0, rs, LAMBDA_OFFDIAG)?;
+                let u0 = self.frame_embedding(tape, e0.z_temporal)?;
+                let ut = self.frame_embedding(tape, et.z_temporal)?;
+                let lt = tape.barlow(u0, ut, LAMBDA_OFFDIAG)?;
+                tape.add(ls, lt)
+            }
+        }
+    }
+
+    /// R = mean over t of the fused Z, as [B·F, N] (samples (b, f), features = regions).
+    fn roi_embedding(&self, tape: &mut Tape, z_fused: Var) -> Result<Var> {
+        let s = tape.shape(z_fused).to_vec();
+        let (b, n, f) = (s[0], s[2], s[3]);
+        let r = tape.mean(z_fused, 1)?; // [B, N, F]
+        let r = tape.transpose(r)?; // [B, F, N]
+        tape.reshape(r, &[b * f, n])
+    }
+
+    /// U = Z_temporal as [B·D, T] (samples (b, d), features = frames).
+    fn frame_embedding(&self, tape: &mut Tape, z_temporal: Var) -> Result<Var> {
+        let s = tape.shape(z_temporal).to_vec();
+        tape.reshape(z_temporal, &[s[0] * s[1], s[2]])
+    }
+
+    /// Fine-tuning loss: mean cross-entropy of the head's logits; also returns the logits.
+    pub fn finetune_loss(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor, labels: &Tensor) -> Result<(Var, Var)> {
+        let enc = self.encode(tape, x, valid)?;
+        let logits = self.head(tape, enc.z_st)?;
+        let y = tape.input(labels.clone());
+        Ok((tape.cross_entropy(logits, y)?, logits))
+    }
+}
