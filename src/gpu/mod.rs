@@ -369,11 +369,21 @@ impl Gpu {
     /// Submits everything recorded so far (one submit) and makes buffers
     /// released during the recording reusable. Does not wait.
     pub fn flush(&self) -> Result<()> {
-        let encoder = lock(&self.encoder).take();
+        // Take the encoder and the buffers released so far together: with
+        // several threads recording (parallel tests), a buffer released after
+        // the take belongs to commands in the next encoder and must stay
+        // pending until that one is submitted. Recycling it here let a queue
+        // write (which precedes the next submission) or a reuse clobber data
+        // those commands still had to read.
+        let (encoder, released) = {
+            let mut guard = lock(&self.encoder);
+            let released = lock(&self.pool).take_pending();
+            (guard.take(), released)
+        };
         if let Some(encoder) = encoder {
             self.queue.submit(Some(encoder.finish()));
         }
-        lock(&self.pool).after_submit();
+        lock(&self.pool).recycle(released);
         self.check_errors()
     }
 

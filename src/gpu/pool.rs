@@ -52,9 +52,17 @@ impl BufferPool {
         self.pending.push(buf);
     }
 
-    /// Called right after a submission: everything released before it may be reused.
-    pub fn after_submit(&mut self) {
-        for buf in self.pending.drain(..) {
+    /// The buffers released so far. Taken while the encoder they were used
+    /// in is taken for submission, so a buffer released afterwards (whose
+    /// commands go into the next encoder) stays pending until that one.
+    pub fn take_pending(&mut self) -> Vec<Arc<wgpu::Buffer>> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Makes buffers from [`take_pending`](Self::take_pending) reusable, once their
+    /// encoder is submitted.
+    pub fn recycle(&mut self, released: Vec<Arc<wgpu::Buffer>>) {
+        for buf in released {
             self.free.entry(buf.size()).or_default().push(buf);
         }
     }

@@ -2,3 +2,6 @@
 //! beside the WGSL file of the same name under `shaders/`.
 pub mod elementwise;
 pub mod matmul;
+pub mod scalar;
+pub mod transpose;
+pub mod window;
