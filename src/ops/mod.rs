@@ -4,5 +4,7 @@ pub mod elementwise;
 pub mod graph_conv;
 pub mod matmul;
 pub mod scalar;
+pub mod segment_pool;
+pub mod stiga;
 pub mod transpose;
 pub mod window;
