@@ -20,6 +20,13 @@ struct Params {
     stride: u32,  // S
     flags: u32,   // bit 0: use Aᵀ
     total: u32,   // invocations that have work
+    // Element offsets of this launch's first batch item inside the bound
+    // ranges: launchers split large batches into binding-sized ranges bound
+    // from 256-byte-aligned offsets and pass the remainders here. a_off
+    // applies to the adjacency and dA, h_off to H, dOut and out (all of
+    // which share one layout and so one remainder).
+    a_off: u32,
+    h_off: u32,
 }
 
 @group(0) @binding(0) var<storage, read> adj: array<f32>;
@@ -69,8 +76,8 @@ fn propagate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let f0 = (rem % tiles_f) * 4u;
     let b = bt / p.frames;
     let t = bt % p.frames;
-    let a_base = (b * p.windows + window_of(t)) * p.nodes * p.nodes;
-    let h_base = bt * p.nodes * p.feats;
+    let a_base = p.a_off + (b * p.windows + window_of(t)) * p.nodes * p.nodes;
+    let h_base = p.h_off + bt * p.nodes * p.feats;
 
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
@@ -111,8 +118,9 @@ fn propagate_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let ft = rem % f4;
     let b = bt / p.frames;
     let t = bt % p.frames;
-    let a_base = (b * p.windows + window_of(t)) * p.nodes * n4; // in vec4s
-    let h_base = bt * p.nodes * f4 + ft;                       // in vec4s
+    // In vec4s; the offsets are multiples of 4 when N and F are.
+    let a_base = p.a_off / 4u + (b * p.windows + window_of(t)) * p.nodes * n4;
+    let h_base = p.h_off / 4u + bt * p.nodes * f4 + ft;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
@@ -155,7 +163,7 @@ fn propagate_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
             acc3 = acc3 + a0.w * h0 + a1.w * h1 + a2.w * h2 + a3.w * h3;
         }
     }
-    let o = bt * p.nodes * f4 + nt * 4u * f4 + ft;
+    let o = p.h_off / 4u + bt * p.nodes * f4 + nt * 4u * f4 + ft;
     out4[o] = acc0;
     out4[o + f4] = acc1;
     out4[o + 2u * f4] = acc2;
@@ -190,7 +198,7 @@ fn adjacency_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
     for (var t = span.x; t < span.y; t = t + 1u) {
-        let base = (b * p.frames + t) * p.nodes * p.feats;
+        let base = p.h_off + (b * p.frames + t) * p.nodes * p.feats;
         let gn0 = base + min(n0, last) * p.feats;
         let gn1 = base + min(n0 + 1u, last) * p.feats;
         let gn2 = base + min(n0 + 2u, last) * p.feats;
@@ -207,7 +215,7 @@ fn adjacency_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
             acc3 = acc3 + g[gn3 + f] * hv;
         }
     }
-    let o = bw * p.nodes * p.nodes;
+    let o = p.a_off + bw * p.nodes * p.nodes;
     var rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var r = 0u; r < 4u; r = r + 1u) {
         let n = n0 + r;
@@ -241,7 +249,7 @@ fn adjacency_grad_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
     for (var t = span.x; t < span.y; t = t + 1u) {
-        let base = (b * p.frames + t) * p.nodes * f4;
+        let base = p.h_off / 4u + (b * p.frames + t) * p.nodes * f4;
         let gn0 = base + min(n0, last) * f4;
         let gn1 = base + min(n0 + 1u, last) * f4;
         let gn2 = base + min(n0 + 2u, last) * f4;
@@ -265,7 +273,7 @@ fn adjacency_grad_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
             acc3 = acc3 + vec4<f32>(dot(g3, h0), dot(g3, h1), dot(g3, h2), dot(g3, h3));
         }
     }
-    let o = bw * p.nodes * p.nodes;
+    let o = p.a_off + bw * p.nodes * p.nodes;
     var rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var r = 0u; r < 4u; r = r + 1u) {
         let n = n0 + r;

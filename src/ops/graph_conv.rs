@@ -10,9 +10,9 @@
 //! - [`normalize_adjacency`]: `Â = D^{-1/2}(|P| with zero diagonal + I)D^{-1/2}`
 //!   from a [B, N, N] partial-correlation matrix (no gradient).
 //!
-//! Every tensor is bound whole: at the model's largest shape (B = 64, T = 128,
-//! N = 200, F = 32) H is 210 MB, over lavapipe's 128 MiB binding, so callers
-//! run such batches in halves; the launcher reports it as an error otherwise.
+//! Batches larger than one storage binding (H at B = 64, T = 128, N = 200,
+//! F = 32 is 210 MB, over lavapipe's 128 MiB) are split over batch items,
+//! bound from aligned offsets with the remainders passed to the shader.
 
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
@@ -30,6 +30,8 @@ struct Params {
     stride: u32,
     flags: u32,
     total: u32,
+    a_off: u32,
+    h_off: u32,
 }
 
 /// Sizes of one propagation.
@@ -59,8 +61,52 @@ impl Dims {
             stride: self.stride as u32,
             flags,
             total: total as u32,
+            a_off: 0,
+            h_off: 0,
         }
     }
+
+    fn adj_item(&self) -> usize {
+        self.windows * self.nodes * self.nodes
+    }
+
+    fn h_item(&self) -> usize {
+        self.frames * self.nodes * self.feats
+    }
+}
+
+/// Binds `t[offset..offset+len]` from the aligned offset at or below `offset`;
+/// returns the argument and the element remainder the shader adds.
+fn aligned(t: &Tensor, offset: usize, len: usize, align: usize) -> (crate::gpu::Arg<'_>, u32) {
+    let base = offset / align * align;
+    (t.range(base, len + (offset - base)), (offset - base) as u32)
+}
+
+/// Splits the batch into runs of items whose adjacency and activation ranges
+/// (plus the alignment remainder) fit in one storage binding, and calls
+/// `launch(first, count, adj_arg_range, h_arg_range)` for each.
+fn for_batch_chunks(
+    gpu: &Gpu,
+    d: &Dims,
+    mut launch: impl FnMut(usize, usize, usize) -> Result<()>,
+) -> Result<()> {
+    let align = (gpu.report.limits.min_storage_buffer_offset_alignment / 4).max(1) as usize;
+    let capacity = ((gpu.max_binding_bytes() / 4) as usize).saturating_sub(align);
+    let per_item = d.adj_item().max(d.h_item()).max(1);
+    let items = capacity / per_item;
+    if items == 0 {
+        return Err(shape_error(format!(
+            "one batch item ({per_item} values) exceeds the {}-byte storage binding limit",
+            gpu.max_binding_bytes()
+        )));
+    }
+    let mut first = 0;
+    while first < d.batch {
+        let count = items.min(d.batch - first);
+        launch(first, count, align)?;
+        first += count;
+    }
+    Ok(())
 }
 
 fn shape_error(message: String) -> GpuError {
@@ -113,14 +159,24 @@ fn run_propagate(gpu: &Gpu, adj: &Tensor, h: &Tensor, d: Dims, transposed: bool)
     }
     let vec4 = d.nodes % 4 == 0 && d.feats % 4 == 0;
     let per_frame = d.nodes.div_ceil(4) * d.feats.div_ceil(4);
-    let total = d.batch * d.frames * per_frame;
     let entry = if vec4 { "propagate_vec4" } else { "propagate" };
-    gpu.launch_linear(
-        SHADER.kernel(entry),
-        &[(0, adj.arg()), (1, h.arg()), (2, out.arg())],
-        &d.params(transposed as u32, total),
-        (total as u64).div_ceil(WORKGROUP),
-    )?;
+    for_batch_chunks(gpu, &d, |first, count, align| {
+        let (a_arg, a_off) = aligned(adj, first * d.adj_item(), count * d.adj_item(), align);
+        let (h_arg, h_off) = aligned(h, first * d.h_item(), count * d.h_item(), align);
+        let (o_arg, _) = aligned(&out, first * d.h_item(), count * d.h_item(), align);
+        let total = count * d.frames * per_frame;
+        let chunk = Dims { batch: count, ..d };
+        gpu.launch_linear(
+            SHADER.kernel(entry),
+            &[(0, a_arg), (1, h_arg), (2, o_arg)],
+            &Params {
+                a_off,
+                h_off,
+                ..chunk.params(transposed as u32, total)
+            },
+            (total as u64).div_ceil(WORKGROUP),
+        )
+    })?;
     Ok(out)
 }
 
@@ -153,20 +209,31 @@ pub fn propagate_backward(
         return Ok((dh, None));
     }
     let da = gpu.empty(adj.shape());
-    let total = d.batch * d.windows * d.nodes.div_ceil(4).pow(2);
+    if adj.is_empty() {
+        return Ok((dh, Some(da)));
+    }
     let entry = if d.feats % 4 == 0 {
         "adjacency_grad_vec4"
     } else {
         "adjacency_grad"
     };
-    if total > 0 {
+    for_batch_chunks(gpu, &d, |first, count, align| {
+        let (a_arg, a_off) = aligned(&da, first * d.adj_item(), count * d.adj_item(), align);
+        let (h_arg, h_off) = aligned(h, first * d.h_item(), count * d.h_item(), align);
+        let (g_arg, _) = aligned(grad, first * d.h_item(), count * d.h_item(), align);
+        let total = count * d.windows * d.nodes.div_ceil(4).pow(2);
+        let chunk = Dims { batch: count, ..d };
         gpu.launch_linear(
             SHADER.kernel(entry),
-            &[(1, h.arg()), (2, da.arg()), (3, grad.arg())],
-            &d.params(0, total),
+            &[(1, h_arg), (2, a_arg), (3, g_arg)],
+            &Params {
+                a_off,
+                h_off,
+                ..chunk.params(0, total)
+            },
             (total as u64).div_ceil(WORKGROUP),
-        )?;
-    }
+        )
+    })?;
     Ok((dh, Some(da)))
 }
 
@@ -363,6 +430,60 @@ mod tests {
             let (_, none) = propagate_backward(gpu, &a, &h, &g, d.stride, false).unwrap();
             assert!(none.is_none());
         }
+    }
+
+    #[test]
+    fn split_batches_match_reference() {
+        // A device of its own: lowering the shared one's binding limit would
+        // disturb tests running in parallel.
+        let own = Gpu::new().expect("adapter");
+        let gpu = &own;
+        gpu.set_poison_new_tensors(true);
+        // Items of 3·7·7 = 147 / 5·7·3 = 105 (scalar) and 2·8·8 = 128 / 3·8·4 = 96
+        // (vec4) values, so chunks start at unaligned offsets.
+        for (k, case) in [(5, 5, 7, 3, 3, 2), (6, 3, 8, 4, 2, 2)].iter().enumerate() {
+            let d = dims_of(case);
+            gpu.set_max_binding_bytes(4 * (2 * d.adj_item().max(d.h_item()) + 64) as u64);
+            let av = random_vec(d.batch * d.adj_item(), 660 + k as u64);
+            let hv = random_vec(d.batch * d.h_item(), 670 + k as u64);
+            let gv = random_vec(d.batch * d.h_item(), 680 + k as u64);
+            let a = gpu
+                .upload(&av, &[d.batch, d.windows, d.nodes, d.nodes])
+                .unwrap();
+            let h = gpu
+                .upload(&hv, &[d.batch, d.frames, d.nodes, d.feats])
+                .unwrap();
+            let g = gpu.upload(&gv, h.shape()).unwrap();
+            let out = propagate(gpu, &a, &h, d.stride).unwrap();
+            let (dh, da) = propagate_backward(gpu, &a, &h, &g, d.stride, true).unwrap();
+            let (a64, h64, g64) = (to_f64(&av), to_f64(&hv), to_f64(&gv));
+            let (want_dh, want_da) = reference::propagate_backward(&a64, &h64, &g64, &d);
+            let what = format!("split {case:?}");
+            assert_close(
+                &gpu.read(&out).unwrap(),
+                &reference::propagate(&a64, &h64, &d),
+                Tolerance::Accumulation,
+                &what,
+            );
+            assert_close(
+                &gpu.read(&dh).unwrap(),
+                &want_dh,
+                Tolerance::Accumulation,
+                &what,
+            );
+            assert_close(
+                &gpu.read(&da.unwrap()).unwrap(),
+                &want_da,
+                Tolerance::Accumulation,
+                &what,
+            );
+        }
+        let a = gpu.zeros(&[1, 1, 8, 8]).unwrap();
+        let h = gpu.zeros(&[1, 2, 8, 4]).unwrap();
+        gpu.set_poison_new_tensors(false);
+        gpu.set_max_binding_bytes(64);
+        let e = propagate(gpu, &a, &h, 1).unwrap_err().to_string();
+        assert!(e.contains("storage binding limit"), "{e}");
     }
 
     #[test]
