@@ -12,6 +12,10 @@ struct Params {
     rows: u32,  // R
     cols: u32,  // C
     inner: u32, // I
+    // Element offset of this launch's first [R, C, I] slice inside the bound
+    // ranges (launchers split tensors over A when they exceed one binding and
+    // bind from 256-byte-aligned offsets; input and output share the remainder).
+    off: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -29,5 +33,5 @@ fn swap_axes(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let q2 = q / p.rows;
     let c = q2 % p.cols;
     let a = q2 / p.cols;
-    out[o] = x[((a * p.rows + r) * p.cols + c) * p.inner + i];
+    out[p.off + o] = x[p.off + ((a * p.rows + r) * p.cols + c) * p.inner + i];
 }

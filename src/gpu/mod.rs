@@ -375,14 +375,20 @@ impl Gpu {
         // pending until that one is submitted. Recycling it here let a queue
         // write (which precedes the next submission) or a reuse clobber data
         // those commands still had to read.
-        let (encoder, released) = {
+        //
+        // The submit happens under the encoder lock too: otherwise a thread
+        // that took an earlier encoder could submit it after a later one (a
+        // read's copy would then run before the kernels that fill what it
+        // copies), and a concurrent read could find no encoder and wait on a
+        // submission that has not been made yet.
+        let released = {
             let mut guard = lock(&self.encoder);
             let released = lock(&self.pool).take_pending();
-            (guard.take(), released)
+            if let Some(encoder) = guard.take() {
+                self.queue.submit(Some(encoder.finish()));
+            }
+            released
         };
-        if let Some(encoder) = encoder {
-            self.queue.submit(Some(encoder.finish()));
-        }
         lock(&self.pool).recycle(released);
         self.check_errors()
     }

@@ -15,6 +15,7 @@ struct Params {
     rows: u32,
     cols: u32,
     inner: u32,
+    off: u32,
 }
 
 /// Swaps axes `axis` and `axis + 1` of `x`: [.., R, C, ..] → [.., C, R, ..].
@@ -35,18 +36,44 @@ pub fn swap_axes(gpu: &Gpu, x: &Tensor, axis: usize) -> Result<Tensor> {
     if n == 0 {
         return Ok(out);
     }
-    let p = Params {
-        n: n as u32,
-        rows: r as u32,
-        cols: c as u32,
-        inner: inner as u32,
-    };
-    gpu.launch_linear(
-        SHADER.kernel("swap_axes"),
-        &[(0, x.arg()), (2, out.arg())],
-        &p,
-        (n as u64).div_ceil(WORKGROUP),
-    )?;
+    // Split over the outer axes A when the tensor exceeds one binding: each
+    // [R, C, I] slice is contiguous in both the input and the output.
+    let slice = r * c * inner;
+    let outer = n / slice;
+    let align = (gpu.report.limits.min_storage_buffer_offset_alignment / 4).max(1) as usize;
+    let capacity = ((gpu.max_binding_bytes() / 4) as usize).saturating_sub(align);
+    let per_launch = capacity / slice;
+    if per_launch == 0 {
+        return Err(GpuError::Shape {
+            op: "swap_axes",
+            message: format!(
+                "one [{r}, {c}, {inner}] slice exceeds the {}-byte storage binding limit",
+                gpu.max_binding_bytes()
+            ),
+        });
+    }
+    let mut first = 0;
+    while first < outer {
+        let count = per_launch.min(outer - first);
+        let start = first * slice;
+        let base = start / align * align;
+        let len = count * slice + (start - base);
+        let elems = count * slice;
+        let p = Params {
+            n: elems as u32,
+            rows: r as u32,
+            cols: c as u32,
+            inner: inner as u32,
+            off: (start - base) as u32,
+        };
+        gpu.launch_linear(
+            SHADER.kernel("swap_axes"),
+            &[(0, x.range(base, len)), (2, out.range(base, len))],
+            &p,
+            (elems as u64).div_ceil(WORKGROUP),
+        )?;
+        first += count;
+    }
     Ok(out)
 }
 
@@ -139,6 +166,27 @@ mod tests {
                 "swap",
             );
         }
+    }
+
+    #[test]
+    fn split_launches_match_reference() {
+        // A device of its own: lowering the shared one's binding limit would
+        // disturb tests running in parallel.
+        let own = Gpu::new().expect("adapter");
+        let gpu = &own;
+        gpu.set_poison_new_tensors(true);
+        gpu.set_max_binding_bytes(4 * (3 * 5 * 7 * 2 + 64)); // two 105-value slices per launch
+        let (b, t, nn, f) = (7, 5, 7, 3);
+        let v = random_vec(b * t * nn * f, 320);
+        let x = gpu.upload(&v, &[b, t, nn, f]).unwrap();
+        let y = swap_axes(gpu, &x, 1).unwrap();
+        let want = reference::swap(&to_f64(&v), b, t, nn, f);
+        assert_close(
+            &gpu.read(&y).unwrap(),
+            &want,
+            Tolerance::Elementwise,
+            "split swap",
+        );
     }
 
     #[test]
