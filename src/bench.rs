@@ -10,8 +10,8 @@ use std::time::Instant;
 use crate::check::random_vec;
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::ops::{
-    adamw, barlow, batchnorm, conv1d, correlation, cross_entropy, elementwise, layernorm, matmul,
-    partial_correlation, random, reduce, softmax,
+    adamw, barlow, batchnorm, conv1d, correlation, cross_entropy, elementwise, graph_conv,
+    layernorm, matmul, partial_correlation, random, reduce, softmax,
 };
 
 /// What one run of a case does, for the rate column.
@@ -93,6 +93,28 @@ pub fn kernel_cases(gpu: &Gpu) -> Result<Vec<Case>> {
         )?,
         matmul_case(gpu, "matmul square 512", 1, 512, 512, 512, matmul::Spec::NN)?,
     ];
+    // Graph propagation at the pretraining shape: B=32, T=128, N=200, F=32
+    // with the dynamic branch's 7 windows (L=30, S=15).
+    let (b, t, nodes, f, w, s) = (32, 128, 200, 32, 7, 15);
+    let flops = 2.0 * (b * t * nodes * nodes * f) as f64;
+    let adj = input(gpu, &[b, w, nodes, nodes], 5)?;
+    let h = input(gpu, &[b, t, nodes, f], 6)?;
+    let grad = input(gpu, &[b, t, nodes, f], 7)?;
+    let (adj2, h2) = (adj.clone(), h.clone());
+    cases.push(Case {
+        name: "graph_conv forward".into(),
+        shape: format!("{b}x{t}x({nodes}x{nodes})·({nodes}x{f})"),
+        work: Work::Flops(flops),
+        run: Box::new(move |gpu| graph_conv::propagate(gpu, &adj2, &h2, s).map(drop)),
+    });
+    cases.push(Case {
+        name: "graph_conv backward dH+dA".into(),
+        shape: format!("{b}x{t}x{nodes}x{f}, W={w}"),
+        work: Work::Flops(2.0 * flops),
+        run: Box::new(move |gpu| {
+            graph_conv::propagate_backward(gpu, &adj, &h, &grad, s, true).map(drop)
+        }),
+    });
     let n = 4 << 20;
     let x = input(gpu, &[n], 3)?;
     let y = input(gpu, &[n], 4)?;

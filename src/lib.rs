@@ -5,5 +5,6 @@ pub mod check;
 pub mod config;
 pub mod data;
 pub mod gpu;
+pub mod model;
 pub mod ops;
 pub mod train;

@@ -20,11 +20,15 @@ use stptf::ops::elementwise::mul_broadcast;
 const REL: f64 = 1e-3;
 
 fn fixture_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model").join(case)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/model")
+        .join(case)
 }
 
 fn tensor<'a>(ts: &'a [HostTensor], name: &str) -> &'a HostTensor {
-    ts.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("fixture lacks tensor {name}"))
+    ts.iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("fixture lacks tensor {name}"))
 }
 
 fn model_config(c: &serde_json::Value) -> (ModelConfig, DataDims) {
@@ -39,11 +43,25 @@ fn model_config(c: &serde_json::Value) -> (ModelConfig, DataDims) {
         segment: u("segment"),
         qk_dim: u("qk_dim"),
         proj_dim: u("proj_dim"),
-        norm: if c["norm"] == "layer" { Norm::Layer } else { Norm::None },
-        residual: if c["residual"] == "input" { Residual::Input } else { Residual::Spatial },
+        norm: if c["norm"] == "layer" {
+            Norm::Layer
+        } else {
+            Norm::None
+        },
+        residual: if c["residual"] == "input" {
+            Residual::Input
+        } else {
+            Residual::Spatial
+        },
         ..ModelConfig::default()
     };
-    (cfg, DataDims { n_regions: u("n_regions"), n_classes: u("n_classes") })
+    (
+        cfg,
+        DataDims {
+            n_regions: u("n_regions"),
+            n_classes: u("n_classes"),
+        },
+    )
 }
 
 fn norm(v: impl Iterator<Item = f64>) -> f64 {
@@ -54,7 +72,8 @@ fn norm(v: impl Iterator<Item = f64>) -> f64 {
 fn run(case: &str, loss: &str) -> (f64, Vec<HostTensor>) {
     let gpu = gpu();
     let dir = fixture_dir(case);
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let (cfg, dims) = model_config(&config["config"]);
     let params = read_safetensors(&dir.join("params.safetensors")).unwrap();
     let inputs = read_safetensors(&dir.join("inputs.safetensors")).unwrap();
@@ -63,8 +82,12 @@ fn run(case: &str, loss: &str) -> (f64, Vec<HostTensor>) {
     let (b, n, t) = (x.shape[0], x.shape[1], x.shape[2]);
     let xg = gpu.upload(&x.data, &x.shape).unwrap();
     let valid = gpu.upload(&tensor(&inputs, "valid").data, &[b, t]).unwrap();
-    let roi = gpu.upload(&tensor(&inputs, "roi_mask").data, &[b, n]).unwrap();
-    let frames = gpu.upload(&tensor(&inputs, "frame_mask").data, &[b, t]).unwrap();
+    let roi = gpu
+        .upload(&tensor(&inputs, "roi_mask").data, &[b, n])
+        .unwrap();
+    let frames = gpu
+        .upload(&tensor(&inputs, "frame_mask").data, &[b, t])
+        .unwrap();
     let labels = gpu.upload(&tensor(&inputs, "labels").data, &[b]).unwrap();
     let x_s = mul_broadcast(gpu, &xg, &roi, 1, t).unwrap();
     let x_t = mul_broadcast(gpu, &xg, &frames, t, n).unwrap();
@@ -72,9 +95,18 @@ fn run(case: &str, loss: &str) -> (f64, Vec<HostTensor>) {
     model.params.store.zero_grads(gpu).unwrap();
     let mut tape = Tape::new(gpu);
     let l = match loss {
-        "fgco_global" => model.pretrain_loss(&mut tape, &xg, &x_s, &x_t, &valid, Fgco::Global).unwrap(),
-        "fgco_fine" => model.pretrain_loss(&mut tape, &xg, &x_s, &x_t, &valid, Fgco::Fine).unwrap(),
-        "finetune" => model.finetune_loss(&mut tape, &xg, &valid, &labels).unwrap().0,
+        "fgco_global" => model
+            .pretrain_loss(&mut tape, &xg, &x_s, &x_t, &valid, Fgco::Global)
+            .unwrap(),
+        "fgco_fine" => model
+            .pretrain_loss(&mut tape, &xg, &x_s, &x_t, &valid, Fgco::Fine)
+            .unwrap(),
+        "finetune" => {
+            model
+                .finetune_loss(&mut tape, &xg, &valid, &labels)
+                .unwrap()
+                .0
+        }
         other => panic!("unknown loss {other}"),
     };
     tape.backward(l, &model.params.store).unwrap();
@@ -85,29 +117,51 @@ fn run(case: &str, loss: &str) -> (f64, Vec<HostTensor>) {
 /// Compares one case and loss; returns the worst relative error per parameter.
 fn compare(case: &str, loss: &str) -> Vec<(String, f64)> {
     let dir = fixture_dir(case);
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let info = &config["losses"][loss];
     let want_loss = info["value"].as_f64().unwrap();
     let max_abs_grad = info["max_abs_grad"].as_f64().unwrap();
     let zero_like: Vec<&str> = ["zero_grad_params", "analytically_zero_grad_params"]
         .iter()
-        .flat_map(|k| info[*k].as_array().unwrap().iter().map(|v| v.as_str().unwrap()))
+        .flat_map(|k| {
+            info[*k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+        })
         .collect();
     let want = read_safetensors(&dir.join(format!("grads_{loss}.safetensors"))).unwrap();
     let (got_loss, got) = run(case, loss);
     let loss_err = (got_loss - want_loss).abs() / want_loss.abs();
-    assert!(loss_err < REL, "{case}/{loss}: loss {got_loss} vs PyTorch {want_loss} (relative error {loss_err:.2e})");
+    assert!(
+        loss_err < REL,
+        "{case}/{loss}: loss {got_loss} vs PyTorch {want_loss} (relative error {loss_err:.2e})"
+    );
     let mut report = vec![("loss".to_string(), loss_err)];
     for w in &want {
-        let g = got.iter().find(|g| g.name == w.name).unwrap_or_else(|| panic!("{case}/{loss}: we have no parameter {}", w.name));
+        let g = got
+            .iter()
+            .find(|g| g.name == w.name)
+            .unwrap_or_else(|| panic!("{case}/{loss}: we have no parameter {}", w.name));
         assert_eq!(g.shape, w.shape, "{case}/{loss}: shape of {}", w.name);
-        let diff = norm(g.data.iter().zip(&w.data).map(|(&a, &b)| a as f64 - b as f64));
+        let diff = norm(
+            g.data
+                .iter()
+                .zip(&w.data)
+                .map(|(&a, &b)| a as f64 - b as f64),
+        );
         let reference = norm(w.data.iter().map(|&v| v as f64));
         if zero_like.contains(&w.name.as_str()) {
             // Zero in exact arithmetic: ours must be negligible next to the
             // loss's largest gradient.
             let ours = norm(g.data.iter().map(|&v| v as f64));
-            assert!(ours <= 1e-4 * max_abs_grad.max(1e-6), "{case}/{loss}: {} should have (near) zero gradient, has norm {ours:.3e}", w.name);
+            assert!(
+                ours <= 1e-4 * max_abs_grad.max(1e-6),
+                "{case}/{loss}: {} should have (near) zero gradient, has norm {ours:.3e}",
+                w.name
+            );
             continue;
         }
         let rel = diff / reference.max(1e-30);
@@ -121,7 +175,10 @@ fn check_case(case: &str) {
     for loss in ["fgco_global", "fgco_fine", "finetune"] {
         let report = compare(case, loss);
         let worst = report.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
-        eprintln!("parity {case}/{loss}: loss rel err {:.2e}; worst gradient {} at {:.2e}", report[0].1, worst.0, worst.1);
+        eprintln!(
+            "parity {case}/{loss}: loss rel err {:.2e}; worst gradient {} at {:.2e}",
+            report[0].1, worst.0, worst.1
+        );
     }
 }
 

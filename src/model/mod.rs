@@ -46,7 +46,12 @@ impl Model {
         Ok(Self { cfg, dims, params })
     }
 
-    pub fn from_host(gpu: &crate::gpu::Gpu, cfg: ModelConfig, dims: DataDims, tensors: &[HostTensor]) -> Result<Self> {
+    pub fn from_host(
+        gpu: &crate::gpu::Gpu,
+        cfg: ModelConfig,
+        dims: DataDims,
+        tensors: &[HostTensor],
+    ) -> Result<Self> {
         let params = Params::from_host(gpu, &cfg, dims, tensors)?;
         Ok(Self { cfg, dims, params })
     }
@@ -79,10 +84,20 @@ impl Model {
     fn gcn(&self, tape: &mut Tape, branch: &str, adj: Var, xt: Var, stride: usize) -> Result<Var> {
         let (b, t, n) = (tape.shape(xt)[0], tape.shape(xt)[1], tape.shape(xt)[2]);
         let x1 = tape.reshape(xt, &[b, t, n, 1])?;
-        let mut h = self.linear(tape, x1, &format!("{branch}.lift.weight"), Some(&format!("{branch}.lift.bias")))?;
+        let mut h = self.linear(
+            tape,
+            x1,
+            &format!("{branch}.lift.weight"),
+            Some(&format!("{branch}.lift.bias")),
+        )?;
         for layer in ["gcn1", "gcn2"] {
             let ah = tape.graph_conv(adj, h, stride)?;
-            let z = self.linear(tape, ah, &format!("{branch}.{layer}.weight"), Some(&format!("{branch}.{layer}.bias")))?;
+            let z = self.linear(
+                tape,
+                ah,
+                &format!("{branch}.{layer}.weight"),
+                Some(&format!("{branch}.{layer}.bias")),
+            )?;
             h = tape.relu(z)?;
         }
         Ok(h)
@@ -92,12 +107,18 @@ impl Model {
     pub fn encode(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
         let gpu = tape.gpu;
         let &[b, n, t] = x.shape() else {
-            return Err(GpuError::Shape { op: "encode", message: format!("input {:?} must be [B, N, T]", x.shape()) });
+            return Err(GpuError::Shape {
+                op: "encode",
+                message: format!("input {:?} must be [B, N, T]", x.shape()),
+            });
         };
         if n != self.dims.n_regions {
             return Err(GpuError::Shape {
                 op: "encode",
-                message: format!("input has {n} regions, the model was built for {}", self.dims.n_regions),
+                message: format!(
+                    "input has {n} regions, the model was built for {}",
+                    self.dims.n_regions
+                ),
             });
         }
         let m = &self.cfg;
@@ -145,7 +166,12 @@ impl Model {
         // Continuous brain-state calibration (eq. 2).
         let gram = tape.matmul(z_sp, z_sp, Spec::TN)?; // [B, T, T]
         let ccm = tape.softmax(gram, 1.0 / (dw as f32).sqrt())?;
-        let (qw, qb, kw, kb) = (self.p(tape, "calib.q.weight")?, self.p(tape, "calib.q.bias")?, self.p(tape, "calib.k.weight")?, self.p(tape, "calib.k.bias")?);
+        let (qw, qb, kw, kb) = (
+            self.p(tape, "calib.q.weight")?,
+            self.p(tape, "calib.q.bias")?,
+            self.p(tape, "calib.k.weight")?,
+            self.p(tape, "calib.k.bias")?,
+        );
         let qm = tape.conv1d(z_sp, qw, qb)?;
         let km = tape.conv1d(z_sp, kw, kb)?;
         let qk = tape.matmul(qm, km, Spec::TN)?;
@@ -157,10 +183,16 @@ impl Model {
         let mixed = tape.add(c0, c1)?;
         let mixed = tape.add_scalar(mixed, mix_b, 0)?;
         let cam = tape.softmax(mixed, 1.0)?;
-        let (vw, vb) = (self.p(tape, "calib.v.weight")?, self.p(tape, "calib.v.bias")?);
+        let (vw, vb) = (
+            self.p(tape, "calib.v.weight")?,
+            self.p(tape, "calib.v.bias")?,
+        );
         let v = tape.conv1d(z_sp, vw, vb)?;
         let o = tape.matmul(v, cam, Spec::NT)?; // O[:, t] = Σ_s V[:, s] CAM[t, s]
-        let (ow, ob) = (self.p(tape, "calib.out.weight")?, self.p(tape, "calib.out.bias")?);
+        let (ow, ob) = (
+            self.p(tape, "calib.out.weight")?,
+            self.p(tape, "calib.out.bias")?,
+        );
         let out = tape.conv1d(o, ow, ob)?;
         let z_temporal = match m.residual {
             Residual::Spatial => tape.add(out, z_sp)?,
@@ -191,14 +223,23 @@ impl Model {
         if m.norm == Norm::Layer {
             z_st = self.layer_norm(tape, z_st, "norm.out")?;
         }
-        Ok(Encoded { z_fused, z_temporal, z_st, frame_weights, segment_weights })
+        Ok(Encoded {
+            z_fused,
+            z_temporal,
+            z_st,
+            frame_weights,
+            segment_weights,
+        })
     }
 
     fn layer_norm(&self, tape: &mut Tape, x: Var, prefix: &str) -> Result<Var> {
         let shape = tape.shape(x).to_vec();
         let cols = *shape.last().unwrap_or(&1);
         let x2 = tape.reshape(x, &[tape.value(x).len() / cols, cols])?;
-        let (g, bta) = (self.p(tape, &format!("{prefix}.weight"))?, self.p(tape, &format!("{prefix}.bias"))?);
+        let (g, bta) = (
+            self.p(tape, &format!("{prefix}.weight"))?,
+            self.p(tape, &format!("{prefix}.bias"))?,
+        );
         let y = tape.layernorm(x2, g, bta)?;
         tape.reshape(y, &shape)
     }
@@ -211,7 +252,10 @@ impl Model {
     /// Projector fc2(ReLU(BN(fc1(Z_st)))) [B, J].
     fn project(&self, tape: &mut Tape, z_st: Var) -> Result<Var> {
         let h = self.linear(tape, z_st, "proj.fc1.weight", Some("proj.fc1.bias"))?;
-        let (g, bta) = (self.p(tape, "proj.bn.weight")?, self.p(tape, "proj.bn.bias")?);
+        let (g, bta) = (
+            self.p(tape, "proj.bn.weight")?,
+            self.p(tape, "proj.bn.bias")?,
+        );
         let h = tape.batchnorm(h, g, bta)?;
         let h = tape.relu(h)?;
         self.linear(tape, h, "proj.fc2.weight", Some("proj.fc2.bias"))
@@ -219,7 +263,15 @@ impl Model {
 
     /// FGCO pretraining loss (eq. 3) from the original view and the SCA and
     /// TCA views (all [B, N, T]).
-    pub fn pretrain_loss(&self, tape: &mut Tape, x: &Tensor, x_s: &Tensor, x_t: &Tensor, valid: &Tensor, fgco: Fgco) -> Result<Var> {
+    pub fn pretrain_loss(
+        &self,
+        tape: &mut Tape,
+        x: &Tensor,
+        x_s: &Tensor,
+        x_t: &Tensor,
+        valid: &Tensor,
+        fgco: Fgco,
+    ) -> Result<Var> {
         let e0 = self.encode(tape, x, valid)?;
         let es = self.encode(tape, x_s, valid)?;
         let et = self.encode(tape, x_t, valid)?;
@@ -260,7 +312,13 @@ impl Model {
     }
 
     /// Fine-tuning loss: mean cross-entropy of the head's logits; also returns the logits.
-    pub fn finetune_loss(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor, labels: &Tensor) -> Result<(Var, Var)> {
+    pub fn finetune_loss(
+        &self,
+        tape: &mut Tape,
+        x: &Tensor,
+        valid: &Tensor,
+        labels: &Tensor,
+    ) -> Result<(Var, Var)> {
         let enc = self.encode(tape, x, valid)?;
         let logits = self.head(tape, enc.z_st)?;
         let y = tape.input(labels.clone());

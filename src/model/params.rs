@@ -19,9 +19,14 @@ pub struct DataDims {
 #[derive(Clone, Copy, Debug)]
 enum Init {
     /// Xavier-uniform with the given fan-in and fan-out.
-    Xavier { fan_in: usize, fan_out: usize },
+    Xavier {
+        fan_in: usize,
+        fan_out: usize,
+    },
     /// N(0, variance).
-    Normal { variance: f64 },
+    Normal {
+        variance: f64,
+    },
     Constant(f32),
 }
 
@@ -41,12 +46,22 @@ fn layout(m: &ModelConfig, d: DataDims) -> Vec<(String, Vec<usize>, Init)> {
         }
     }
     v.push(("dynamic.window_proj.weight".into(), vec![l, e], x(l, e)));
-    v.push(("dynamic.node_embedding".into(), vec![n, e], Init::Normal { variance: 1.0 / e as f64 }));
+    v.push((
+        "dynamic.node_embedding".into(),
+        vec![n, e],
+        Init::Normal {
+            variance: 1.0 / e as f64,
+        },
+    ));
     v.push(("fusion.alpha".into(), vec![2], zero));
     v.push(("fusion.proj.weight".into(), vec![n * f, dw], x(n * f, dw)));
     v.push(("fusion.proj.bias".into(), vec![dw], zero));
     for (name, out) in [("q", q), ("k", q), ("v", dw)] {
-        v.push((format!("calib.{name}.weight"), vec![out, dw, 3], x(dw * 3, out * 3)));
+        v.push((
+            format!("calib.{name}.weight"),
+            vec![out, dw, 3],
+            x(dw * 3, out * 3),
+        ));
         v.push((format!("calib.{name}.bias"), vec![out], zero));
     }
     v.push(("calib.mix.weight".into(), vec![2], x(2, 1)));
@@ -67,7 +82,11 @@ fn layout(m: &ModelConfig, d: DataDims) -> Vec<(String, Vec<usize>, Init)> {
     v.push(("head.bias".into(), vec![c], zero));
     if m.norm == Norm::Layer {
         for place in ["fusion", "out"] {
-            v.push((format!("norm.{place}.weight"), vec![dw], Init::Constant(1.0)));
+            v.push((
+                format!("norm.{place}.weight"),
+                vec![dw],
+                Init::Constant(1.0),
+            ));
             v.push((format!("norm.{place}.bias"), vec![dw], zero));
         }
     }
@@ -115,19 +134,30 @@ impl Params {
 
     /// Loads parameters from host tensors, checking that every expected name
     /// is present with its expected shape (extra names are an error too).
-    pub fn from_host(gpu: &Gpu, m: &ModelConfig, d: DataDims, tensors: &[HostTensor]) -> Result<Self> {
+    pub fn from_host(
+        gpu: &Gpu,
+        m: &ModelConfig,
+        d: DataDims,
+        tensors: &[HostTensor],
+    ) -> Result<Self> {
         let expected = layout(m, d);
         let mut store = ParamStore::default();
         let mut names = std::collections::HashMap::new();
         for (name, shape, _) in &expected {
-            let t = tensors.iter().find(|t| &t.name == name).ok_or_else(|| GpuError::Shape {
-                op: "load parameters",
-                message: format!("parameter `{name}` {shape:?} is missing"),
-            })?;
+            let t = tensors
+                .iter()
+                .find(|t| &t.name == name)
+                .ok_or_else(|| GpuError::Shape {
+                    op: "load parameters",
+                    message: format!("parameter `{name}` {shape:?} is missing"),
+                })?;
             if &t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
                 return Err(GpuError::Shape {
                     op: "load parameters",
-                    message: format!("parameter `{name}` has shape {:?}, the config expects {shape:?}", t.shape),
+                    message: format!(
+                        "parameter `{name}` has shape {:?}, the config expects {shape:?}",
+                        t.shape
+                    ),
                 });
             }
             let id = store.add(gpu, name, &t.data, shape)?;
@@ -136,17 +166,23 @@ impl Params {
         if let Some(extra) = tensors.iter().find(|t| !names.contains_key(&t.name)) {
             return Err(GpuError::Shape {
                 op: "load parameters",
-                message: format!("unexpected parameter `{}` (a checkpoint of a different model configuration?)", extra.name),
+                message: format!(
+                    "unexpected parameter `{}` (a checkpoint of a different model configuration?)",
+                    extra.name
+                ),
             });
         }
         Ok(Self { store, names })
     }
 
     pub fn id(&self, name: &str) -> Result<ParamId> {
-        self.names.get(name).copied().ok_or_else(|| GpuError::Shape {
-            op: "parameter lookup",
-            message: format!("no parameter `{name}`"),
-        })
+        self.names
+            .get(name)
+            .copied()
+            .ok_or_else(|| GpuError::Shape {
+                op: "parameter lookup",
+                message: format!("no parameter `{name}`"),
+            })
     }
 
     /// Downloads every parameter (for checkpoints).
@@ -154,7 +190,13 @@ impl Params {
         self.store
             .params
             .iter()
-            .map(|p| Ok(HostTensor { name: p.name.clone(), shape: p.value.shape().to_vec(), data: gpu.read(&p.value)? }))
+            .map(|p| {
+                Ok(HostTensor {
+                    name: p.name.clone(),
+                    shape: p.value.shape().to_vec(),
+                    data: gpu.read(&p.value)?,
+                })
+            })
             .collect()
     }
 
@@ -163,7 +205,13 @@ impl Params {
         self.store
             .params
             .iter()
-            .map(|p| Ok(HostTensor { name: p.name.clone(), shape: p.grad.shape().to_vec(), data: gpu.read(&p.grad)? }))
+            .map(|p| {
+                Ok(HostTensor {
+                    name: p.name.clone(),
+                    shape: p.grad.shape().to_vec(),
+                    data: gpu.read(&p.grad)?,
+                })
+            })
             .collect()
     }
 }
@@ -171,14 +219,27 @@ impl Params {
 /// Reads a safetensors file of f32 tensors.
 pub fn read_safetensors(path: &std::path::Path) -> std::result::Result<Vec<HostTensor>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: not a safetensors file ({e})", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("{}: not a safetensors file ({e})", path.display()))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
-            return Err(format!("{}: tensor `{name}` is {:?}, expected F32", path.display(), view.dtype()));
+            return Err(format!(
+                "{}: tensor `{name}` is {:?}, expected F32",
+                path.display(),
+                view.dtype()
+            ));
         }
-        let data: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        out.push(HostTensor { name, shape: view.shape().to_vec(), data });
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.push(HostTensor {
+            name,
+            shape: view.shape().to_vec(),
+            data,
+        });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -186,7 +247,10 @@ pub fn read_safetensors(path: &std::path::Path) -> std::result::Result<Vec<HostT
 
 /// Writes f32 tensors as safetensors (readable by PyTorch and numpy).
 pub fn safetensors_bytes(tensors: &[HostTensor]) -> std::result::Result<Vec<u8>, String> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
     let views = tensors
         .iter()
         .zip(&bytes)
