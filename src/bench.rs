@@ -107,6 +107,15 @@ pub fn kernel_cases(gpu: &Gpu) -> Result<Vec<Case>> {
         work: Work::Flops(flops),
         run: Box::new(move |gpu| graph_conv::propagate(gpu, &adj2, &h2, s).map(drop)),
     });
+    let (adj3, h3, grad3) = (adj.clone(), h.clone(), grad.clone());
+    cases.push(Case {
+        name: "graph_conv backward dH (static)".into(),
+        shape: format!("{b}x{t}x({nodes}x{nodes})ᵀ·({nodes}x{f})"),
+        work: Work::Flops(flops),
+        run: Box::new(move |gpu| {
+            graph_conv::propagate_backward(gpu, &adj3, &h3, &grad3, s, false).map(drop)
+        }),
+    });
     cases.push(Case {
         name: "graph_conv backward dH+dA".into(),
         shape: format!("{b}x{t}x{nodes}x{f}, W={w}"),
