@@ -10,6 +10,7 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod layernorm;
 pub(crate) mod limits;
+pub mod lstm;
 pub mod matmul;
 pub mod partial_correlation;
 pub mod random;
