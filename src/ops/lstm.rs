@@ -349,6 +349,12 @@ pub fn forward_flops(d: Dims) -> f64 {
     2.0 * (d.batch * d.steps * 4 * d.hidden * (d.input + d.hidden)) as f64
 }
 
+/// Floating-point operations of one backward: the recurrent products
+/// (W_hhᵀ·dA per step), dx, dW_ih, dW_hh and the bias column sums.
+pub fn backward_flops(d: Dims) -> f64 {
+    2.0 * (d.batch * d.steps * 4 * d.hidden * (2 * d.input + 2 * d.hidden + 1)) as f64
+}
+
 /// f64 CPU reference over row-major slices, written as the textbook BPTT
 /// (independently of the GPU's decomposition into kernels and products).
 pub mod reference {
