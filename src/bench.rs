@@ -237,7 +237,7 @@ fn model_cases(gpu: &Gpu) -> Result<Vec<Case>> {
     let ldh = input(gpu, &[b, t, d], 22)?;
     let lshape = format!("[{b},{t},{n}] H{d}");
     for (label, schedule) in [
-        ("", lstm::Schedule::Fused),
+        (" fused", lstm::Schedule::Fused),
         (" per-step", lstm::Schedule::PerStep),
     ] {
         let (x, wi, wh, bi, bh) = (

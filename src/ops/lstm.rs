@@ -11,9 +11,8 @@
 //! and the rest are products: dx = dA·W_ih, dW_ih = dAᵀ·x,
 //! dW_hh = dAᵀ·h_prev, db_ih = db_hh = Σ_rows dA.
 //!
-//! The recurrence has two schedules (see the shader). On lavapipe the fused
-//! one (a workgroup per batch item looping over time) is the faster; it is the
-//! default (numbers in [`Schedule`]).
+//! The recurrence has two schedules (see the shader and [`Schedule`]). On
+//! lavapipe one dispatch per time step is the faster, and the default.
 
 use super::elementwise;
 use super::limits::fits_binding;
@@ -37,9 +36,9 @@ struct Params {
 pub enum Schedule {
     /// One workgroup per batch item loops over all T steps in the shader,
     /// with a storage barrier between steps: one dispatch.
-    #[default]
     Fused,
     /// One dispatch per time step over all (batch item, hidden unit) pairs.
+    #[default]
     PerStep,
 }
 
