@@ -11,7 +11,7 @@ use crate::check::random_vec;
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::ops::{
     adamw, barlow, batchnorm, conv1d, correlation, cross_entropy, elementwise, graph_conv,
-    layernorm, matmul, partial_correlation, random, reduce, softmax,
+    layernorm, lstm, matmul, partial_correlation, random, reduce, softmax,
 };
 
 /// What one run of a case does, for the rate column.
@@ -252,6 +252,47 @@ fn model_cases(gpu: &Gpu) -> Result<Vec<Case>> {
         Work::Bytes(4.0 * (b * 3) as f64),
         move |gpu| cross_entropy::cross_entropy(gpu, &logits, &labels).map(drop),
     ));
+    // The "LSTM encoder" ablation: region signals per frame as the input
+    // (I = N), H = D. Both recurrence schedules, forward and backward.
+    let dl = lstm::Dims {
+        batch: b,
+        steps: t,
+        input: n,
+        hidden: d,
+    };
+    let lx = input(gpu, &[b, t, n], 17)?;
+    let lwi = input(gpu, &[4 * d, n], 18)?;
+    let lwh = input(gpu, &[4 * d, d], 19)?;
+    let lbi = input(gpu, &[4 * d], 20)?;
+    let lbh = input(gpu, &[4 * d], 21)?;
+    let ldh = input(gpu, &[b, t, d], 22)?;
+    let lshape = format!("[{b},{t},{n}] H{d}");
+    for (label, schedule) in [
+        (" fused", lstm::Schedule::Fused),
+        (" per-step", lstm::Schedule::PerStep),
+    ] {
+        let (x, wi, wh, bi, bh) = (
+            lx.clone(),
+            lwi.clone(),
+            lwh.clone(),
+            lbi.clone(),
+            lbh.clone(),
+        );
+        cases.push(case(
+            &format!("lstm forward{label}"),
+            lshape.clone(),
+            Work::Flops(lstm::forward_flops(dl)),
+            move |gpu| lstm::lstm_forward_with(gpu, &x, &wi, &wh, &bi, &bh, schedule).map(drop),
+        ));
+        let saved = lstm::lstm_forward_with(gpu, &lx, &lwi, &lwh, &lbi, &lbh, schedule)?;
+        let (x, wi, wh, dh) = (lx.clone(), lwi.clone(), lwh.clone(), ldh.clone());
+        cases.push(case(
+            &format!("lstm backward{label}"),
+            lshape.clone(),
+            Work::Flops(lstm::backward_flops(dl)),
+            move |gpu| lstm::lstm_backward_with(gpu, &x, &wi, &wh, &saved, &dh, schedule).map(drop),
+        ));
+    }
     let np = 1 << 20;
     let (p, g, m, v) = (
         input(gpu, &[np], 15)?,

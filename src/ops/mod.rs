@@ -11,6 +11,7 @@ pub mod elementwise;
 pub mod graph_conv;
 pub mod layernorm;
 pub(crate) mod limits;
+pub mod lstm;
 pub mod matmul;
 pub mod partial_correlation;
 pub mod random;
