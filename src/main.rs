@@ -23,6 +23,15 @@ enum Command {
     Baseline(cmd::baseline::BaselineArgs),
     /// Time every kernel at the model's shapes (GFLOP/s, GB/s; median after warm-up).
     Bench(cmd::bench::BenchArgs),
+    /// Self-supervised pretraining (STIGA views, PSTA encoder, FGCO loss). With no
+    /// arguments: a few minutes on a synthetic dataset.
+    Pretrain(cmd::train::PretrainArgs),
+    /// Fine-tune a linear head (or the whole network) on labeled scans.
+    Finetune(cmd::train::FinetuneArgs),
+    /// The paper's protocol: k-fold at subject level; per fold pretrain, fine-tune, score.
+    Evaluate(cmd::train::EvaluateArgs),
+    /// Label scans with a fine-tuned model (CSV: id, predicted class, probabilities).
+    Predict(cmd::train::PredictArgs),
     /// Show the GPU adapter, its limits and optional features.
     Info,
     /// Load a dataset and print what is in it (scans, regions, lengths, classes, sites, exclusions).
@@ -36,6 +45,10 @@ fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
         Command::Baseline(args) => cmd::baseline::run(&args),
         Command::Bench(args) => cmd::bench::run(&args),
+        Command::Pretrain(args) => cmd::train::pretrain(&args),
+        Command::Finetune(args) => cmd::train::finetune(&args),
+        Command::Evaluate(args) => cmd::train::evaluate(&args),
+        Command::Predict(args) => cmd::train::predict(&args),
         Command::Info => cmd::info::run(),
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Synth(args) => cmd::synth::run(&args),

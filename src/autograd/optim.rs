@@ -28,10 +28,24 @@ impl AdamWState {
 
     /// Records one update of every parameter with learning rate `lr`.
     pub fn update(&mut self, gpu: &Gpu, store: &ParamStore, lr: f32) -> Result<()> {
+        self.update_where(gpu, store, lr, |_| true)
+    }
+
+    /// Records one update of the parameters whose name passes `train` (a
+    /// frozen encoder: only `head.*`). The others keep their values and moments.
+    pub fn update_where(
+        &mut self,
+        gpu: &Gpu,
+        store: &ParamStore,
+        lr: f32,
+        train: impl Fn(&str) -> bool,
+    ) -> Result<()> {
         self.step += 1;
         let hp = AdamW { lr, ..self.hp };
         for (p, (m, v)) in store.params.iter().zip(&self.moments) {
-            adamw_step(gpu, &p.value, &p.grad, m, v, &hp, self.step)?;
+            if train(&p.name) {
+                adamw_step(gpu, &p.value, &p.grad, m, v, &hp, self.step)?;
+            }
         }
         Ok(())
     }

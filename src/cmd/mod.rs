@@ -4,3 +4,4 @@ pub mod bench;
 pub mod info;
 pub mod inspect;
 pub mod synth;
+pub mod train;

@@ -145,7 +145,7 @@ pub fn open() -> Result<(wgpu::Device, wgpu::Queue, AdapterReport), GpuError> {
         adapter: describe(&info),
         source,
     })?;
-    log::info!("GPU adapter: {}", describe(&info));
+    log::debug!("GPU adapter: {}", describe(&info));
     let report = AdapterReport {
         info,
         limits: device.limits(),

@@ -366,6 +366,44 @@ impl Gpu {
         Ok(())
     }
 
+    /// Records a copy of `len` elements from `src[src_offset..]` into
+    /// `dst[dst_offset..]` (e.g. a step's loss into a loss history, so the
+    /// host reads many steps' losses with one readback).
+    pub fn copy_region(
+        &self,
+        src: &Tensor,
+        src_offset: usize,
+        dst: &Tensor,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        if src_offset + len > src.len() || dst_offset + len > dst.len() {
+            return Err(GpuError::Shape {
+                op: "copy_region",
+                message: format!(
+                    "{len} values from {src_offset} of {:?} to {dst_offset} of {:?}",
+                    src.shape(),
+                    dst.shape()
+                ),
+            });
+        }
+        let mut guard = lock(&self.encoder);
+        let encoder = guard.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("step"),
+                })
+        });
+        encoder.copy_buffer_to_buffer(
+            src.buffer(),
+            (src_offset * 4) as u64,
+            dst.buffer(),
+            (dst_offset * 4) as u64,
+            (len * 4) as u64,
+        );
+        Ok(())
+    }
+
     /// Submits everything recorded so far (one submit) and makes buffers
     /// released during the recording reusable. Does not wait.
     pub fn flush(&self) -> Result<()> {

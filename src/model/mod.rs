@@ -7,6 +7,7 @@
 //! Layouts: inputs X [B, N, T]; GCN activations [B, T, N, F]; the temporal
 //! stages [B, D, T].
 
+pub mod augment;
 pub mod params;
 
 use crate::autograd::{Tape, Var};

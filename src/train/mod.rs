@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod plots;
 pub mod rundir;
 pub mod schedule;
+pub mod trainer;
