@@ -60,6 +60,9 @@ pub struct PretrainArgs {
     /// Continue an interrupted run from its directory's last checkpoint.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Stop after this many epochs (the checkpoint allows `--resume` later).
+    #[arg(long)]
+    pub stop_after_epochs: Option<u64>,
 }
 
 #[derive(Args)]
