@@ -11,11 +11,12 @@ pub mod augment;
 pub mod params;
 
 use crate::autograd::{Tape, Var};
-use crate::config::{Fgco, ModelConfig, Norm, Residual};
+use crate::config::{Encoder, Fgco, ModelConfig, Norm, Residual};
 use crate::gpu::{GpuError, Result, Tensor};
 use crate::ops::matmul::Spec;
 use crate::ops::{graph_conv, partial_correlation, segment_pool, window};
 
+pub use augment::{make_views, Views};
 pub use params::{DataDims, HostTensor, Params};
 
 /// Barlow Twins off-diagonal weight (λ, DESIGN.md §3).
@@ -28,8 +29,22 @@ pub struct Model {
 }
 
 /// What one encoder pass produces (tape values).
+///
+/// For the ablation encoders (`cfg.encoder`):
+/// - `gcn-only`: `z_fused` = Z_s [B, T, N, F] of the static GCN,
+///   `z_temporal` = the per-frame readout fusion.proj(Z_s) [B, D, T]
+///   (nothing temporal happens; FGCO `fine` compares these);
+/// - `stgcn-style`: `z_fused` = the last block's node features [B, T, N, F],
+///   `z_temporal` = their per-frame readout [B, D, T];
+/// - `lstm`: `z_temporal` = the hidden states [B, D, T]; there are no node
+///   embeddings, so `z_fused` is the input X as [B, T, N, 1] (a constant
+///   with no gradient) and FGCO `fine` returns an error for this encoder.
+///
+/// `frame_weights` / `segment_weights` are the aggregation's attention for
+/// `psta` and `lstm`, and the uniform weights of the masked mean over valid
+/// frames (one segment, weight 1) for `gcn-only` and `stgcn-style`.
 pub struct Encoded {
-    /// β₀Z_s + β₁Z_d [B, T, N, F].
+    /// β₀Z_s + β₁Z_d [B, T, N, F] (see above for the ablations).
     pub z_fused: Var,
     /// Z_temporal [B, D, T].
     pub z_temporal: Var,
@@ -104,9 +119,9 @@ impl Model {
         Ok(h)
     }
 
-    /// The PSTA encoder on one view x [B, N, T] (valid [B, T]: 1 real frame, 0 padding).
+    /// The encoder selected by `cfg.encoder` (PSTA by default) on one view
+    /// x [B, N, T] (valid [B, T]: 1 real frame, 0 padding).
     pub fn encode(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
-        let gpu = tape.gpu;
         let &[b, n, t] = x.shape() else {
             return Err(GpuError::Shape {
                 op: "encode",
@@ -122,15 +137,41 @@ impl Model {
                 ),
             });
         }
+        if valid.shape() != [b, t] {
+            return Err(GpuError::Shape {
+                op: "encode",
+                message: format!("valid {:?} for input {:?}", valid.shape(), x.shape()),
+            });
+        }
+        match self.cfg.encoder {
+            Encoder::Psta => self.encode_psta(tape, x, valid),
+            Encoder::GcnOnly => self.encode_gcn_only(tape, x, valid),
+            Encoder::Lstm => self.encode_lstm(tape, x, valid),
+            Encoder::StgcnStyle => self.encode_stgcn(tape, x, valid),
+        }
+    }
+
+    /// Â = normalized |partial correlation| of x, [B, 1, N, N], as a tape
+    /// input (no gradient).
+    fn static_adjacency(&self, tape: &mut Tape, x: &Tensor) -> Result<Var> {
+        let gpu = tape.gpu;
+        let (b, n) = (x.shape()[0], x.shape()[1]);
+        let pc = partial_correlation::partial_correlation(gpu, x)?;
+        let a_static = graph_conv::normalize_adjacency(gpu, &pc.partial)?.reshape(&[b, 1, n, n])?;
+        Ok(tape.input(a_static))
+    }
+
+    /// The PSTA encoder (docs/model.md, Forward).
+    fn encode_psta(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
+        let gpu = tape.gpu;
+        let (b, n, t) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let m = &self.cfg;
         let (f, dw) = (m.node_channels, m.width);
         let xv = tape.input(x.clone());
         let xt = tape.transpose(xv)?; // [B, T, N]
 
         // Static branch: Ledoit–Wolf partial correlation → normalized |P| (no gradient).
-        let pc = partial_correlation::partial_correlation(gpu, x)?;
-        let a_static = graph_conv::normalize_adjacency(gpu, &pc.partial)?.reshape(&[b, 1, n, n])?;
-        let a_static = tape.input(a_static);
+        let a_static = self.static_adjacency(tape, x)?;
         let z_s = self.gcn(tape, "static", a_static, xt, t.max(1))?;
 
         // Dynamic branch: per-window adaptive adjacency softmax(ReLU(E Eᵀ)/√d).
@@ -202,6 +243,23 @@ impl Model {
 
         // Progressive temporal aggregation.
         let h = tape.transpose(z_temporal)?; // [B, T, D]
+        let (z_st, frame_weights, segment_weights) = self.aggregate(tape, h, valid)?;
+        Ok(Encoded {
+            z_fused,
+            z_temporal,
+            z_st,
+            frame_weights,
+            segment_weights,
+        })
+    }
+
+    /// Progressive temporal aggregation (docs/model.md step 6) of h [B, T, D]
+    /// → Z_st [B, D] (with `norm.out` when `norm = layer`), frame and segment weights.
+    fn aggregate(&self, tape: &mut Tape, h: Var, valid: &Tensor) -> Result<(Var, Tensor, Tensor)> {
+        let gpu = tape.gpu;
+        let m = &self.cfg;
+        let dw = m.width;
+        let (b, t) = (tape.shape(h)[0], tape.shape(h)[1]);
         let e1 = self.linear(tape, h, "agg.w1", None)?;
         let e1 = tape.tanh(e1)?;
         let e1 = tape.reshape(e1, &[b * t, dw])?;
@@ -224,8 +282,131 @@ impl Model {
         if m.norm == Norm::Layer {
             z_st = self.layer_norm(tape, z_st, "norm.out")?;
         }
+        Ok((z_st, frame_weights, segment_weights))
+    }
+
+    /// Mean of h [B, T, D] over each scan's valid frames → Z_st [B, D] (with
+    /// `norm.out` when `norm = layer`), as segment pooling with zero scores
+    /// and one segment of T frames: uniform weights over the valid frames.
+    fn mean_readout(
+        &self,
+        tape: &mut Tape,
+        h: Var,
+        valid: &Tensor,
+    ) -> Result<(Var, Tensor, Tensor)> {
+        let gpu = tape.gpu;
+        let (b, t, dw) = (tape.shape(h)[0], tape.shape(h)[1], tape.shape(h)[2]);
+        let scores = tape.input(gpu.zeros(&[b, t])?);
+        let (z, frame_weights) = tape.segment_pool(h, scores, valid, t.max(1))?; // [B, 1, D]
+        let mut z_st = tape.reshape(z, &[b, dw])?;
+        if self.cfg.norm == Norm::Layer {
+            z_st = self.layer_norm(tape, z_st, "norm.out")?;
+        }
+        Ok((z_st, frame_weights, gpu.full(&[b, 1], 1.0)?))
+    }
+
+    /// Node features [B, T, N, F] → the per-frame readout fusion.proj [B, T, D]
+    /// (with `norm.fusion` when `norm = layer`).
+    fn frame_readout(&self, tape: &mut Tape, z: Var) -> Result<Var> {
+        let s = tape.shape(z).to_vec();
+        let z = tape.reshape(z, &[s[0], s[1], s[2] * s[3]])?;
+        let mut z_sp = self.linear(tape, z, "fusion.proj.weight", Some("fusion.proj.bias"))?;
+        if self.cfg.norm == Norm::Layer {
+            z_sp = self.layer_norm(tape, z_sp, "norm.fusion")?;
+        }
+        Ok(z_sp)
+    }
+
+    /// Ablation `gcn-only`: the static GCN branch alone (no dynamic graph, no
+    /// calibration, no aggregation): Z_s [B, T, N, F] → per-frame readout
+    /// fusion.proj [B, T, D] → mean over valid frames → Z_st.
+    fn encode_gcn_only(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
+        let t = x.shape()[2];
+        let xv = tape.input(x.clone());
+        let xt = tape.transpose(xv)?; // [B, T, N]
+        let a_static = self.static_adjacency(tape, x)?;
+        let z_s = self.gcn(tape, "static", a_static, xt, t.max(1))?;
+        let z_sp = self.frame_readout(tape, z_s)?; // [B, T, D]
+        let (z_st, frame_weights, segment_weights) = self.mean_readout(tape, z_sp, valid)?;
+        let z_temporal = tape.transpose(z_sp)?;
+        Ok(Encoded {
+            z_fused: z_s,
+            z_temporal,
+            z_st,
+            frame_weights,
+            segment_weights,
+        })
+    }
+
+    /// Ablation `lstm`: the per-frame region vector x[:, t] ∈ ℝᴺ through a
+    /// one-layer LSTM with hidden size D (zero initial state; padded frames
+    /// are zero inputs at the end of the sequence), then the same progressive
+    /// aggregation as PSTA (padded frames excluded there).
+    fn encode_lstm(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
+        let (b, n, t) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        let xv = tape.input(x.clone());
+        let xt = tape.transpose(xv)?; // [B, T, N]
+        let (wi, wh, bi, bh) = (
+            self.p(tape, "lstm.w_ih")?,
+            self.p(tape, "lstm.w_hh")?,
+            self.p(tape, "lstm.b_ih")?,
+            self.p(tape, "lstm.b_hh")?,
+        );
+        let hs = tape.lstm(xt, wi, wh, bi, bh)?; // [B, T, D]
+        let (z_st, frame_weights, segment_weights) = self.aggregate(tape, hs, valid)?;
+        let z_temporal = tape.transpose(hs)?;
+        let z_fused = tape.reshape(xt, &[b, t, n, 1])?;
         Ok(Encoded {
             z_fused,
+            z_temporal,
+            z_st,
+            frame_weights,
+            segment_weights,
+        })
+    }
+
+    /// Ablation `stgcn-style`: two ST-GCN-like blocks on the static graph,
+    /// each a spatial graph convolution `ReLU(Â H W + b)` (static.gcn1/2)
+    /// followed by a temporal convolution per node and channel group,
+    /// `ReLU(conv1d_k3(H) + b)` over time (stgcn.tcn1/2, F → F, zero pad 1);
+    /// then the per-frame readout fusion.proj and the mean over valid frames.
+    /// (No residual connections or BatchNorm inside the blocks: kept as
+    /// small as the other ablations.)
+    fn encode_stgcn(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
+        let (b, n, t) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        let f = self.cfg.node_channels;
+        let xv = tape.input(x.clone());
+        let xt = tape.transpose(xv)?; // [B, T, N]
+        let a_static = self.static_adjacency(tape, x)?;
+        let x1 = tape.reshape(xt, &[b, t, n, 1])?;
+        let mut h = self.linear(tape, x1, "static.lift.weight", Some("static.lift.bias"))?;
+        for (layer, tcn) in [("gcn1", "tcn1"), ("gcn2", "tcn2")] {
+            let ah = tape.graph_conv(a_static, h, t.max(1))?;
+            let z = self.linear(
+                tape,
+                ah,
+                &format!("static.{layer}.weight"),
+                Some(&format!("static.{layer}.bias")),
+            )?;
+            h = tape.relu(z)?; // [B, T, N, F]
+            let hn = tape.swap_axes(h, 1)?; // [B, N, T, F]
+            let hn = tape.reshape(hn, &[b * n, t, f])?;
+            let hn = tape.transpose(hn)?; // [B·N, F, T]
+            let (w, bias) = (
+                self.p(tape, &format!("stgcn.{tcn}.weight"))?,
+                self.p(tape, &format!("stgcn.{tcn}.bias"))?,
+            );
+            let c = tape.conv1d(hn, w, bias)?;
+            let c = tape.relu(c)?;
+            let c = tape.transpose(c)?; // [B·N, T, F]
+            let c = tape.reshape(c, &[b, n, t, f])?;
+            h = tape.swap_axes(c, 1)?; // [B, T, N, F]
+        }
+        let z_sp = self.frame_readout(tape, h)?; // [B, T, D]
+        let (z_st, frame_weights, segment_weights) = self.mean_readout(tape, z_sp, valid)?;
+        let z_temporal = tape.transpose(z_sp)?;
+        Ok(Encoded {
+            z_fused: h,
             z_temporal,
             z_st,
             frame_weights,
@@ -286,6 +467,14 @@ impl Model {
                 tape.add(ls, lt)
             }
             Fgco::Fine => {
+                if self.cfg.encoder == Encoder::Lstm {
+                    return Err(GpuError::Shape {
+                        op: "pretrain_loss",
+                        message: "FGCO `fine` needs region embeddings, which the `lstm` encoder \
+                                  does not have; use `fgco = \"global\"` with it"
+                            .into(),
+                    });
+                }
                 let r0 = self.roi_embedding(tape, e0.z_fused)?;
                 let rs = self.roi_embedding(tape, es.z_fused)?;
                 let ls = tape.barlow(r0, rs, LAMBDA_OFFDIAG)?;

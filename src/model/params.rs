@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
 use crate::autograd::{ParamId, ParamStore};
-use crate::config::{ModelConfig, Norm};
+use crate::config::{Encoder, ModelConfig, Norm};
 use crate::gpu::{Gpu, GpuError, Result};
 
 /// Sizes that come from the data rather than the config.
@@ -28,10 +28,19 @@ enum Init {
         variance: f64,
     },
     Constant(f32),
+    /// U(−bound, bound) (PyTorch's LSTM initialization, bound 1/√H).
+    Uniform {
+        bound: f64,
+    },
 }
 
-/// (name, shape, init) of every parameter, in store order.
+/// (name, shape, init) of every parameter, in store order. The PSTA layout
+/// is fixed (the parity fixtures depend on it); the ablation encoders have
+/// their own (see [`ablation_layout`]).
 fn layout(m: &ModelConfig, d: DataDims) -> Vec<(String, Vec<usize>, Init)> {
+    if m.encoder != Encoder::Psta {
+        return ablation_layout(m, d);
+    }
     let (f, dw, e, q, j) = (m.node_channels, m.width, m.embed_dim, m.qk_dim, m.proj_dim);
     let (n, c, l) = (d.n_regions, d.n_classes, m.window);
     let x = |fan_in, fan_out| Init::Xavier { fan_in, fan_out };
@@ -93,6 +102,106 @@ fn layout(m: &ModelConfig, d: DataDims) -> Vec<(String, Vec<usize>, Init)> {
     v
 }
 
+/// The projector, the head and the LayerNorms (shared by every encoder;
+/// `fusion_norm`: whether the encoder has a D-wide per-frame stage for
+/// `norm.fusion`).
+fn common_tail(
+    m: &ModelConfig,
+    d: DataDims,
+    fusion_norm: bool,
+    v: &mut Vec<(String, Vec<usize>, Init)>,
+) {
+    let (dw, j, c) = (m.width, m.proj_dim, d.n_classes);
+    let x = |fan_in, fan_out| Init::Xavier { fan_in, fan_out };
+    let zero = Init::Constant(0.0);
+    v.push(("proj.fc1.weight".into(), vec![dw, j], x(dw, j)));
+    v.push(("proj.fc1.bias".into(), vec![j], zero));
+    v.push(("proj.bn.weight".into(), vec![j], Init::Constant(1.0)));
+    v.push(("proj.bn.bias".into(), vec![j], zero));
+    v.push(("proj.fc2.weight".into(), vec![j, j], x(j, j)));
+    v.push(("proj.fc2.bias".into(), vec![j], zero));
+    v.push(("head.weight".into(), vec![dw, c], x(dw, c)));
+    v.push(("head.bias".into(), vec![c], zero));
+    if m.norm == Norm::Layer {
+        let places: &[&str] = if fusion_norm {
+            &["fusion", "out"]
+        } else {
+            &["out"]
+        };
+        for place in places {
+            v.push((
+                format!("norm.{place}.weight"),
+                vec![dw],
+                Init::Constant(1.0),
+            ));
+            v.push((format!("norm.{place}.bias"), vec![dw], zero));
+        }
+    }
+}
+
+/// Parameters of the ablation encoders (docs/model.md, "Ablation encoders"):
+/// - `gcn-only`: `static.*` GCN, `fusion.proj.*` readout;
+/// - `lstm`: `lstm.w_ih` [4D, N], `lstm.w_hh` [4D, D], `lstm.b_ih`,
+///   `lstm.b_hh` [4D] (U(±1/√D), as PyTorch), then the `agg.*` aggregation;
+/// - `stgcn-style`: `static.*` GCN, temporal convolutions `stgcn.tcn1.*`,
+///   `stgcn.tcn2.*` ([F, F, 3], [F]), `fusion.proj.*` readout;
+///
+/// each followed by `proj.*`, `head.*` and, with `norm = layer`, the norms.
+fn ablation_layout(m: &ModelConfig, d: DataDims) -> Vec<(String, Vec<usize>, Init)> {
+    let (f, dw, n) = (m.node_channels, m.width, d.n_regions);
+    let x = |fan_in, fan_out| Init::Xavier { fan_in, fan_out };
+    let zero = Init::Constant(0.0);
+    let mut v: Vec<(String, Vec<usize>, Init)> = Vec::new();
+    let static_gcn = |v: &mut Vec<(String, Vec<usize>, Init)>| {
+        v.push(("static.lift.weight".into(), vec![1, f], x(1, f)));
+        v.push(("static.lift.bias".into(), vec![f], zero));
+        for layer in ["gcn1", "gcn2"] {
+            v.push((format!("static.{layer}.weight"), vec![f, f], x(f, f)));
+            v.push((format!("static.{layer}.bias"), vec![f], zero));
+        }
+    };
+    let readout = |v: &mut Vec<(String, Vec<usize>, Init)>| {
+        v.push(("fusion.proj.weight".into(), vec![n * f, dw], x(n * f, dw)));
+        v.push(("fusion.proj.bias".into(), vec![dw], zero));
+    };
+    match m.encoder {
+        Encoder::GcnOnly => {
+            static_gcn(&mut v);
+            readout(&mut v);
+            common_tail(m, d, true, &mut v);
+        }
+        Encoder::StgcnStyle => {
+            static_gcn(&mut v);
+            for block in ["tcn1", "tcn2"] {
+                v.push((
+                    format!("stgcn.{block}.weight"),
+                    vec![f, f, 3],
+                    x(f * 3, f * 3),
+                ));
+                v.push((format!("stgcn.{block}.bias"), vec![f], zero));
+            }
+            readout(&mut v);
+            common_tail(m, d, true, &mut v);
+        }
+        Encoder::Lstm => {
+            let u = Init::Uniform {
+                bound: 1.0 / (dw as f64).sqrt(),
+            };
+            v.push(("lstm.w_ih".into(), vec![4 * dw, n], u));
+            v.push(("lstm.w_hh".into(), vec![4 * dw, dw], u));
+            v.push(("lstm.b_ih".into(), vec![4 * dw], u));
+            v.push(("lstm.b_hh".into(), vec![4 * dw], u));
+            v.push(("agg.w1".into(), vec![dw, dw], x(dw, dw)));
+            v.push(("agg.v1".into(), vec![dw], x(dw, 1)));
+            v.push(("agg.w2".into(), vec![dw, dw], x(dw, dw)));
+            v.push(("agg.v2".into(), vec![dw], x(dw, 1)));
+            common_tail(m, d, false, &mut v);
+        }
+        Encoder::Psta => unreachable!("the PSTA layout is built by `layout`"),
+    }
+    v
+}
+
 /// A host copy of one named tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
@@ -125,6 +234,10 @@ impl Params {
                         (0..len).map(|_| normal.sample(&mut rng) as f32).collect()
                     }
                     Init::Constant(c) => vec![c; len],
+                    Init::Uniform { bound } => {
+                        let bound = bound as f32;
+                        (0..len).map(|_| rng.gen_range(-bound..bound)).collect()
+                    }
                 };
                 HostTensor { name, shape, data }
             })
