@@ -144,7 +144,7 @@ pub fn kernel_cases(gpu: &Gpu) -> Result<Vec<Case>> {
         work: Work::Bytes(3.0 * 4.0 * n as f64),
         run: Box::new(move |gpu| elementwise::axpy(gpu, &out2, 0.5, &x2)),
     });
-    cases.extend(model_cases(gpu)?);
+    cases.extend(family_cases(gpu)?);
     Ok(cases)
 }
 
@@ -159,7 +159,7 @@ fn case(name: &str, shape: String, work: Work, run: impl Fn(&Gpu) -> Result<()> 
 }
 
 /// The other families at the paper/ABIDE shapes (B = 32, T = 128, D = 128, N = 200).
-fn model_cases(gpu: &Gpu) -> Result<Vec<Case>> {
+fn family_cases(gpu: &Gpu) -> Result<Vec<Case>> {
     let (b, t, d, n) = (32usize, 128usize, 128usize, 200usize);
     let mut cases = Vec::new();
 
@@ -408,4 +408,113 @@ pub fn run_kernels(gpu: &Gpu, filter: Option<&str>, samples: usize) -> Result<Ve
         out.push(m);
     }
     Ok(out)
+}
+
+/// One model configuration for the pretraining-step benchmark.
+#[derive(Clone, Debug)]
+pub struct ModelCase {
+    pub name: &'static str,
+    pub batch: usize,
+    pub regions: usize,
+    pub cfg: crate::config::ModelConfig,
+    /// Timed steps (after one warm-up step).
+    pub repeats: usize,
+}
+
+/// Time per pretraining step and peak pool memory of one configuration.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepMeasurement {
+    pub name: String,
+    pub shape: String,
+    pub params: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub repeats: usize,
+    pub peak_mib: f64,
+    pub loss: f32,
+}
+
+/// The paper's configuration (B=32, N=22, T=128, F=32, D=128) and ABIDE's
+/// (N=200); `abide_repeats` is small on slow adapters.
+pub fn model_cases(repeats: usize, abide_repeats: usize) -> Vec<ModelCase> {
+    let cfg = crate::config::ModelConfig::default();
+    vec![
+        ModelCase {
+            name: "paper",
+            batch: 32,
+            regions: 22,
+            cfg: cfg.clone(),
+            repeats,
+        },
+        ModelCase {
+            name: "abide",
+            batch: 32,
+            regions: 200,
+            cfg,
+            repeats: abide_repeats,
+        },
+    ]
+}
+
+/// One pretraining step as the trainer runs it: STIGA views, three views
+/// forward, FGCO global, backward, AdamW, one submit; timed by wall clock
+/// around the step and a device wait (median over `repeats` after a warm-up).
+pub fn pretrain_step(gpu: &Gpu, case: &ModelCase) -> Result<StepMeasurement> {
+    use crate::autograd::{optim::AdamWState, Tape};
+    use crate::model::{make_views, DataDims, Model};
+    let (b, n, t) = (case.batch, case.regions, case.cfg.crop);
+    let dims = DataDims {
+        n_regions: n,
+        n_classes: 2,
+    };
+    let model = Model::new(gpu, case.cfg.clone(), dims, 0)?;
+    let mut opt = AdamWState::new(gpu, &model.params.store, adamw::AdamW::default())?;
+    let x = input(gpu, &[b, n, t], 1)?;
+    let valid = gpu.full(&[b, t], 1.0)?;
+    let aug = crate::config::AugmentConfig::default();
+    let mut step = |i: u64| -> Result<Tensor> {
+        let views = make_views(gpu, &x, &valid, &aug, 0, i)?;
+        model.params.store.zero_grads(gpu)?;
+        let mut tape = Tape::new(gpu);
+        let l = model.pretrain_loss(
+            &mut tape,
+            &x,
+            &views.x_s,
+            &views.x_t,
+            &valid,
+            crate::config::Fgco::Global,
+        )?;
+        tape.backward(l, &model.params.store)?;
+        opt.update(gpu, &model.params.store, 1e-3)?;
+        let loss = tape.value(l).clone();
+        gpu.flush()?;
+        gpu.wait()?;
+        Ok(loss)
+    };
+    step(0)?;
+    let mut times = Vec::new();
+    let mut last = None;
+    for i in 0..case.repeats.max(1) {
+        let t0 = Instant::now();
+        last = Some(step(1 + i as u64)?);
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let loss = gpu.read_scalar(&last.expect("one step"))?;
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(StepMeasurement {
+        name: case.name.to_string(),
+        shape: format!(
+            "B={b} N={n} T={t} F={} D={}",
+            case.cfg.node_channels, case.cfg.width
+        ),
+        params: model.params.store.count(),
+        median_ms: sorted[sorted.len() / 2],
+        min_ms: sorted[0],
+        max_ms: sorted[sorted.len() - 1],
+        repeats: sorted.len(),
+        peak_mib: gpu.memory().1 as f64 / (1024.0 * 1024.0),
+        loss,
+    })
 }
