@@ -242,6 +242,19 @@ impl Gpu {
         lock(&self.pipelines).len()
     }
 
+    /// The pending command encoder, created on first use after a flush.
+    fn pending_encoder<'a>(
+        &self,
+        guard: &'a mut MutexGuard<'_, Option<wgpu::CommandEncoder>>,
+    ) -> &'a mut wgpu::CommandEncoder {
+        guard.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("step"),
+                })
+        })
+    }
+
     /// Records one dispatch of `kernel` into the pending encoder.
     ///
     /// `args` maps `@binding` indices to tensor ranges; bindings the entry
@@ -310,12 +323,7 @@ impl Gpu {
             entries: &entries,
         });
         let mut guard = lock(&self.encoder);
-        let encoder = guard.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("step"),
-                })
-        });
+        let encoder = self.pending_encoder(&mut guard);
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(kernel.entry),
@@ -356,12 +364,7 @@ impl Gpu {
             });
         }
         let mut guard = lock(&self.encoder);
-        let encoder = guard.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("step"),
-                })
-        });
+        let encoder = self.pending_encoder(&mut guard);
         encoder.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, (src.len() * 4) as u64);
         Ok(())
     }
@@ -388,12 +391,7 @@ impl Gpu {
             });
         }
         let mut guard = lock(&self.encoder);
-        let encoder = guard.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("step"),
-                })
-        });
+        let encoder = self.pending_encoder(&mut guard);
         encoder.copy_buffer_to_buffer(
             src.buffer(),
             (src_offset * 4) as u64,
@@ -444,12 +442,7 @@ impl Gpu {
         // pass boundaries.
         let mark = |index: u32| {
             let mut guard = lock(&self.encoder);
-            let encoder = guard.get_or_insert_with(|| {
-                self.device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("step"),
-                    })
-            });
+            let encoder = self.pending_encoder(&mut guard);
             let _pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("timestamp"),
                 timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
@@ -532,12 +525,7 @@ impl Gpu {
         });
         {
             let mut guard = lock(&self.encoder);
-            let encoder = guard.get_or_insert_with(|| {
-                self.device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("step"),
-                    })
-            });
+            let encoder = self.pending_encoder(&mut guard);
             encoder.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, bytes);
         }
         self.flush()?;
