@@ -5,13 +5,13 @@
 //! encoder beats the same probe on the randomly initialized encoder.
 //! One test so that (b) reuses the encoder pretrained in (a).
 //!
-//! Measured on lavapipe (2 CPU cores): 300 steps of B = 16, N = 8, T = 32
-//! in 38 s, the whole test 39 s. FGCO loss 12.5 → 4.9 (mean of the first
-//! and last 20 readings, one reading every 5 steps). Probe test accuracy
-//! (16 held-out scans, balanced): pretrained 0.500, random init 0.438 —
-//! the assertion holds, but both are near chance: weak evidence that the
-//! pretrained embedding is more linearly separable, not a strong one
-//! (a larger held-out set / easier synthetic data would make it firmer).
+//! Measured on lavapipe (2 CPU cores, with another job running): 300 steps
+//! of B = 16, N = 16, T = 48 on 128 scans (difficulty 0.2) in 79 s, the
+//! whole test 80 s. FGCO loss 9.65 → 4.37 (mean of the first and last 20
+//! readings, one reading every 5 steps). Probe test accuracy on 32 held-out
+//! scans (balanced): pretrained 0.875, random init 0.781. An earlier,
+//! smaller version (64 scans, N = 8, 16 held out) put both probes at chance
+//! (0.500 vs 0.438), which tested nothing; this size separates them.
 
 use std::time::Instant;
 
@@ -26,7 +26,7 @@ use stptf::gpu::Gpu;
 use stptf::model::{make_views, DataDims, Model};
 use stptf::ops::adamw::AdamW;
 
-const CROP: usize = 32;
+const CROP: usize = 48;
 
 fn model_config() -> ModelConfig {
     ModelConfig {
@@ -127,12 +127,12 @@ fn pretraining_lowers_the_loss_and_helps_a_linear_probe() {
     let started = Instant::now();
     let gpu = gpu();
     let synth = SynthConfig {
-        scans: 64,
-        regions: 8,
-        length: 64,
+        scans: 128,
+        regions: 16,
+        length: 96,
         classes: 2,
         seed: 4,
-        difficulty: 0.3,
+        difficulty: 0.2,
     };
     let (arrays, labels) = generate(&synth);
     let data = Dataset::from_arrays(arrays, labels, vec!["a".into(), "b".into()], CROP).unwrap();
@@ -144,11 +144,11 @@ fn pretraining_lowers_the_loss_and_helps_a_linear_probe() {
         eval_crops: 3,
     };
     let dims = DataDims {
-        n_regions: 8,
+        n_regions: 16,
         n_classes: 2,
     };
-    let all: Vec<usize> = (0..64).collect();
-    let (train, test): (Vec<usize>, Vec<usize>) = all.iter().partition(|&&s| s % 8 < 6);
+    let all: Vec<usize> = (0..128).collect();
+    let (train, test): (Vec<usize>, Vec<usize>) = all.iter().partition(|&&s| s % 4 != 0);
 
     let model = Model::new(gpu, model_config(), dims, 7).unwrap();
     let random_model = Model::new(gpu, model_config(), dims, 7).unwrap();
@@ -208,7 +208,7 @@ fn pretraining_lowers_the_loss_and_helps_a_linear_probe() {
         started.elapsed().as_secs_f64()
     );
     assert!(
-        acc_pre > acc_rand,
-        "pretrained {acc_pre} vs random {acc_rand}"
+        acc_pre > acc_rand && acc_pre >= 0.7,
+        "linear probe: pretrained {acc_pre} vs random {acc_rand} (expected the pretrained one better and well above chance)"
     );
 }
