@@ -40,14 +40,19 @@ pub fn gpu() -> &'static Gpu {
             static ONCE: std::sync::Once = std::sync::Once::new();
             ONCE.call_once(|| {
                 gpu.set_poison_new_tensors(true);
-                eprintln!(
+                // Straight to the process's stderr, not `eprintln!`: the
+                // test harness captures the print macros of passing tests,
+                // and CI's log must show which adapter the GPU tests used.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
                     "GPU tests run on: {} ({:?}, {:?}, driver {} {})",
                     gpu.report.info.name,
                     gpu.report.info.backend,
                     gpu.report.info.device_type,
                     gpu.report.info.driver,
                     gpu.report.info.driver_info
-                )
+                );
             });
             gpu
         }
