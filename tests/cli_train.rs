@@ -115,6 +115,13 @@ fn pretrain_finetune_predict_write_their_files() {
         "--quiet",
     ]));
     assert!(ft.join("checkpoint-finetune/weights.safetensors").exists());
+    assert!(ft.join("region_importance.svg").exists() && ft.join("region_importance.csv").exists());
+    let importance = std::fs::read_to_string(ft.join("region_importance.csv")).unwrap();
+    assert_eq!(
+        importance.lines().count(),
+        9,
+        "header + 8 regions: {importance}"
+    );
     let csv = tmp.path().join("pred.csv");
     ok(&stptf(&[
         "predict",
@@ -287,4 +294,27 @@ fn a_resumed_run_ends_exactly_like_an_uninterrupted_one() {
     let a = std::fs::read(whole.join("checkpoint-pretrain/weights.safetensors")).unwrap();
     let b = std::fs::read(parts.join("checkpoint-pretrain/weights.safetensors")).unwrap();
     assert!(a == b, "final weights differ after resuming");
+}
+
+#[test]
+fn a_diverging_run_stops_with_the_step_and_last_finite_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = synth(tmp.path(), 8);
+    let out = tmp.path().join("nan");
+    let result = stptf(&[
+        "pretrain",
+        "--config",
+        &tiny_config(),
+        "--dataset",
+        &ds,
+        "--out",
+        path(&out),
+        "--quiet",
+        "--set",
+        "pretrain.lr=1e30",
+        "--set",
+        "pretrain.epochs=6",
+    ]);
+    fails_with(&result, "the loss became");
+    fails_with(&result, "last finite loss");
 }

@@ -15,7 +15,7 @@ use stptf::gpu::Gpu;
 use stptf::model::{DataDims, Model};
 use stptf::train::checkpoint;
 use stptf::train::metrics::{format_table, roc_curve, FoldMetrics, Scores, Summary};
-use stptf::train::plots::{loss_curve_svg, roc_svg, RocCurve, Series};
+use stptf::train::plots::{importance_svg, loss_curve_svg, roc_svg, RocCurve, Series};
 use stptf::train::rundir::RunDir;
 use stptf::train::trainer::{
     host_tensors, score_scans, train_phase, Phase, PhaseReport, RunOptions,
@@ -204,6 +204,47 @@ fn print_report(report: &PhaseReport, quiet: bool) {
     );
 }
 
+/// Per-region importance: the norm of the learned fusion weights that carry
+/// each region's F channels into Z_spatial (rows n·F .. (n+1)·F of
+/// `fusion.proj.weight`), written as a bar chart and a CSV.
+fn write_region_importance(gpu: &Gpu, model: &Model, run: &RunDir) -> anyhow::Result<()> {
+    let Ok(id) = model.params.id("fusion.proj.weight") else {
+        return Ok(()); // ablation encoders without the fusion projection
+    };
+    let w = gpu.read(&model.params.store.get(id).value)?;
+    let (n, f) = (model.dims.n_regions, model.cfg.node_channels);
+    let cols = w.len() / (n * f).max(1);
+    let norms: Vec<f64> = (0..n)
+        .map(|r| {
+            w[r * f * cols..(r + 1) * f * cols]
+                .iter()
+                .map(|&v| (v as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect();
+    let names: Vec<String> = (1..=n).map(|r| format!("region {r}")).collect();
+    run.write_text(
+        "region_importance.svg",
+        &importance_svg(
+            "Per-region weight into Z_spatial (L2 norm)",
+            &names,
+            &norms,
+            20,
+        ),
+    )?;
+    let csv: String = std::iter::once("region,importance\n".to_string())
+        .chain(
+            norms
+                .iter()
+                .enumerate()
+                .map(|(r, v)| format!("{},{v:.6}\n", r + 1)),
+        )
+        .collect();
+    run.write_text("region_importance.csv", &csv)?;
+    Ok(())
+}
+
 pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<()> {
     let c = &args.common;
     let (run, cfg, resume) = match &args.resume {
@@ -322,6 +363,7 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
         &opts,
     )?;
     write_loss_plot(&run, &report)?;
+    write_region_importance(&gpu, &model, &run)?;
     run.write_summary(&report)?;
     print_report(&report, c.quiet);
     println!("checkpoint: {}", run.file("checkpoint-finetune").display());
@@ -411,6 +453,7 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
             &opts,
         )?;
         write_loss_plot(&fold_run, &ft)?;
+        write_region_importance(&gpu, &model, &fold_run)?;
         let t0 = Instant::now();
         let probs = score_scans(&gpu, &model, &dataset, &fold.test, &fold_cfg)?;
         let eval_seconds = t0.elapsed().as_secs_f64();
