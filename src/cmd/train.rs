@@ -143,7 +143,7 @@ fn load_dataset(cfg: &Config, data: Option<&Path>, quiet: bool) -> anyhow::Resul
         }
     };
     if dataset.crop_length != cfg.model.crop {
-        log::info!(
+        log::debug!(
             "crop length: dataset {} frames, model {}; the model's is used",
             dataset.crop_length,
             cfg.model.crop
