@@ -294,6 +294,9 @@ fn a_resumed_run_ends_exactly_like_an_uninterrupted_one() {
     let a = std::fs::read(whole.join("checkpoint-pretrain/weights.safetensors")).unwrap();
     let b = std::fs::read(parts.join("checkpoint-pretrain/weights.safetensors")).unwrap();
     assert!(a == b, "final weights differ after resuming");
+    let a = std::fs::read(whole.join("checkpoint-pretrain/optimizer.safetensors")).unwrap();
+    let b = std::fs::read(parts.join("checkpoint-pretrain/optimizer.safetensors")).unwrap();
+    assert!(a == b, "final AdamW moments differ after resuming");
 }
 
 #[test]

@@ -279,7 +279,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<()> {
     let opts = RunOptions {
         quiet: c.quiet,
         run: Some(run.clone()),
-        stop_after_epochs: None,
+        stop_after_epochs: args.stop_after_epochs,
     };
     let report = train_phase(
         &gpu,

@@ -204,9 +204,13 @@ impl Gpu {
         Ok(t)
     }
 
-    /// Overwrites an existing tensor's contents from the host (same ordering
-    /// rule as `upload`: lands before the next submission runs). Use for
-    /// persistent input buffers that are rewritten each step.
+    /// Overwrites an existing tensor's contents from the host, in program
+    /// order: the data goes into a fresh staging buffer and a copy is
+    /// *recorded* into the pending encoder. (A `queue.write_buffer` would
+    /// land before the whole next submission, i.e. before kernels recorded
+    /// earlier — a recorded zero-fill of the same tensor would then
+    /// overwrite the data, which is how restored optimizer moments were
+    /// once lost.)
     pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
         if t.len() != data.len() {
             return Err(GpuError::Shape {
@@ -214,10 +218,24 @@ impl Gpu {
                 message: format!("tensor holds {} values, data has {}", t.len(), data.len()),
             });
         }
-        if !data.is_empty() {
-            self.queue
-                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+        if data.is_empty() {
+            return Ok(());
         }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("write staging"),
+            size: (data.len() * 4) as u64,
+            usage: wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        staging
+            .slice(..)
+            .get_mapped_range_mut()
+            .map_err(|e| GpuError::Device(e.to_string()))?
+            .copy_from_slice(bytemuck::cast_slice(data));
+        staging.unmap();
+        let mut guard = lock(&self.encoder);
+        let encoder = self.pending_encoder(&mut guard);
+        encoder.copy_buffer_to_buffer(&staging, 0, t.buffer(), 0, (data.len() * 4) as u64);
         Ok(())
     }
 
@@ -592,5 +610,22 @@ mod tests {
             // No more than one row of slack.
             assert!((x as u64) * (y as u64) - total < x as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod ordering {
+    /// `write` is ordered after kernels recorded before it.
+    #[test]
+    fn write_after_a_recorded_fill_wins() {
+        let gpu = crate::check::gpu();
+        let t = gpu.zeros(&[4]).unwrap();
+        gpu.write(&t, &[1.0, 2.0, 3.0, 4.0]).unwrap();
+        let v = gpu.read(&t).unwrap();
+        assert_eq!(
+            v,
+            [1.0, 2.0, 3.0, 4.0],
+            "a write recorded after a fill must win"
+        );
     }
 }
