@@ -6,8 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
-bin=target/release/stptf
 out=$(mktemp -d)
+# A private copy: a rebuild while this runs must not swap the binary mid-table.
+cp target/release/stptf "$out/stptf"
+bin=$out/stptf
 commit=$(git rev-parse --short HEAD)
 adapter=$($bin info | awk -F'  +' '/^adapter/ {print $2}')
 rows=(
@@ -24,7 +26,7 @@ rows=(
 {
   echo "# Paper-table structure on synthetic data"
   echo
-  echo "\`tools/run_synthetic_tables.sh $*\` at commit $commit on $adapter, $(date -u +%F)."
+  echo "\`tools/run_synthetic_tables.sh $*\` at commit $commit on $adapter, $(date -u +%F) (overrides after the script name apply to every row; each row's own override wins)."
   echo "Data: the in-memory synthetic default (128 scans, 16 regions, 96 frames, 2 planted classes, difficulty 0.2);"
   echo "experiment: assets/synthetic_quick.toml (3-fold subject-level CV); one row per override."
   echo
@@ -36,7 +38,8 @@ for row in "${rows[@]}"; do
   args=${row#*|}
   start=$(date +%s)
   # shellcheck disable=SC2086
-  $bin evaluate --quiet --out "$out/run-$(date +%s%N)" $args "$@" > "$out/last.txt"
+  # The row's own overrides come last so that they win over the common ones.
+  $bin evaluate --quiet --out "$out/run-$(date +%s%N)" "$@" $args > "$out/last.txt"
   end=$(date +%s)
   line=$(grep '^STPTF' "$out/last.txt")
   read -r _ acc auc rec <<< "$line"
