@@ -2,12 +2,12 @@
 //!
 //! The host side already overlaps with the GPU: the `Prefetcher` assembles
 //! batch k+1 on its own thread while step k computes. This module keeps two
-//! persistent sets of device buffers and alternates between them. Why two: a
-//! `queue.write_buffer` lands before the *next submission* runs, so writing
-//! step k+1's batch into the buffers step k reads is only safe once step k
-//! has been submitted. Alternating sets keeps that true even when a caller
-//! records step k+1's upload before flushing step k (e.g. eval loops that
-//! batch several forward passes into one submission).
+//! persistent sets of device buffers and alternates between them, so an
+//! upload never allocates. `Gpu::write` records its copy in program order,
+//! so even one set would be correct; the second set keeps batch k's tensors
+//! intact while anything recorded for step k (or a caller holding them, such
+//! as an evaluation loop that records several batches before reading back)
+//! may still use them after batch k+1 is uploaded.
 
 use crate::data::batch::HostBatch;
 use crate::gpu::{Gpu, Result, Tensor};
