@@ -72,6 +72,8 @@ pub struct Gpu {
     pool: Arc<Mutex<BufferPool>>,
     pipelines: Mutex<PipelineCache>,
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    /// Reused staging memory for `write` (lock order: encoder, then belt).
+    belt: Mutex<wgpu::util::StagingBelt>,
     errors: Arc<Mutex<Vec<String>>>,
     dispatches: std::sync::atomic::AtomicU64,
     /// When set, every new tensor is filled with NaN before use, so a kernel
@@ -89,6 +91,8 @@ impl Gpu {
     /// Opens the best adapter (see `device::open` for the rules).
     pub fn new() -> Result<Self> {
         let (device, queue, report) = device::open()?;
+        // 4 MiB chunks hold a whole ABIDE batch (32 x 200 x 128 f32 is 3.3 MB).
+        let belt = wgpu::util::StagingBelt::new(device.clone(), 4 << 20);
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
         // Without a handler wgpu panics on a validation error; we collect the
@@ -105,6 +109,7 @@ impl Gpu {
             pool: Arc::default(),
             pipelines: Mutex::default(),
             encoder: Mutex::default(),
+            belt: Mutex::new(belt),
             errors,
             dispatches: Default::default(),
             poison_new_tensors: Default::default(),
@@ -205,7 +210,7 @@ impl Gpu {
     }
 
     /// Overwrites an existing tensor's contents from the host, in program
-    /// order: the data goes into a fresh staging buffer and a copy is
+    /// order: the data goes into a reused staging belt and a copy is
     /// *recorded* into the pending encoder. (A `queue.write_buffer` would
     /// land before the whole next submission, i.e. before kernels recorded
     /// earlier — a recorded zero-fill of the same tensor would then
@@ -221,21 +226,13 @@ impl Gpu {
         if data.is_empty() {
             return Ok(());
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("write staging"),
-            size: (data.len() * 4) as u64,
-            usage: wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: true,
-        });
-        staging
-            .slice(..)
-            .get_mapped_range_mut()
-            .map_err(|e| GpuError::Device(e.to_string()))?
-            .copy_from_slice(bytemuck::cast_slice(data));
-        staging.unmap();
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let size = wgpu::BufferSize::new(bytes.len() as u64).expect("non-empty");
         let mut guard = lock(&self.encoder);
         let encoder = self.pending_encoder(&mut guard);
-        encoder.copy_buffer_to_buffer(&staging, 0, t.buffer(), 0, (data.len() * 4) as u64);
+        lock(&self.belt)
+            .write_buffer(encoder, t.buffer(), 0, size)
+            .copy_from_slice(bytes);
         Ok(())
     }
 
@@ -433,7 +430,12 @@ impl Gpu {
         let mut guard = lock(&self.encoder);
         let released = lock(&self.pool).take_pending();
         if let Some(encoder) = guard.take() {
+            // The belt's staging chunks must be unmapped before the copies
+            // recorded from them are submitted, and recalled after.
+            let mut belt = lock(&self.belt);
+            belt.finish();
             self.queue.submit(Some(encoder.finish()));
+            belt.recall();
         }
         lock(&self.pool).after_submit(released);
         drop(guard);
