@@ -91,14 +91,6 @@ pub fn assert_close(got: &[f32], want: &[f64], tol: Tolerance, what: &str) {
     }
 }
 
-/// Largest relative error |a-b| / max(1, |b|).
-pub fn max_relative_error(got: &[f32], want: &[f64]) -> f64 {
-    got.iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w).abs() / w.abs().max(1.0))
-        .fold(0.0, f64::max)
-}
-
 /// Central finite-difference gradient of a scalar function, step 1e-6.
 pub fn finite_difference(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
     let h = 1e-6;

@@ -2,7 +2,7 @@
 //! closure that calls the op family's backward kernels.
 
 use super::{Tape, Var};
-use crate::gpu::{GpuError, Result};
+use crate::gpu::Result;
 use crate::ops::elementwise::{self, Unary};
 use crate::ops::matmul::{self, Spec};
 
@@ -103,16 +103,5 @@ impl Tape<'_> {
             &[x],
             Box::new(move |_, g| Ok(vec![Some(g.reshape(&original)?)])),
         ))
-    }
-
-    /// Fails with a shape error unless `v` has `want` elements.
-    pub fn expect_len(&self, v: Var, want: usize, op: &'static str) -> Result<()> {
-        if self.value(v).len() != want {
-            return Err(GpuError::Shape {
-                op,
-                message: format!("{:?} where {want} values were expected", self.shape(v)),
-            });
-        }
-        Ok(())
     }
 }

@@ -75,7 +75,6 @@ pub struct Gpu {
     /// Reused staging memory for `write` (lock order: encoder, then belt).
     belt: Mutex<wgpu::util::StagingBelt>,
     errors: Arc<Mutex<Vec<String>>>,
-    dispatches: std::sync::atomic::AtomicU64,
     /// When set, every new tensor is filled with NaN before use, so a kernel
     /// that forgets to write an element fails its test (on in tests).
     poison_new_tensors: std::sync::atomic::AtomicBool,
@@ -111,7 +110,6 @@ impl Gpu {
             encoder: Mutex::default(),
             belt: Mutex::new(belt),
             errors,
-            dispatches: Default::default(),
             poison_new_tensors: Default::default(),
         })
     }
@@ -152,10 +150,6 @@ impl Gpu {
     /// Returns idle pooled buffers to the device (e.g. between folds).
     pub fn trim_pool(&self) {
         lock(&self.pool).trim();
-    }
-
-    pub fn dispatch_count(&self) -> u64 {
-        self.dispatches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A tensor of the given shape with unspecified contents.
@@ -253,10 +247,6 @@ impl Gpu {
         lock(&self.pipelines).get(&self.device, kernel)
     }
 
-    pub fn compiled_pipelines(&self) -> usize {
-        lock(&self.pipelines).len()
-    }
-
     /// The pending command encoder, created on first use after a flush.
     fn pending_encoder<'a>(
         &self,
@@ -351,8 +341,6 @@ impl Gpu {
             }
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
-        self.dispatches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -368,20 +356,6 @@ impl Gpu {
         total: u64,
     ) -> Result<()> {
         self.launch(kernel, args, params, fold_grid(total))
-    }
-
-    /// Records a buffer-to-buffer copy into the pending encoder.
-    pub fn copy(&self, src: &Tensor, dst: &Tensor) -> Result<()> {
-        if src.len() != dst.len() {
-            return Err(GpuError::Shape {
-                op: "copy",
-                message: format!("{} vs {} values", src.len(), dst.len()),
-            });
-        }
-        let mut guard = lock(&self.encoder);
-        let encoder = self.pending_encoder(&mut guard);
-        encoder.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, (src.len() * 4) as u64);
-        Ok(())
     }
 
     /// Records a copy of `len` elements from `src[src_offset..]` into

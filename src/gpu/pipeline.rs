@@ -169,10 +169,6 @@ impl PipelineCache {
         self.compiled.insert(kernel, compiled.clone());
         Ok(compiled)
     }
-
-    pub fn len(&self) -> usize {
-        self.compiled.len()
-    }
 }
 
 #[cfg(test)]

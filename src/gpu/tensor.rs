@@ -62,13 +62,6 @@ impl Tensor {
         self.len() == 0
     }
 
-    /// The size of dimension `i`, counting from the end when negative.
-    pub fn dim(&self, i: isize) -> usize {
-        let n = self.shape.len() as isize;
-        let idx = if i < 0 { n + i } else { i };
-        self.shape[idx as usize]
-    }
-
     pub fn buffer(&self) -> &wgpu::Buffer {
         // `buffer` is only None during Drop.
         self.storage
