@@ -106,6 +106,18 @@ pub fn gpu_with_binding_limit(bytes: u64) -> &'static Gpu {
     gpu
 }
 
+/// The grids of the dispatches of `kernel` (`shader::entry`) in a trace from
+/// [`Gpu::traced`], in order: how a test asserts which launch path ran.
+pub fn dispatches(trace: &[crate::gpu::Recorded], kernel: &str) -> Vec<[u32; 3]> {
+    trace
+        .iter()
+        .filter_map(|r| match r {
+            crate::gpu::Recorded::Dispatch { kernel: k, groups } if k == kernel => Some(*groups),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A tensor filled with NaN, so an element a kernel forgets to write fails the comparison.
 pub fn poisoned(gpu: &Gpu, shape: &[usize]) -> Tensor {
     gpu.full(shape, f32::NAN).expect("fill kernel")

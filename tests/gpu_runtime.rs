@@ -3,8 +3,9 @@
 
 use std::process::Command;
 
-use stptf::check::{assert_close, gpu_with_binding_limit, random_vec, to_f64, Tolerance};
-use stptf::gpu::{Gpu, Recorded};
+use stptf::check::{
+    assert_close, dispatches, gpu, gpu_with_binding_limit, random_vec, to_f64, Tolerance,
+};
 use stptf::ops::{elementwise, matmul};
 
 /// With the Vulkan loader pointed at a driver file that does not exist, the
@@ -47,29 +48,17 @@ fn info_names_the_adapter() {
     );
 }
 
-/// How many dispatches of `kernel` (`shader::entry`) a trace holds, and their grids.
-fn dispatches(trace: &[Recorded], kernel: &str) -> Vec<[u32; 3]> {
-    trace
-        .iter()
-        .filter_map(|r| match r {
-            Recorded::Dispatch { kernel: k, groups } if k == kernel => Some(*groups),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn elementwise_ops_split_tensors_above_the_binding_limit() {
     let gpu = gpu_with_binding_limit(4096); // 1024 floats per binding
-    gpu.set_tracing(true);
     let n = 10_000;
     let a = random_vec(n, 1);
     let b = random_vec(n, 2);
     let ta = gpu.upload(&a, &[n]).unwrap();
     let tb = gpu.upload(&b, &[n]).unwrap();
-    let sum = elementwise::add(gpu, &ta, &tb).unwrap();
+    let (sum, trace) = gpu.traced(|| elementwise::add(gpu, &ta, &tb).unwrap());
     assert_eq!(
-        dispatches(&gpu.take_trace(), "elementwise::add").len(),
+        dispatches(&trace, "elementwise::add").len(),
         10,
         "10,000 values in 1,024-value bindings"
     );
@@ -83,18 +72,16 @@ fn elementwise_ops_split_tensors_above_the_binding_limit() {
     let c = 37; // bias channel index must follow the global element index
     let bias = random_vec(c, 3);
     let x = random_vec(c * 300, 4);
-    let out = elementwise::bias_add(
-        gpu,
-        &gpu.upload(&x, &[300, c]).unwrap(),
-        &gpu.upload(&bias, &[c]).unwrap(),
-    )
-    .unwrap();
+    let (tx, tbias) = (
+        gpu.upload(&x, &[300, c]).unwrap(),
+        gpu.upload(&bias, &[c]).unwrap(),
+    );
+    let (out, trace) = gpu.traced(|| elementwise::bias_add(gpu, &tx, &tbias).unwrap());
     assert_eq!(
-        dispatches(&gpu.take_trace(), "elementwise::bias_add").len(),
+        dispatches(&trace, "elementwise::bias_add").len(),
         11,
         "11,100 values in 1,024-value bindings"
     );
-    gpu.set_tracing(false);
     let want = elementwise::reference::bias_add(&to_f64(&x), &to_f64(&bias));
     assert_close(
         &gpu.read(&out).unwrap(),
@@ -107,16 +94,15 @@ fn elementwise_ops_split_tensors_above_the_binding_limit() {
 #[test]
 fn matmul_splits_batches_and_rows_above_the_binding_limit() {
     let gpu = gpu_with_binding_limit(16 * 1024); // 4096 floats per binding
-    gpu.set_tracing(true);
-    // Batched: each item fits, the batch does not.
+                                                 // Batched: each item fits, the batch does not.
     let (batch, m, k, n) = (9, 30, 20, 17);
     let av = random_vec(batch * m * k, 5);
     let wv = random_vec(k * n, 6);
     let a = gpu.upload(&av, &[batch, m, k]).unwrap();
     let w = gpu.upload(&wv, &[k, n]).unwrap();
-    let c = matmul::matmul(gpu, &a, &w, matmul::Spec::NN).unwrap();
+    let (c, trace) = gpu.traced(|| matmul::matmul(gpu, &a, &w, matmul::Spec::NN).unwrap());
     // 600 values of A per item, 4096 - 63 of room: 6 items, then 3.
-    let grids = dispatches(&gpu.take_trace(), "matmul::matmul");
+    let grids = dispatches(&trace, "matmul::matmul");
     assert_eq!(
         grids.iter().map(|g| g[2]).collect::<Vec<_>>(),
         [6, 3],
@@ -137,16 +123,13 @@ fn matmul_splits_batches_and_rows_above_the_binding_limit() {
     let (m, k, n) = (1000, 16, 16);
     let av = random_vec(m * k, 7);
     let wv = random_vec(k * n, 8);
-    let c = matmul::matmul(
-        gpu,
-        &gpu.upload(&av, &[m, k]).unwrap(),
-        &gpu.upload(&wv, &[k, n]).unwrap(),
-        matmul::Spec::NN,
-    )
-    .unwrap();
+    let (ta, tw) = (
+        gpu.upload(&av, &[m, k]).unwrap(),
+        gpu.upload(&wv, &[k, n]).unwrap(),
+    );
+    let (c, trace) = gpu.traced(|| matmul::matmul(gpu, &ta, &tw, matmul::Spec::NN).unwrap());
     // 16 values per row, 4033 of room: 252 rows a launch, four launches.
-    let grids = dispatches(&gpu.take_trace(), "matmul::matmul_nn_vec4");
-    gpu.set_tracing(false);
+    let grids = dispatches(&trace, "matmul::matmul_nn_vec4");
     assert_eq!(grids.len(), 4, "{grids:?}");
     let want = matmul::reference::matmul(
         &ndarray::Array3::from_shape_vec((1, m, k), to_f64(&av)).unwrap(),
@@ -166,12 +149,10 @@ fn matmul_splits_batches_and_rows_above_the_binding_limit() {
 /// grid dimension holds, so the grid must be folded into two.
 #[test]
 fn grids_above_65535_workgroups_are_folded() {
-    let gpu = Gpu::new().expect("GPU adapter (install mesa-vulkan-drivers for lavapipe)");
-    gpu.set_tracing(true);
+    let gpu = gpu();
     let n = 65_600 * 256 + 3;
-    let t = gpu.full(&[n], 2.5).unwrap();
-    let grids = dispatches(&gpu.take_trace(), "fill::fill");
-    gpu.set_tracing(false);
+    let (t, trace) = gpu.traced(|| gpu.full(&[n], 2.5).unwrap());
+    let grids = dispatches(&trace, "fill::fill");
     assert_eq!(grids.len(), 1, "one launch: {grids:?}");
     let [x, y, z] = grids[0];
     assert!(y > 1 && x <= 65_535 && z == 1, "not folded: {grids:?}");

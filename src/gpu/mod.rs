@@ -103,12 +103,13 @@ pub struct Gpu {
     /// When set, every new tensor is filled with NaN before use, so a kernel
     /// that forgets to write an element fails its test (on in tests).
     poison_new_tensors: std::sync::atomic::AtomicBool,
-    /// What was recorded, in order, while tracing is on (tests and
-    /// profiling: see [`Gpu::set_tracing`]).
-    trace: Mutex<Option<Vec<Recorded>>>,
+    /// Per thread inside [`Gpu::traced`], what it recorded, in order.
+    traces: Mutex<Vec<(std::thread::ThreadId, Vec<Recorded>)>>,
+    /// `traces.len()`, read without the lock on every recorded command.
+    tracing: std::sync::atomic::AtomicUsize,
 }
 
-/// One command recorded into the pending encoder (see [`Gpu::set_tracing`]).
+/// One command recorded into the pending encoder (see [`Gpu::traced`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recorded {
     /// A kernel dispatch, `shader::entry` and the grid actually dispatched.
@@ -152,7 +153,8 @@ impl Gpu {
             belt: Mutex::new(belt),
             errors,
             poison_new_tensors: Default::default(),
-            trace: Mutex::default(),
+            traces: Mutex::default(),
+            tracing: Default::default(),
         })
     }
 
@@ -229,26 +231,48 @@ impl Gpu {
         Tensor::new(buffer, Arc::downgrade(&self.pool), shape.to_vec())
     }
 
-    /// Starts (or stops) keeping a list of every command recorded, so a test
-    /// can assert which path ran: how a launch was split, which grid it
-    /// used, that a host write was recorded in order. Starting clears the
-    /// list. Meant for a private device: on the shared one, other threads'
-    /// commands interleave.
-    pub fn set_tracing(&self, on: bool) {
-        *lock(&self.trace) = on.then(Vec::new);
-    }
-
-    /// Takes the commands recorded since tracing started or since the last
-    /// call (empty when tracing is off).
-    pub fn take_trace(&self) -> Vec<Recorded> {
-        lock(&self.trace)
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
+    /// Runs `work` and returns, with its result, every command this thread
+    /// recorded meanwhile, in order: so a test can assert which path ran
+    /// (how a launch was split, the grid it used, that a host write was
+    /// recorded in order). Other threads' commands are not included, so
+    /// tests sharing a device can trace at once. Not reentrant.
+    pub fn traced<R>(&self, work: impl FnOnce() -> R) -> (R, Vec<Recorded>) {
+        use std::sync::atomic::Ordering;
+        let me = std::thread::current().id();
+        lock(&self.traces).push((me, Vec::new()));
+        self.tracing.fetch_add(1, Ordering::SeqCst);
+        // Taken out again even if `work` panics, so a failed test leaves no
+        // tracer behind on a shared device.
+        struct Stop<'a>(&'a Gpu, std::thread::ThreadId);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                let mut traces = lock(&self.0.traces);
+                if let Some(i) = traces.iter().position(|(t, _)| *t == self.1) {
+                    traces.swap_remove(i);
+                    self.0.tracing.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+        let stop = Stop(self, me);
+        let result = work();
+        let trace = {
+            let mut traces = lock(&self.traces);
+            traces
+                .iter_mut()
+                .find(|(t, _)| *t == me)
+                .map(|(_, trace)| std::mem::take(trace))
+                .unwrap_or_default()
+        };
+        drop(stop);
+        (result, trace)
     }
 
     fn note(&self, r: impl FnOnce() -> Recorded) {
-        if let Some(trace) = lock(&self.trace).as_mut() {
+        if self.tracing.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
+        let me = std::thread::current().id();
+        if let Some((_, trace)) = lock(&self.traces).iter_mut().find(|(t, _)| *t == me) {
             trace.push(r());
         }
     }
@@ -861,24 +885,30 @@ mod bind_groups {
 
 #[cfg(test)]
 mod ordering {
-    use super::{Gpu, Recorded};
+    use super::Recorded;
+    use crate::check::{gpu, gpu_with_binding_limit};
 
-    /// A private, traced device: the shared one's trace would interleave
-    /// other tests' commands.
-    fn traced() -> Gpu {
-        let gpu = Gpu::new().expect("GPU adapter");
-        gpu.set_poison_new_tensors(true);
-        gpu.set_tracing(true);
-        gpu
+    fn kinds(trace: &[Recorded]) -> Vec<&'static str> {
+        trace
+            .iter()
+            .map(|r| match r {
+                Recorded::Dispatch { .. } => "dispatch",
+                Recorded::Write { .. } => "write",
+                Recorded::Clear { .. } => "clear",
+                Recorded::Copy { .. } => "copy",
+            })
+            .collect()
     }
 
     /// `write` is ordered after kernels recorded before it.
     #[test]
     fn write_after_a_recorded_fill_wins() {
-        let gpu = traced();
-        let t = gpu.full(&[4], 7.0).unwrap();
-        gpu.write(&t, &[1.0, 2.0, 3.0, 4.0]).unwrap();
-        let trace = gpu.take_trace();
+        let gpu = gpu();
+        let (t, trace) = gpu.traced(|| {
+            let t = gpu.full(&[4], 7.0).unwrap();
+            gpu.write(&t, &[1.0, 2.0, 3.0, 4.0]).unwrap();
+            t
+        });
         assert!(
             matches!(&trace[..], [Recorded::Dispatch { kernel, .. }, Recorded::Write { bytes: 16 }] if kernel == "fill::fill"),
             "{trace:?}"
@@ -895,7 +925,7 @@ mod ordering {
     /// sees the first value (a queue write would land both before the copy).
     #[test]
     fn work_between_two_writes_sees_the_first() {
-        let gpu = traced();
+        let gpu = gpu();
         let t = gpu.upload(&[1.0, 2.0], &[2]).unwrap();
         let seen = gpu.zeros(&[2]).unwrap();
         gpu.copy_region(&t, 0, &seen, 0, 2).unwrap();
@@ -909,24 +939,20 @@ mod ordering {
     /// staging belt's chunk) takes the same ordered path.
     #[test]
     fn upload_after_recorded_work_is_recorded_in_order() {
-        let gpu = traced();
-        let a = gpu.full(&[3], 2.0).unwrap();
-        let b = gpu.upload(&[1.0, 2.0, 3.0], &[3]).unwrap();
-        gpu.copy_region(&b, 0, &a, 1, 2).unwrap();
+        let gpu = gpu();
         let n = (super::BELT_CHUNK_BYTES / 4) as usize + 5;
         let big: Vec<f32> = (0..n).map(|i| i as f32).collect();
-        let c = gpu.upload(&big, &[n]).unwrap();
-        let trace = gpu.take_trace();
-        let kinds: Vec<&str> = trace
-            .iter()
-            .map(|r| match r {
-                Recorded::Dispatch { .. } => "dispatch",
-                Recorded::Write { .. } => "write",
-                Recorded::Clear { .. } => "clear",
-                Recorded::Copy { .. } => "copy",
-            })
-            .collect();
-        assert_eq!(kinds, ["dispatch", "write", "copy", "write"], "{trace:?}");
+        let ((a, c), trace) = gpu.traced(|| {
+            let a = gpu.full(&[3], 2.0).unwrap();
+            let b = gpu.upload(&[1.0, 2.0, 3.0], &[3]).unwrap();
+            gpu.copy_region(&b, 0, &a, 1, 2).unwrap();
+            (a, gpu.upload(&big, &[n]).unwrap())
+        });
+        assert_eq!(
+            kinds(&trace),
+            ["dispatch", "write", "copy", "write"],
+            "{trace:?}"
+        );
         assert_eq!(gpu.read(&a).unwrap(), [2.0, 1.0, 2.0]);
         assert_eq!(gpu.read(&c).unwrap(), big);
     }
@@ -936,19 +962,28 @@ mod ordering {
     /// the poison of a new tensor is one such fill.
     #[test]
     fn runtime_fills_clear_zeros_and_split_large_tensors() {
-        let gpu = Gpu::with_binding_limit(1024).expect("GPU adapter");
-        gpu.set_poison_new_tensors(true);
-        gpu.set_tracing(true);
-        let z = gpu.zeros(&[1000]).unwrap();
-        let trace = gpu.take_trace();
+        let gpu = gpu_with_binding_limit(1024);
+        let (z, trace) = gpu.traced(|| gpu.zeros(&[1000]).unwrap());
         assert_eq!(trace, [Recorded::Clear { bytes: 4000 }]);
-        let _ = gpu.empty(&[1000]);
-        let trace = gpu.take_trace();
+        let (_, trace) = gpu.traced(|| gpu.empty(&[1000]));
         // 1000 values in 256-value bindings: four launches.
-        assert_eq!(trace.len(), 4, "{trace:?}");
-        let f = gpu.full(&[1000], -3.5).unwrap();
-        assert_eq!(gpu.take_trace().len(), 4);
+        assert_eq!(kinds(&trace), ["dispatch"; 4], "{trace:?}");
+        let (f, trace) = gpu.traced(|| gpu.full(&[1000], -3.5).unwrap());
+        assert_eq!(kinds(&trace), ["dispatch"; 4], "{trace:?}");
         assert!(gpu.read(&z).unwrap().iter().all(|&v| v == 0.0));
         assert!(gpu.read(&f).unwrap().iter().all(|&v| v == -3.5));
+    }
+
+    /// A trace holds only its own thread's commands.
+    #[test]
+    fn traces_of_other_threads_do_not_mix() {
+        let gpu = gpu();
+        let ((), trace) = gpu.traced(|| {
+            std::thread::scope(|s| {
+                s.spawn(|| gpu.full(&[8], 1.0).unwrap());
+            });
+            gpu.zeros(&[8]).unwrap();
+        });
+        assert_eq!(trace, [Recorded::Clear { bytes: 32 }]);
     }
 }

@@ -167,8 +167,9 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::{assert_close, gpu, gpu_with_binding_limit, random_vec, to_f64, Tolerance};
-    use crate::gpu::Recorded;
+    use crate::check::{
+        assert_close, dispatches, gpu, gpu_with_binding_limit, random_vec, to_f64, Tolerance,
+    };
 
     /// Series with shared structure (so correlations are far from 0), a
     /// constant region and an all-zero region.
@@ -252,16 +253,13 @@ mod tests {
         let x2 = series(b2, n, t2, 78);
         let want2 = reference::correlation(&to_f64(&x2), b2, n, t2, 6, 6);
         let small = gpu_with_binding_limit(64 * 162 * 4);
-        small.set_tracing(true);
         let tx2 = small.upload(&x2, &[b2, n, t2]).unwrap();
-        let split = correlation(small, &tx2, 6, 6).unwrap();
-        let launches = small
-            .take_trace()
-            .iter()
-            .filter(|r| matches!(r, Recorded::Dispatch { kernel, .. } if kernel == "correlation::correlation"))
-            .count();
-        small.set_tracing(false);
-        assert_eq!(launches, 2, "70 items split as 64 + 6");
+        let (split, trace) = small.traced(|| correlation(small, &tx2, 6, 6).unwrap());
+        assert_eq!(
+            dispatches(&trace, "correlation::correlation").len(),
+            2,
+            "70 items split as 64 + 6: {trace:?}"
+        );
         assert_close(
             &small.read(&split).unwrap(),
             &want2,

@@ -334,10 +334,9 @@ pub mod reference {
 mod tests {
     use super::*;
     use crate::check::{
-        assert_close, assert_gradient, finite_difference, gpu, gpu_with_binding_limit, random_vec,
-        to_f64, Tolerance,
+        assert_close, assert_gradient, dispatches, finite_difference, gpu, gpu_with_binding_limit,
+        random_vec, to_f64, Tolerance,
     };
-    use crate::gpu::Recorded;
 
     /// (B, T, N, F, W, S): scalar and vec4 paths, dimensions of 1, sizes not
     /// a multiple of the 4x4 tile or the workgroup, a last window that takes
@@ -426,7 +425,6 @@ mod tests {
         for (k, case) in [(5, 5, 7, 3, 3, 2), (6, 3, 8, 4, 2, 2)].iter().enumerate() {
             let d = dims_of(case);
             let gpu = gpu_with_binding_limit(4 * (2 * d.adj_item().max(d.h_item()) + 64) as u64);
-            gpu.set_tracing(true);
             let av = random_vec(d.batch * d.adj_item(), 660 + k as u64);
             let hv = random_vec(d.batch * d.h_item(), 670 + k as u64);
             let gv = random_vec(d.batch * d.h_item(), 680 + k as u64);
@@ -437,19 +435,26 @@ mod tests {
                 .upload(&hv, &[d.batch, d.frames, d.nodes, d.feats])
                 .unwrap();
             let g = gpu.upload(&gv, h.shape()).unwrap();
-            let out = propagate(gpu, &a, &h, d.stride).unwrap();
-            let (dh, da) = propagate_backward(gpu, &a, &h, &g, d.stride, true).unwrap();
+            let ((out, (dh, da)), trace) = gpu.traced(|| {
+                (
+                    propagate(gpu, &a, &h, d.stride).unwrap(),
+                    propagate_backward(gpu, &a, &h, &g, d.stride, true).unwrap(),
+                )
+            });
             let (a64, h64, g64) = (to_f64(&av), to_f64(&hv), to_f64(&gv));
             let (want_dh, want_da) = reference::propagate_backward(&a64, &h64, &g64, &d);
             let what = format!("split {case:?}");
-            let propagations = gpu
-                .take_trace()
-                .iter()
-                .filter(|r| matches!(r, Recorded::Dispatch { kernel, .. } if kernel.starts_with("graph_conv::propagate")))
-                .count();
-            gpu.set_tracing(false);
+            let entry = if d.nodes % 4 == 0 && d.feats % 4 == 0 {
+                "graph_conv::propagate_vec4"
+            } else {
+                "graph_conv::propagate"
+            };
             // Two items per launch, forward and dH: 2 · ceil(B / 2) launches.
-            assert_eq!(propagations, 2 * d.batch.div_ceil(2), "{what}");
+            assert_eq!(
+                dispatches(&trace, entry).len(),
+                2 * d.batch.div_ceil(2),
+                "{what}: {trace:?}"
+            );
             assert_close(
                 &gpu.read(&out).unwrap(),
                 &reference::propagate(&a64, &h64, &d),

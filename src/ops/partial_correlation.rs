@@ -20,8 +20,6 @@ use crate::gpu::{Gpu, GpuError, Result, Tensor};
 use crate::ops::matmul::{matmul_into, Spec};
 
 const SHADER: crate::gpu::Shader = crate::shader!("partial_correlation");
-/// Largest N the inversion's workgroup memory holds (`MAX_N` in the shader).
-pub const MAX_N: usize = 1024;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -48,11 +46,13 @@ pub fn partial_correlation(gpu: &Gpu, x: &Tensor) -> Result<PartialCorrelation> 
             message: format!("input {:?} must be [B, N, T]", x.shape()),
         });
     };
-    if n == 0 || n > MAX_N || t < 2 {
+    // The largest N the inversion's workgroup memory holds, from the shader.
+    let max_n = gpu.kernel(SHADER.kernel("invert"))?.constant("MAX_N")? as usize;
+    if n == 0 || n > max_n || t < 2 {
         return Err(GpuError::Shape {
             op: "partial_correlation",
             message: format!(
-                "input {:?}: need 1 ≤ N ≤ {MAX_N} regions and T ≥ 2 frames",
+                "input {:?}: need 1 ≤ N ≤ {max_n} regions and T ≥ 2 frames",
                 x.shape()
             ),
         });

@@ -192,10 +192,9 @@ pub mod reference {
 mod tests {
     use super::*;
     use crate::check::{
-        assert_close, assert_gradient, finite_difference, gpu, gpu_with_binding_limit, random_vec,
-        to_f64, Tolerance,
+        assert_close, assert_gradient, dispatches, finite_difference, gpu, gpu_with_binding_limit,
+        random_vec, to_f64, Tolerance,
     };
-    use crate::gpu::Recorded;
 
     const SIZES: &[usize] = &[1, 7, 255, 4097, 200 * 33];
 
@@ -276,24 +275,18 @@ mod tests {
     #[test]
     fn split_launches_give_the_same_sums() {
         let gpu = gpu_with_binding_limit(4 * 4096 * 2); // two partial groups per launch
-        gpu.set_tracing(true);
         let n = 4096 * 5 + 77;
         let gv = random_vec(n, 540);
         let xv = random_vec(n, 541);
         let g = gpu.upload(&gv, &[n]).unwrap();
         let x = gpu.upload(&xv, &[n]).unwrap();
         let s = gpu.upload(&[1.5], &[1]).unwrap();
-        let y = mul_scalar(gpu, &x, &s, 0).unwrap();
-        let (_, ds) = mul_scalar_backward(gpu, &x, &s, 0, &g).unwrap();
-        let trace = gpu.take_trace();
-        gpu.set_tracing(false);
-        let count = |entry: &str| {
-            trace
-                .iter()
-                .filter(|r| matches!(r, Recorded::Dispatch { kernel, .. } if kernel == entry))
-                .count()
-        };
-        // 20,557 values, 8,192 per binding: three launches of each.
+        let ((y, ds), trace) = gpu.traced(|| {
+            let y = mul_scalar(gpu, &x, &s, 0).unwrap();
+            let (_, ds) = mul_scalar_backward(gpu, &x, &s, 0, &g).unwrap();
+            (y, ds)
+        });
+        let count = |entry: &str| dispatches(&trace, entry).len();
         assert_eq!(count("scalar::mul_scalar"), 3 + 3, "y and dx: {trace:?}");
         assert_eq!(count("scalar::partial_dot"), 3, "{trace:?}");
         let (y, ds) = (gpu.read(&y).unwrap(), gpu.read(&ds).unwrap());

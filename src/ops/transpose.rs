@@ -96,8 +96,9 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::{assert_close, gpu, gpu_with_binding_limit, random_vec, to_f64, Tolerance};
-    use crate::gpu::Recorded;
+    use crate::check::{
+        assert_close, dispatches, gpu, gpu_with_binding_limit, random_vec, to_f64, Tolerance,
+    };
 
     #[test]
     fn transpose_matches_reference() {
@@ -157,18 +158,15 @@ mod tests {
     #[test]
     fn split_launches_match_reference() {
         let gpu = gpu_with_binding_limit(4 * (3 * 5 * 7 * 2 + 64)); // two 105-value slices per launch
-        gpu.set_tracing(true);
         let (b, t, nn, f) = (7, 5, 7, 3);
         let v = random_vec(b * t * nn * f, 320);
         let x = gpu.upload(&v, &[b, t, nn, f]).unwrap();
-        let y = swap_axes(gpu, &x, 1).unwrap();
-        let launches = gpu
-            .take_trace()
-            .iter()
-            .filter(|r| matches!(r, Recorded::Dispatch { kernel, .. } if kernel == "transpose::swap_axes"))
-            .count();
-        gpu.set_tracing(false);
-        assert_eq!(launches, 4, "7 slices, two per launch");
+        let (y, trace) = gpu.traced(|| swap_axes(gpu, &x, 1).unwrap());
+        assert_eq!(
+            dispatches(&trace, "transpose::swap_axes").len(),
+            4,
+            "7 slices, two per launch: {trace:?}"
+        );
         let want = reference::swap(&to_f64(&v), b, t, nn, f);
         assert_close(
             &gpu.read(&y).unwrap(),
