@@ -203,12 +203,12 @@ mod tests {
     #[test]
     fn split_launches_match_reference() {
         // 1000 values under a 256-value binding: four ranges at aligned offsets.
-        run_steps(
-            crate::check::gpu_with_binding_limit(1024),
-            1000,
-            AdamW::default(),
-            3,
-            9,
+        let gpu = crate::check::gpu_with_binding_limit(1024);
+        let ((), trace) = gpu.traced(|| run_steps(gpu, 1000, AdamW::default(), 3, 9));
+        assert_eq!(
+            crate::check::dispatches(&trace, "adamw::step").len(),
+            4 * 3,
+            "four launches per step"
         );
     }
 

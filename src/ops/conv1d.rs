@@ -400,10 +400,12 @@ mod tests {
         // 256-value bindings: 8 items of 2×8 inputs / 3×8 outputs per launch
         // (offsets 128 and 192: aligned), 20 items in three launches, so the
         // weight and bias gradients accumulate across launches.
-        check_case(
-            crate::check::gpu_with_binding_limit(1024),
-            dims_of(20, 2, 3, 8, 3),
-            77,
+        let gpu = crate::check::gpu_with_binding_limit(1024);
+        let ((), trace) = gpu.traced(|| check_case(gpu, dims_of(20, 2, 3, 8, 3), 77));
+        assert_eq!(
+            crate::check::dispatches(&trace, "conv1d::forward").len(),
+            3,
+            "{trace:?}"
         );
     }
 

@@ -304,9 +304,13 @@ mod tests {
         }
         // Split over bindings: the global index continues across launches.
         let small = crate::check::gpu_with_binding_limit(1024);
-        let got = small
-            .read(&uniform(small, &[5, 200], KEY).unwrap())
-            .unwrap();
+        let (u, trace) = small.traced(|| uniform(small, &[5, 200], KEY).unwrap());
+        assert_eq!(
+            crate::check::dispatches(&trace, "random::uniform").len(),
+            4,
+            "{trace:?}"
+        );
+        let got = small.read(&u).unwrap();
         assert_eq!(
             bits_of(&got),
             bits_of(&reference::uniform(KEY, 1000)),
@@ -406,9 +410,15 @@ mod tests {
         let small = crate::check::gpu_with_binding_limit(1024);
         let pv: Vec<f32> = (0..1000).map(|i| (i % 7) as f32 / 6.0).collect();
         let prob = small.upload(&pv, &[10, 100]).unwrap();
-        let got = small
-            .read(&bernoulli_mask(small, &[10, 100], &prob, ProbLayout::PerElement, KEY).unwrap())
-            .unwrap();
+        let (mask, trace) = small.traced(|| {
+            bernoulli_mask(small, &[10, 100], &prob, ProbLayout::PerElement, KEY).unwrap()
+        });
+        assert_eq!(
+            crate::check::dispatches(&trace, "random::bernoulli").len(),
+            4,
+            "{trace:?}"
+        );
+        let got = small.read(&mask).unwrap();
         assert_eq!(
             bits_of(&got),
             bits_of(&reference::bernoulli_mask(

@@ -338,7 +338,12 @@ mod tests {
         let x = gpu.upload(&xv, &shape).unwrap();
         for op in OPS {
             let what = format!("split {op:?}");
-            let y = reduce(gpu, &x, 1, op).unwrap();
+            let (y, trace) = gpu.traced(|| reduce(gpu, &x, 1, op).unwrap());
+            let launches = trace
+                .iter()
+                .filter(|r| matches!(r, crate::gpu::Recorded::Dispatch { kernel, .. } if kernel.starts_with("reduce::")))
+                .count();
+            assert_eq!(launches, 3, "{what}: {trace:?}");
             assert_close(
                 &gpu.read(&y).unwrap(),
                 &reference::reduce(&x64, &shape, 1, op),

@@ -204,7 +204,12 @@ mod tests {
         let gv = random_vec(rows * len, 22);
         let x = gpu.upload(&xv, &[rows, len]).unwrap();
         let g = gpu.upload(&gv, &[rows, len]).unwrap();
-        let y = softmax(gpu, &x, 0.5).unwrap();
+        let (y, trace) = gpu.traced(|| softmax(gpu, &x, 0.5).unwrap());
+        assert_eq!(
+            crate::check::dispatches(&trace, "softmax::forward").len(),
+            4,
+            "{trace:?}"
+        );
         let dx = softmax_backward(gpu, &y, &g, 0.5).unwrap();
         let (x64, g64) = (to_f64(&xv), to_f64(&gv));
         assert_close(
