@@ -30,6 +30,24 @@ fn missing_adapter_is_a_clear_error_not_a_panic() {
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
 
+/// `WGPU_BACKEND=gl` names the problem instead of giving driver install advice.
+#[test]
+fn an_opengl_backend_is_refused_by_name() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stptf"))
+        .arg("info")
+        .env("WGPU_BACKEND", "gl")
+        .output()
+        .expect("run stptf");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("OpenGL is not supported; use vulkan, metal or dx12"),
+        "stderr: {stderr}"
+    );
+    assert!(!stderr.contains("mesa-vulkan-drivers"), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
+
 #[test]
 fn info_names_the_adapter() {
     let out = Command::new(env!("CARGO_BIN_EXE_stptf"))

@@ -51,6 +51,8 @@ pub enum GpuError {
         name_filter: Option<String>,
         candidates: Vec<String>,
     },
+    #[error("WGPU_BACKEND={value}: {reason}")]
+    Backend { value: String, reason: String },
     #[error("GPU adapter {adapter} lacks {what}")]
     MissingCapability { adapter: String, what: String },
     #[error("could not open GPU device on {adapter}")]
