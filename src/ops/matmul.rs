@@ -636,6 +636,30 @@ mod tests {
         assert_close(&gpu.read(&dw).unwrap(), &fd, Tolerance::COMPOSITE, "dW");
     }
 
+    /// M rows needing more than 65,535 workgroups of rows (the input
+    /// projection of B·T frames at a huge crop) are split into row blocks
+    /// whose grids fit, instead of failing with "use launch_linear".
+    #[test]
+    fn a_product_taller_than_one_grid_is_split_by_rows() {
+        let gpu = gpu();
+        // k = n = 1: the scalar kernel, 32 rows per workgroup.
+        let m = 65_536 * 32 + 5;
+        let av = random_vec(m, 90);
+        let a = gpu.upload(&av, &[m, 1]).unwrap();
+        let b = gpu.upload(&[-2.0], &[1, 1]).unwrap();
+        let (c, trace) = gpu.traced(|| matmul(gpu, &a, &b, Spec::NN).unwrap());
+        let grids = crate::check::dispatches(&trace, "matmul::matmul");
+        assert_eq!(grids.len(), 2, "{grids:?}");
+        assert!(grids.iter().all(|g| g[1] <= 65_535), "{grids:?}");
+        let want: Vec<f64> = av.iter().map(|&x| -2.0 * x as f64).collect();
+        assert_close(
+            &gpu.read(&c).unwrap(),
+            &want,
+            Tolerance::ELEMENTWISE,
+            "tall matmul",
+        );
+    }
+
     #[test]
     fn shape_errors_are_reported() {
         let gpu = gpu();
