@@ -286,6 +286,59 @@ mod tests {
         assert!(checked >= 2, "expected WGSL files under {}", dir.display());
     }
 
+    /// What launchers size grids from: named integer consts and each entry
+    /// point's `@workgroup_size`, including one given by a const.
+    #[test]
+    fn reflection_reads_consts_and_workgroup_sizes() {
+        let source = "
+            const WG: u32 = 64u;
+            const PER: u32 = 8u;
+            const SIGNED: i32 = 3i;
+            const RATIO: f32 = 0.5;
+            @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+            @compute @workgroup_size(WG) fn linear(@builtin(global_invocation_id) id: vec3<u32>) {
+                out[id.x] = f32(PER) * RATIO;
+            }
+            @compute @workgroup_size(8, 4, 1) fn tiled(@builtin(global_invocation_id) id: vec3<u32>) {
+                out[id.x] = 1.0;
+            }
+            @compute @workgroup_size(1) fn unused() {}
+        ";
+        let (module, info) = validate_wgsl("t.wgsl", source).unwrap();
+        let constants = reflect_constants(&module);
+        assert_eq!(constants.get("WG"), Some(&64));
+        assert_eq!(constants.get("PER"), Some(&8));
+        assert_eq!(constants.get("SIGNED"), Some(&3));
+        assert_eq!(constants.get("RATIO"), None, "not an integer");
+        let shader = Shader {
+            name: "t.wgsl",
+            source,
+        };
+        let entries = reflect(&shader, &module, &info).unwrap();
+        assert_eq!(entries["linear"], (vec![2], [64, 1, 1]));
+        assert_eq!(entries["tiled"], (vec![2], [8, 4, 1]));
+        assert_eq!(entries["unused"], (vec![], [1, 1, 1]));
+    }
+
+    /// The grid helpers read the reflection of the real shaders.
+    #[test]
+    fn compiled_kernels_expose_their_sizes() {
+        let gpu = crate::check::gpu();
+        let elementwise = gpu
+            .kernel(crate::shader!("elementwise").kernel("add"))
+            .unwrap();
+        assert_eq!(elementwise.linear_size().unwrap(), 256);
+        assert_eq!(elementwise.constant("ELEMS_PER_THREAD").unwrap(), 8);
+        let e = elementwise.constant("NOPE").unwrap_err().to_string();
+        assert!(e.contains("elementwise::add") && e.contains("NOPE"), "{e}");
+        let matmul = gpu
+            .kernel(crate::shader!("matmul").kernel("matmul"))
+            .unwrap();
+        assert_eq!(matmul.workgroup_size, [8, 8, 1]);
+        let e = matmul.linear_size().unwrap_err().to_string();
+        assert!(e.contains("not 1-D"), "{e}");
+    }
+
     #[test]
     fn a_broken_shader_is_reported_with_its_name() {
         let err = validate_wgsl("broken.wgsl", "fn main( {").unwrap_err();
