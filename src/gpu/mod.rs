@@ -4,6 +4,18 @@
 //! [`Gpu`]; nothing runs until [`Gpu::flush`] submits it. A whole training step
 //! is therefore one submit, and reading a value back ([`Gpu::read`]) is a
 //! separate, explicit call that flushes and waits.
+//!
+//! One ordering: everything — kernels, fills ([`Gpu::fill`]), host writes
+//! ([`Gpu::upload`], [`Gpu::write`]) and copies — is recorded into that
+//! encoder in program order, and runs in that order. Nothing uses
+//! `queue.write_buffer`, whose data would land before the whole submission.
+//!
+//! The runtime depends on no kernel family: it has its own fill shader.
+//! Launches that a tensor larger than one storage binding forces to split
+//! are planned by [`Planner`] (`plan.rs`), the one place for that rule; bind
+//! groups are cached behind a typed key (`bind_cache.rs`); and
+//! [`Gpu::traced`] lists what a piece of code recorded, so tests can assert
+//! which path ran.
 
 mod bind_cache;
 mod device;
