@@ -159,12 +159,15 @@ fn reflect_constants(module: &naga::Module) -> HashMap<String, u32> {
     out
 }
 
+/// Per entry point name: the group-0 bindings it uses and its workgroup size.
+type EntryPoints = HashMap<String, (Vec<u32>, [u32; 3])>;
+
 /// For each entry point: the group-0 bindings it uses and its workgroup size.
 fn reflect(
     shader: &Shader,
     module: &naga::Module,
     info: &naga::valid::ModuleInfo,
-) -> Result<HashMap<String, (Vec<u32>, [u32; 3])>, GpuError> {
+) -> Result<EntryPoints, GpuError> {
     let mut out = HashMap::new();
     for (index, entry) in module.entry_points.iter().enumerate() {
         let function_info = info.get_entry_point(index);
@@ -194,7 +197,7 @@ fn reflect(
 /// A compiled module and its reflection.
 struct Module {
     module: wgpu::ShaderModule,
-    entries: HashMap<String, (Vec<u32>, [u32; 3])>,
+    entries: EntryPoints,
     constants: Arc<HashMap<String, u32>>,
 }
 
@@ -213,7 +216,7 @@ impl PipelineCache {
         if let Some(k) = self.compiled.get(&kernel) {
             return Ok(k.clone());
         }
-        if !self.modules.contains_key(&kernel.shader) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.modules.entry(kernel.shader) {
             let (module, info) = validate_wgsl(kernel.shader.name, kernel.shader.source)?;
             let entries = reflect(&kernel.shader, &module, &info)?;
             let constants = Arc::new(reflect_constants(&module));
@@ -221,14 +224,11 @@ impl PipelineCache {
                 label: Some(kernel.shader.name),
                 source: wgpu::ShaderSource::Wgsl(kernel.shader.source.into()),
             });
-            self.modules.insert(
-                kernel.shader,
-                Module {
-                    module: sm,
-                    entries,
-                    constants,
-                },
-            );
+            slot.insert(Module {
+                module: sm,
+                entries,
+                constants,
+            });
         }
         let m = &self.modules[&kernel.shader];
         let (bindings, workgroup_size) =

@@ -126,7 +126,7 @@ pub fn bernoulli_mask(
 ) -> Result<Tensor> {
     let cols = shape.last().copied().unwrap_or(1);
     let n: usize = shape.iter().product();
-    let rows = if cols == 0 { 0 } else { n / cols };
+    let rows = n.checked_div(cols).unwrap_or(0);
     let want = match layout {
         ProbLayout::PerElement => n,
         ProbLayout::PerRow => rows,
