@@ -27,6 +27,7 @@ use stptf::check::{gpu, random_vec};
 use stptf::config::{Encoder, Fgco, ModelConfig, Norm};
 use stptf::gpu::{Gpu, Tensor};
 use stptf::model::{DataDims, Model};
+use stptf::ops::barlow::LAMBDA;
 use stptf::ops::elementwise::mul_broadcast;
 
 fn tiny(encoder: Encoder, norm: Norm) -> ModelConfig {
@@ -80,7 +81,15 @@ fn loss(gpu: &Gpu, model: &Model, d: &Batch, backward: bool) -> f64 {
     model.params.store.zero_grads(gpu).unwrap();
     let mut tape = Tape::new(gpu);
     let pre = model
-        .pretrain_loss(&mut tape, &d.x, &d.x_s, &d.x_t, &d.valid, Fgco::Global)
+        .pretrain_loss(
+            &mut tape,
+            &d.x,
+            &d.x_s,
+            &d.x_t,
+            &d.valid,
+            Fgco::Global,
+            LAMBDA,
+        )
         .unwrap();
     let (ce, _) = model
         .finetune_loss(&mut tape, &d.x, &d.valid, &d.labels)
@@ -289,7 +298,15 @@ fn ablation_layouts_hold_their_own_parameters() {
     let d = batch(gpu, 2, 6, 16);
     let mut tape = Tape::new(gpu);
     let err = m
-        .pretrain_loss(&mut tape, &d.x, &d.x_s, &d.x_t, &d.valid, Fgco::Fine)
+        .pretrain_loss(
+            &mut tape,
+            &d.x,
+            &d.x_s,
+            &d.x_t,
+            &d.valid,
+            Fgco::Fine,
+            LAMBDA,
+        )
         .err()
         .expect("fine with lstm must fail");
     assert!(err.to_string().contains("lstm"), "{err}");

@@ -19,9 +19,6 @@ use crate::ops::{graph_conv, partial_correlation, segment_pool, window};
 pub use augment::{make_views, Views};
 pub use params::{DataDims, HostTensor, Params};
 
-/// Barlow Twins off-diagonal weight (λ, DESIGN.md §3).
-pub const LAMBDA_OFFDIAG: f32 = 0.0051;
-
 pub struct Model {
     pub cfg: ModelConfig,
     pub dims: DataDims,
@@ -426,6 +423,30 @@ impl Model {
         tape.reshape(y, &shape)
     }
 
+    /// Per-region importance: the L2 norm of the learned fusion weights that
+    /// carry each region's F channels into Z_spatial. `fusion.proj.weight` is
+    /// [N·F, D] with row n·F + f for region n, channel f (the node features
+    /// [B, T, N, F] are flattened region-major), so region n owns rows
+    /// n·F .. (n+1)·F. None for the `lstm` encoder (no fusion projection).
+    pub fn region_importance(&self, gpu: &crate::gpu::Gpu) -> Result<Option<Vec<f64>>> {
+        let Ok(id) = self.params.id("fusion.proj.weight") else {
+            return Ok(None);
+        };
+        let w = gpu.read(&self.params.store.get(id).value)?;
+        let (n, f) = (self.dims.n_regions, self.cfg.node_channels);
+        let cols = w.len() / (n * f).max(1);
+        let norms = (0..n)
+            .map(|r| {
+                w[r * f * cols..(r + 1) * f * cols]
+                    .iter()
+                    .map(|&v| (v as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect();
+        Ok(Some(norms))
+    }
+
     /// Logits [B, C] from Z_st.
     pub fn head(&self, tape: &mut Tape, z_st: Var) -> Result<Var> {
         self.linear(tape, z_st, "head.weight", Some("head.bias"))
@@ -444,7 +465,9 @@ impl Model {
     }
 
     /// FGCO pretraining loss (eq. 3) from the original view and the SCA and
-    /// TCA views (all [B, N, T]).
+    /// TCA views (all [B, N, T]); `lambda_offdiag` is the Barlow Twins
+    /// off-diagonal weight λ (`pretrain.lambda_offdiag`, 0.0051 in the paper).
+    #[allow(clippy::too_many_arguments)]
     pub fn pretrain_loss(
         &self,
         tape: &mut Tape,
@@ -453,6 +476,7 @@ impl Model {
         x_t: &Tensor,
         valid: &Tensor,
         fgco: Fgco,
+        lambda_offdiag: f32,
     ) -> Result<Var> {
         let e0 = self.encode(tape, x, valid)?;
         let es = self.encode(tape, x_s, valid)?;
@@ -462,8 +486,8 @@ impl Model {
                 let p0 = self.project(tape, e0.z_st)?;
                 let ps = self.project(tape, es.z_st)?;
                 let pt = self.project(tape, et.z_st)?;
-                let ls = tape.barlow(p0, ps, LAMBDA_OFFDIAG)?;
-                let lt = tape.barlow(p0, pt, LAMBDA_OFFDIAG)?;
+                let ls = tape.barlow(p0, ps, lambda_offdiag)?;
+                let lt = tape.barlow(p0, pt, lambda_offdiag)?;
                 tape.add(ls, lt)
             }
             Fgco::Fine => {
@@ -477,10 +501,10 @@ impl Model {
                 }
                 let r0 = self.roi_embedding(tape, e0.z_fused)?;
                 let rs = self.roi_embedding(tape, es.z_fused)?;
-                let ls = tape.barlow(r0, rs, LAMBDA_OFFDIAG)?;
+                let ls = tape.barlow(r0, rs, lambda_offdiag)?;
                 let u0 = self.frame_embedding(tape, e0.z_temporal)?;
                 let ut = self.frame_embedding(tape, et.z_temporal)?;
-                let lt = tape.barlow(u0, ut, LAMBDA_OFFDIAG)?;
+                let lt = tape.barlow(u0, ut, lambda_offdiag)?;
                 tape.add(ls, lt)
             }
         }

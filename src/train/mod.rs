@@ -3,6 +3,8 @@
 //! the functional-connectivity + logistic-regression baseline.
 //!
 //! - `schedule`: learning rate as a pure function of the step (warm-up, cosine)
+//! - `step`: one training step (views, forward, loss, backward, AdamW), recorded once
+//! - `trainer`: the epoch loop of one phase, and K-crop scoring
 //! - `metrics`: accuracy, ROC AUC, recall, ROC curves, mean (std) over folds
 //! - `checkpoint`: weights + AdamW state + metadata, saved crash-safely
 //! - `rundir`: a run's resolved config, metrics log, summary, per-fold folders
@@ -17,4 +19,5 @@ pub mod metrics;
 pub mod plots;
 pub mod rundir;
 pub mod schedule;
+pub mod step;
 pub mod trainer;
