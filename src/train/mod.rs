@@ -3,6 +3,7 @@
 //! the functional-connectivity + logistic-regression baseline.
 //!
 //! - `schedule`: learning rate as a pure function of the step (warm-up, cosine)
+//! - `protocol`: which scans each phase sees, cross-validation, a run's plots
 //! - `step`: one training step (views, forward, loss, backward, AdamW), recorded once
 //! - `trainer`: the epoch loop of one phase, and K-crop scoring
 //! - `metrics`: accuracy, ROC AUC, recall, ROC curves, mean (std) over folds
@@ -17,6 +18,7 @@ pub mod baseline;
 pub mod checkpoint;
 pub mod metrics;
 pub mod plots;
+pub mod protocol;
 pub mod rundir;
 pub mod schedule;
 pub mod step;
