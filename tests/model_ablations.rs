@@ -311,3 +311,50 @@ fn ablation_layouts_hold_their_own_parameters() {
         .expect("fine with lstm must fail");
     assert!(err.to_string().contains("lstm"), "{err}");
 }
+
+/// Typed layers (model::layers) are built once at construction: every
+/// encoder × norm builds, and a store that lacks a layer's parameter fails
+/// right there, naming it (not in the middle of a step).
+#[test]
+fn layers_are_looked_up_once_at_construction() {
+    use stptf::model::layers::Layers;
+    use stptf::model::Params;
+    let gpu = gpu();
+    let dims = DataDims {
+        n_regions: 6,
+        n_classes: 2,
+    };
+    for encoder in [
+        Encoder::Psta,
+        Encoder::GcnOnly,
+        Encoder::Lstm,
+        Encoder::StgcnStyle,
+    ] {
+        for norm in [Norm::None, Norm::Layer] {
+            let model = Model::new(gpu, tiny(encoder, norm), dims, 1).unwrap();
+            assert_eq!(
+                model.layers.out_norm.is_some(),
+                norm == Norm::Layer,
+                "{encoder:?} {norm:?}"
+            );
+            assert_eq!(
+                model.layers.fusion_proj().is_some(),
+                encoder != Encoder::Lstm,
+                "{encoder:?}"
+            );
+        }
+    }
+    // PSTA's parameters read as the LSTM encoder: the first LSTM weight is missing.
+    let psta = Params::init(gpu, &tiny(Encoder::Psta, Norm::None), dims, 1).unwrap();
+    let e = Layers::new(&psta, &tiny(Encoder::Lstm, Norm::None))
+        .err()
+        .expect("an LSTM over PSTA parameters must fail")
+        .to_string();
+    assert!(e.contains("no parameter `lstm.w_ih`"), "{e}");
+    // Without norm.* parameters, `norm = layer` fails at construction too.
+    let e = Layers::new(&psta, &tiny(Encoder::Psta, Norm::Layer))
+        .err()
+        .expect("norm = layer without norm parameters must fail")
+        .to_string();
+    assert!(e.contains("no parameter `norm.fusion.weight`"), "{e}");
+}
