@@ -1,6 +1,7 @@
-//! Training infrastructure that does not touch the GPU: the learning-rate
+//! Training: one step and the epoch loop on the GPU, the experimental
+//! protocol, and the host-side infrastructure around them (the learning-rate
 //! schedule, metrics over folds, checkpoints, run directories, SVG plots and
-//! the functional-connectivity + logistic-regression baseline.
+//! the functional-connectivity + logistic-regression baseline).
 //!
 //! - `schedule`: learning rate as a pure function of the step (warm-up, cosine)
 //! - `protocol`: which scans each phase sees, cross-validation, a run's plots
