@@ -347,14 +347,12 @@ fn layers_are_looked_up_once_at_construction() {
     // PSTA's parameters read as the LSTM encoder: the first LSTM weight is missing.
     let psta = Params::init(gpu, &tiny(Encoder::Psta, Norm::None), dims, 1).unwrap();
     let e = Layers::new(&psta, &tiny(Encoder::Lstm, Norm::None))
-        .err()
-        .expect("an LSTM over PSTA parameters must fail")
+        .expect_err("an LSTM over PSTA parameters must fail")
         .to_string();
     assert!(e.contains("no parameter `lstm.w_ih`"), "{e}");
     // Without norm.* parameters, `norm = layer` fails at construction too.
     let e = Layers::new(&psta, &tiny(Encoder::Psta, Norm::Layer))
-        .err()
-        .expect("norm = layer without norm parameters must fail")
+        .expect_err("norm = layer without norm parameters must fail")
         .to_string();
     assert!(e.contains("no parameter `norm.fusion.weight`"), "{e}");
 }

@@ -172,6 +172,8 @@ pub struct Readout {
 }
 
 /// The layers of one encoder (`cfg.encoder`).
+// One per model, built once: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug)]
 pub enum EncoderLayers {
     Psta {

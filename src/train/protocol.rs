@@ -30,8 +30,10 @@ use crate::train::trainer::{score_scans, train_phase, Phase, PhaseReport, RunOpt
 pub enum ProtocolError {
     #[error(transparent)]
     Train(#[from] TrainError),
+    /// Boxed: data errors carry paths and messages, and this enum is the
+    /// error of every protocol call.
     #[error(transparent)]
-    Data(#[from] DataError),
+    Data(Box<DataError>),
     #[error(transparent)]
     RunDir(#[from] RunDirError),
     #[error(transparent)]
@@ -64,7 +66,7 @@ pub enum ProtocolError {
     LoadDataset {
         path: String,
         #[source]
-        source: DataError,
+        source: Box<DataError>,
     },
     #[error(
         "{0}; evaluate would report the metrics of an untrained head. \
@@ -77,6 +79,12 @@ pub enum ProtocolError {
         command: &'static str,
         hint: &'static str,
     },
+}
+
+impl From<DataError> for ProtocolError {
+    fn from(e: DataError) -> Self {
+        Self::Data(Box::new(e))
+    }
 }
 
 pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;
@@ -100,7 +108,7 @@ pub fn read_dataset_description(
         } else {
             ProtocolError::LoadDataset {
                 path: path.display().to_string(),
-                source,
+                source: Box::new(source),
             }
         }
     })?;
@@ -115,7 +123,7 @@ pub fn load_dataset_file(path: &Path, data_override: Option<&Path>) -> Result<Da
     let description = read_dataset_description(path, data_override)?;
     Dataset::load(&description).map_err(|source| ProtocolError::LoadDataset {
         path: path.display().to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
