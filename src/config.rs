@@ -12,18 +12,15 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message and deliberately not a `#[source]`:
+    // the CLI prints the whole source chain, which would print it twice.
+    #[error("{path}: cannot read: {error}")]
+    Io { path: String, error: std::io::Error },
 
-    #[error("{path}: invalid experiment config: {source}")]
+    #[error("{path}: invalid experiment config: {error}")]
     Parse {
         path: String,
-        #[source]
-        source: toml::de::Error,
+        error: toml::de::Error,
     },
 
     #[error("--set {assignment}: expected KEY=VALUE (e.g. pretrain.lr=3e-4)")]
@@ -53,11 +50,8 @@ pub enum ConfigError {
     )]
     DatasetDescription { path: String },
 
-    #[error("cannot write the config as TOML: {source}")]
-    Serialize {
-        #[source]
-        source: toml::ser::Error,
-    },
+    #[error("cannot write the config as TOML: {error}")]
+    Serialize { error: toml::ser::Error },
 }
 
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
@@ -328,7 +322,7 @@ const OPTIONAL_KEYS: &[&str] = &["data.dataset"];
 impl Config {
     /// Parses and validates a config; `origin` names the source in errors.
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self> {
-        let config: Config = toml::from_str(text).map_err(|source| {
+        let config: Config = toml::from_str(text).map_err(|error| {
             if is_dataset_description(text) {
                 ConfigError::DatasetDescription {
                     path: origin.display().to_string(),
@@ -336,7 +330,7 @@ impl Config {
             } else {
                 ConfigError::Parse {
                     path: origin.display().to_string(),
-                    source,
+                    error,
                 }
             }
         })?;
@@ -345,16 +339,16 @@ impl Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::from_toml_str(&text, path)
     }
 
     /// The resolved config as TOML (what a run directory records).
     pub fn to_toml_string(&self) -> Result<String> {
-        toml::to_string(self).map_err(|source| ConfigError::Serialize { source })
+        toml::to_string(self).map_err(|error| ConfigError::Serialize { error })
     }
 
     /// Applies `--set KEY=VALUE`.
@@ -373,7 +367,7 @@ impl Config {
     /// checked by the same deserializer as a file, and then validated.
     pub fn apply_override(&mut self, key: &str, value: &str) -> Result<()> {
         let mut table =
-            toml::Value::try_from(&*self).map_err(|source| ConfigError::Serialize { source })?;
+            toml::Value::try_from(&*self).map_err(|error| ConfigError::Serialize { error })?;
         let parts: Vec<&str> = key.split('.').collect();
         let (last, parents) = match parts.split_last() {
             Some((last, parents)) if !last.is_empty() => (*last, parents),
@@ -864,6 +858,23 @@ mod tests {
         assert!(
             e.contains("widht") && !e.contains("dataset description"),
             "{e}"
+        );
+    }
+
+    /// The CLI prints an error's whole source chain: a cause that is both in
+    /// the message and a source would be printed twice.
+    #[test]
+    fn file_errors_state_their_cause_once() {
+        use std::error::Error as _;
+        let e = Config::from_file(Path::new("/nonexistent/x.toml")).unwrap_err();
+        assert!(e.source().is_none());
+        assert_eq!(e.to_string().matches("os error").count(), 1, "{e}");
+        let e = Config::from_toml_str("[model]\nwidht = 3\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.source().is_none());
+        assert_eq!(
+            e.to_string().matches("widht").count(),
+            2,
+            "the snippet and the message: {e}"
         );
     }
 

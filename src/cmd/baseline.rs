@@ -50,8 +50,8 @@ pub struct BaselineArgs {
 /// `--set`, then the shorthand flags.
 fn baseline_config(args: &BaselineArgs) -> anyhow::Result<Config> {
     let mut cfg = match &args.config {
-        Some(path) => Config::from_file(path)
-            .with_context(|| format!("reading the experiment config {}", path.display()))?,
+        // ConfigError names the file already; a context would repeat it.
+        Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
     for assignment in &args.set {

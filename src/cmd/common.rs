@@ -45,8 +45,8 @@ pub struct CommonArgs {
 /// The resolved config, with overrides applied and validated.
 pub fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
     let mut cfg = match &args.config {
-        Some(path) => Config::from_file(path)
-            .with_context(|| format!("reading the experiment config {}", path.display()))?,
+        // ConfigError names the file already; a context would repeat it.
+        Some(path) => Config::from_file(path)?,
         None => Config::from_toml_str(QUICK_CONFIG, Path::new("assets/synthetic_quick.toml"))?,
     };
     for assignment in &args.set {
