@@ -1,11 +1,11 @@
 //! Pretraining, fine-tuning and scoring on the GPU.
 //!
-//! One training step = upload (double-buffered) → STIGA views → forward of the
-//! three views → FGCO (or cross-entropy) → backward → AdamW, all recorded into
-//! one command encoder and submitted once. The step's loss is copied into a
-//! GPU loss history; the host reads that history every `LOG_EVERY` steps
-//! (one readback for many steps), which also keeps the host from running far
-//! ahead of the GPU.
+//! One training step = upload (double-buffered) → `train::step` (STIGA views →
+//! forward of the three views → FGCO, or cross-entropy → backward → AdamW),
+//! all recorded into one command encoder and submitted once. The step's loss
+//! is copied into a GPU loss history; the host reads that history every
+//! `LOG_EVERY` steps (one readback for many steps), which also keeps the host
+//! from running far ahead of the GPU.
 
 use std::sync::Arc;
 use std::time::Instant;
