@@ -233,18 +233,18 @@ pub fn write_dataset(dir: &Path, config: &SynthConfig) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
+    fs::create_dir_all(&parent).map_err(|e| DataError::write(&parent, e))?;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
     if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
+        fs::remove_dir_all(&staging).map_err(|e| DataError::write(&staging, e))?;
     }
-    fs::create_dir(&staging).map_err(|e| DataError::io(&staging, e))?;
+    fs::create_dir(&staging).map_err(|e| DataError::write(&staging, e))?;
     let written = write_contents(&staging, config)
-        .and_then(|()| fs::rename(&staging, dir).map_err(|e| DataError::io(dir, e)));
+        .and_then(|()| fs::rename(&staging, dir).map_err(|e| DataError::write(dir, e)));
     if written.is_err() {
         let _ = fs::remove_dir_all(&staging);
     }
@@ -265,7 +265,7 @@ fn write_contents(folder: &Path, config: &SynthConfig) -> Result<()> {
         ));
     }
     let labels_path = folder.join("labels.csv");
-    fs::write(&labels_path, table).map_err(|e| DataError::io(&labels_path, e))?;
+    fs::write(&labels_path, table).map_err(|e| DataError::write(&labels_path, e))?;
 
     let classes: Vec<String> = (0..config.classes)
         .map(|c| format!("{{ value = \"{c}\", name = \"class{c}\" }}"))
@@ -295,7 +295,7 @@ fn write_contents(folder: &Path, config: &SynthConfig) -> Result<()> {
         config.length.min(64)
     );
     let toml_path = folder.join("dataset.toml");
-    fs::write(&toml_path, description).map_err(|e| DataError::io(&toml_path, e))
+    fs::write(&toml_path, description).map_err(|e| DataError::write(&toml_path, e))
 }
 
 #[cfg(test)]
