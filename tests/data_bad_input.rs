@@ -112,6 +112,23 @@ fn cases() -> Vec<Case> {
             expected: "<dir>/dataset.toml: line 7: invalid dataset description: unknown field `lable_column`, expected one of `table`, `id_column`, `id_from_file_name`, `label_column`, `classes`, `subject_column`, `site_column`, `missing_values`",
         },
         Case {
+            // Out of range is reported as out of range, not as a type mix-up.
+            name: "negative crop length",
+            setup: |dir| {
+                edit(dir, "dataset.toml", "crop_length = 4", "crop_length = -1");
+                None
+            },
+            expected: "<dir>/dataset.toml: line 12: invalid dataset description: invalid value: integer `-1`, expected usize",
+        },
+        Case {
+            name: "crop length beyond TOML's integers",
+            setup: |dir| {
+                edit(dir, "dataset.toml", "crop_length = 4", "crop_length = 99999999999999999999");
+                None
+            },
+            expected: "<dir>/dataset.toml: line 12: invalid dataset description: number too large to fit in target type",
+        },
+        Case {
             name: "empty file",
             setup: |dir| {
                 fs::write(dir.join("s2.txt"), "").unwrap();
