@@ -27,8 +27,8 @@ use crate::data::Dataset;
 
 mod connectivity;
 pub use connectivity::{
-    partial_from_covariance, shrunk_covariance, spd_log, symmetric_exp, symmetric_to_vector,
-    Connectivity, FeatureKind, SymmetricEigen, TangentSpace,
+    geometric_mean, partial_from_covariance, shrunk_covariance, spd_log, symmetric_exp,
+    symmetric_to_vector, Connectivity, FeatureKind, MeanOptions, SymmetricEigen, TangentSpace,
 };
 
 #[derive(Debug, Error)]

@@ -10,16 +10,14 @@
 //!
 //! - **partial**: Θ = Σ̂⁻¹, P_ij = −Θ_ij / √(Θ_ii Θ_jj), upper triangle (i < j),
 //!   as nilearn's `kind="partial correlation"`.
-//! - **tangent**: a reference mean M of the *training* scans' covariances, then
-//!   per scan T = logm(M^{-1/2} Σ̂ M^{-1/2}), vectorized as nilearn's
-//!   `sym_matrix_to_vec`: the upper triangle with the diagonal, off-diagonal
-//!   entries times √2 (so the vector's norm is T's Frobenius norm). **[call]**
-//!   M is the log-Euclidean mean, expm(mean logm Σ̂ᵢ), where nilearn iterates to
-//!   the Riemannian (affine-invariant) geometric mean. The two coincide for
-//!   commuting matrices and are close in general; the log-Euclidean one costs
-//!   one eigendecomposition per scan and fold instead of one per scan, fold and
-//!   iteration (up to 10), which on ABIDE (665 scans of 200 regions, five folds)
-//!   is minutes instead of an hour.
+//! - **tangent**: the reference M is the geometric (Riemannian, affine-invariant)
+//!   mean of the *training* scans' covariances, computed as nilearn's
+//!   `_geometric_mean` does for `kind="tangent"` (gradient descent from the
+//!   arithmetic mean, at most 30 steps, tolerance 1e-7 on the gradient norm per
+//!   matrix entry, step halved when the norm grows); then per scan
+//!   T = logm(M^{-1/2} Σ̂ M^{-1/2}), vectorized as nilearn's `sym_matrix_to_vec`:
+//!   the upper triangle with the diagonal, diagonal entries divided by √2 (so the
+//!   vector's norm is T's Frobenius norm over √2).
 //!
 //! Eigendecompositions are Householder tridiagonalization + implicit QL (the
 //! EISPACK `tred2`/`tql2` pair, as in JAMA), in a fixed order: the same input
@@ -369,61 +367,139 @@ pub fn partial_from_covariance(cov: ArrayView2<'_, f64>) -> Vec<f64> {
     out
 }
 
-/// The upper triangle of a symmetric matrix with its diagonal, off-diagonal
-/// entries times √2 (nilearn's `sym_matrix_to_vec`, row-major over i ≤ j).
+/// The upper triangle of a symmetric matrix with its diagonal, diagonal
+/// entries divided by √2 (nilearn's `sym_matrix_to_vec`, which takes the lower
+/// triangle: the same values, row-major over i ≤ j here).
 pub fn symmetric_to_vector(m: ArrayView2<'_, f64>) -> Vec<f64> {
     let n = m.nrows();
     let mut out = Vec::with_capacity(n * (n + 1) / 2);
     for i in 0..n {
-        out.push(m[[i, i]]);
+        out.push(m[[i, i]] / std::f64::consts::SQRT_2);
         for j in i + 1..n {
-            out.push(m[[i, j]] * std::f64::consts::SQRT_2);
+            out.push(m[[i, j]]);
         }
     }
     out
 }
 
+/// How the geometric mean's gradient descent stops (nilearn's values for
+/// `kind="tangent"`: 30 steps, 1e-7).
+#[derive(Debug, Clone, Copy)]
+pub struct MeanOptions {
+    pub max_iter: usize,
+    /// On ‖mean logm(M^{-1/2} Σᵢ M^{-1/2})‖_F divided by the entry count n².
+    pub tolerance: f64,
+}
+
+impl Default for MeanOptions {
+    fn default() -> Self {
+        MeanOptions {
+            max_iter: 30,
+            tolerance: 1e-7,
+        }
+    }
+}
+
+/// The geometric mean of SPD matrices: the M minimizing Σᵢ ‖logm(M^{-1/2} Σᵢ M^{-1/2})‖²,
+/// where Σᵢ logm(M^{-1/2} Σᵢ M^{-1/2}) = 0. Gradient descent along the geodesic
+/// from the arithmetic mean, step by step as nilearn's `_geometric_mean`
+/// (Fletcher & Joshi 2007, algorithm 3). Returns M and the steps taken.
+pub fn geometric_mean(
+    matrices: &[ArrayView2<'_, f64>],
+    options: MeanOptions,
+) -> Result<(Array2<f64>, usize)> {
+    let Some(first) = matrices.first() else {
+        return Err(BaselineError::NoReferenceScans);
+    };
+    let mut mean = Array2::zeros(first.dim());
+    for m in matrices {
+        mean += m;
+    }
+    mean /= matrices.len() as f64;
+    let entries = mean.len() as f64;
+    let mut norm_old = f64::INFINITY;
+    let mut step = 1.0;
+    let mut steps = 0;
+    for _ in 0..options.max_iter {
+        steps += 1;
+        let eigen =
+            SymmetricEigen::new(mean.view()).ok_or_else(|| BaselineError::NotPositiveDefinite {
+                what: "the geometric mean".to_string(),
+                smallest: f64::NAN,
+            })?;
+        let smallest = eigen.values.first().copied().unwrap_or(1.0);
+        if smallest.is_nan() || smallest <= 0.0 {
+            return Err(BaselineError::NotPositiveDefinite {
+                what: "the geometric mean".to_string(),
+                smallest,
+            });
+        }
+        let inv_sqrt = eigen.map(|l| 1.0 / l.sqrt());
+        let logs = in_parallel(matrices, |index, m| {
+            whitened_log(&inv_sqrt, *m, &format!("training covariance {index}"))
+        })?;
+        let mut logs_mean = Array2::zeros(mean.dim());
+        for log in &logs {
+            logs_mean += log;
+        }
+        logs_mean /= logs.len() as f64;
+        let mut norm = logs_mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+        // Move along the geodesic: M^{1/2} expm(step · mean log) M^{1/2}.
+        let sqrt = eigen.map(f64::sqrt);
+        let moved = symmetric_exp((&logs_mean * step).view());
+        mean = sqrt.dot(&moved).dot(&sqrt);
+        if norm < norm_old {
+            norm_old = norm;
+        } else if norm > norm_old {
+            step /= 2.0;
+            norm = norm_old;
+        }
+        if norm / entries < options.tolerance {
+            break;
+        }
+    }
+    Ok((mean, steps))
+}
+
+/// logm(W Σ W) for a symmetric W (a whitening), made exactly symmetric first:
+/// round-off leaves the product slightly asymmetric, and the eigensolver
+/// reads one triangle only.
+fn whitened_log(
+    whitening: &Array2<f64>,
+    cov: ArrayView2<'_, f64>,
+    what: &str,
+) -> Result<Array2<f64>> {
+    let whitened = whitening.dot(&cov).dot(whitening);
+    let symmetric = (&whitened + &whitened.t()) * 0.5;
+    spd_log(symmetric.view(), what)
+}
+
 /// The tangent space at a reference covariance: where scans are embedded.
 #[derive(Debug, Clone)]
 pub struct TangentSpace {
-    /// The reference (log-Euclidean mean) covariance M.
+    /// The reference covariance M: the geometric mean of the training covariances.
     pub mean: Array2<f64>,
     /// M^{-1/2}.
     pub whitening: Array2<f64>,
+    /// Gradient steps the geometric mean took.
+    pub steps: usize,
 }
 
 impl TangentSpace {
-    /// The log-Euclidean mean expm(mean Lᵢ) of covariances given by their matrix
-    /// logarithms Lᵢ = logm Σᵢ. M^{-1/2} = expm(−½ mean Lᵢ) comes from the same
-    /// eigendecomposition.
-    pub fn from_logs(logs: &[&Array2<f64>]) -> Result<Self> {
-        let Some(first) = logs.first() else {
-            return Err(BaselineError::NoReferenceScans);
-        };
-        let mut mean_log = Array2::zeros(first.dim());
-        for log in logs {
-            mean_log += *log;
-        }
-        mean_log /= logs.len() as f64;
-        let eigen = SymmetricEigen::new(mean_log.view()).ok_or_else(|| {
-            BaselineError::NotPositiveDefinite {
-                what: "the mean log-covariance".to_string(),
-                smallest: f64::NAN,
-            }
-        })?;
+    /// Fits the reference on `covariances` (the training scans').
+    pub fn fit(covariances: &[ArrayView2<'_, f64>], options: MeanOptions) -> Result<Self> {
+        let (mean, steps) = geometric_mean(covariances, options)?;
+        let whitening = spd_map(mean.view(), |l| 1.0 / l.sqrt(), "the geometric mean")?;
         Ok(TangentSpace {
-            mean: eigen.map(f64::exp),
-            whitening: eigen.map(|l| (-0.5 * l).exp()),
+            mean,
+            whitening,
+            steps,
         })
     }
 
     /// logm(M^{-1/2} Σ M^{-1/2}) of one covariance.
     pub fn embed(&self, cov: ArrayView2<'_, f64>, what: &str) -> Result<Array2<f64>> {
-        let whitened = self.whitening.dot(&cov).dot(&self.whitening);
-        // Round-off makes the product slightly asymmetric; the eigensolver reads
-        // one triangle only, so symmetrize explicitly for a well-defined result.
-        let symmetric = (&whitened + &whitened.t()) * 0.5;
-        spd_log(symmetric.view(), what)
+        whitened_log(&self.whitening, cov, what)
     }
 }
 
@@ -434,9 +510,8 @@ pub struct Connectivity {
     pub kind: FeatureKind,
     /// [scans, features] for pearson and partial; empty for tangent.
     fixed: Array2<f64>,
-    /// Tangent only: each scan's shrunk covariance and its matrix logarithm.
+    /// Tangent only: each scan's shrunk covariance.
     covariances: Vec<Array2<f64>>,
-    logs: Vec<Array2<f64>>,
     /// Scan names for messages.
     ids: Vec<String>,
 }
@@ -459,7 +534,6 @@ impl Connectivity {
             kind,
             fixed: Array2::zeros((0, 0)),
             covariances: Vec::new(),
-            logs: Vec::new(),
             ids,
         };
         let rows: Vec<Vec<f64>> = match kind {
@@ -468,12 +542,7 @@ impl Connectivity {
                 Ok(partial_from_covariance(shrunk_covariance(*s).view()))
             })?,
             FeatureKind::Tangent => {
-                let pairs = in_parallel(scans, |index, s| {
-                    let cov = shrunk_covariance(*s);
-                    let log = spd_log(cov.view(), &out.scan_name(index))?;
-                    Ok((cov, log))
-                })?;
-                (out.covariances, out.logs) = pairs.into_iter().unzip();
+                out.covariances = in_parallel(scans, |_, s| Ok(shrunk_covariance(*s)))?;
                 return Ok(out);
             }
         };
@@ -491,6 +560,17 @@ impl Connectivity {
         }
     }
 
+    /// Features per scan: N(N−1)/2, or N(N+1)/2 for tangent (with the diagonal).
+    pub fn width(&self) -> usize {
+        match self.kind {
+            FeatureKind::Tangent => self.covariances.first().map_or(0, |c| {
+                let n = c.nrows();
+                n * (n + 1) / 2
+            }),
+            _ => self.fixed.ncols(),
+        }
+    }
+
     fn scan_name(&self, index: usize) -> String {
         match self.ids.get(index) {
             Some(id) => format!("the covariance of scan {id}"),
@@ -505,8 +585,17 @@ impl Connectivity {
         if self.kind != FeatureKind::Tangent {
             return Ok(self.fixed.clone());
         }
-        let logs: Vec<&Array2<f64>> = train.iter().filter_map(|&i| self.logs.get(i)).collect();
-        let space = TangentSpace::from_logs(&logs)?;
+        let training: Vec<ArrayView2<'_, f64>> = train
+            .iter()
+            .filter_map(|&i| self.covariances.get(i))
+            .map(|c| c.view())
+            .collect();
+        let space = TangentSpace::fit(&training, MeanOptions::default())?;
+        log::debug!(
+            "tangent reference: geometric mean of {} training covariances in {} steps",
+            training.len(),
+            space.steps
+        );
         let covariances: Vec<ArrayView2<'_, f64>> =
             self.covariances.iter().map(|c| c.view()).collect();
         let rows = in_parallel(&covariances, |index, cov| {
@@ -688,12 +777,18 @@ mod tests {
         assert!(max_abs_diff(&cov, &cov.t().to_owned()) == 0.0);
     }
 
+    fn tight() -> MeanOptions {
+        MeanOptions {
+            max_iter: 200,
+            tolerance: 1e-16,
+        }
+    }
+
     #[test]
     fn tangent_of_the_mean_is_zero_and_commuting_case_is_exact() {
-        // One reference scan: its own embedding is 0.
+        // One reference scan: the mean is that scan, its own embedding is 0.
         let c = random_spd(5, 31);
-        let log = spd_log(c.view(), "c").unwrap();
-        let space = TangentSpace::from_logs(&[&log]).unwrap();
+        let space = TangentSpace::fit(&[c.view()], MeanOptions::default()).unwrap();
         assert!(max_abs_diff(&space.mean, &c) < 1e-12);
         let t = space.embed(c.view(), "c").unwrap();
         assert!(t.iter().all(|v| v.abs() < 1e-11), "{t:?}");
@@ -701,31 +796,65 @@ mod tests {
         // mean, and each embedding is ½ log of the ratio, opposite in sign.
         let a = arr2(&[[4.0, 0.0], [0.0, 1.0]]);
         let b = arr2(&[[1.0, 0.0], [0.0, 9.0]]);
-        let (la, lb) = (
-            spd_log(a.view(), "a").unwrap(),
-            spd_log(b.view(), "b").unwrap(),
-        );
-        let space = TangentSpace::from_logs(&[&la, &lb]).unwrap();
-        assert!(max_abs_diff(&space.mean, &arr2(&[[2.0, 0.0], [0.0, 3.0]])) < 1e-14);
+        let space = TangentSpace::fit(&[a.view(), b.view()], tight()).unwrap();
+        assert!(max_abs_diff(&space.mean, &arr2(&[[2.0, 0.0], [0.0, 3.0]])) < 1e-12);
         let ta = space.embed(a.view(), "a").unwrap();
         let tb = space.embed(b.view(), "b").unwrap();
         let half_log = |x: f64| 0.5 * x.ln();
-        assert!(
-            max_abs_diff(
-                &ta,
-                &arr2(&[[half_log(4.0), 0.0], [0.0, half_log(1.0 / 9.0)]])
-            ) < 1e-14
-        );
-        assert!(max_abs_diff(&(&ta + &tb), &Array2::zeros((2, 2))) < 1e-14);
+        let expected = arr2(&[[half_log(4.0), 0.0], [0.0, half_log(1.0 / 9.0)]]);
+        assert!(max_abs_diff(&ta, &expected) < 1e-12);
+        assert!(max_abs_diff(&(&ta + &tb), &Array2::zeros((2, 2))) < 1e-12);
         // The whitening is M^{-1/2}: W M W = I.
         let wmw = space.whitening.dot(&space.mean).dot(&space.whitening);
-        assert!(max_abs_diff(&wmw, &Array2::eye(2)) < 1e-14);
-        // Vectorized: diagonal as is, off-diagonal times √2.
+        assert!(max_abs_diff(&wmw, &Array2::eye(2)) < 1e-12);
+        // Vectorized as nilearn: diagonal over √2, off-diagonal as is.
         let m = arr2(&[[1.0, 2.0], [2.0, 3.0]]);
-        assert_eq!(
-            symmetric_to_vector(m.view()),
-            vec![1.0, 2.0 * std::f64::consts::SQRT_2, 3.0]
-        );
+        let s2 = std::f64::consts::SQRT_2;
+        assert_eq!(symmetric_to_vector(m.view()), vec![1.0 / s2, 2.0, 3.0 / s2]);
+    }
+
+    #[test]
+    fn geometric_mean_of_two_non_commuting_matrices_is_the_geodesic_midpoint() {
+        // For two SPD matrices the Riemannian mean has a closed form:
+        // A^{1/2} (A^{-1/2} B A^{-1/2})^{1/2} A^{1/2}.
+        for (n, seed) in [(2usize, 61u64), (4, 62), (9, 63)] {
+            let a = random_spd(n, seed);
+            let b = random_spd(n, seed + 50);
+            let ea = SymmetricEigen::new(a.view()).unwrap();
+            let (a_sqrt, a_inv_sqrt) = (ea.map(f64::sqrt), ea.map(|l| 1.0 / l.sqrt()));
+            let inner = a_inv_sqrt.dot(&b).dot(&a_inv_sqrt);
+            let inner = (&inner + &inner.t()) * 0.5;
+            let inner_sqrt = SymmetricEigen::new(inner.view()).unwrap().map(f64::sqrt);
+            let expected = a_sqrt.dot(&inner_sqrt).dot(&a_sqrt);
+            let (mean, steps) = geometric_mean(&[a.view(), b.view()], tight()).unwrap();
+            assert!(
+                max_abs_diff(&mean, &expected) < 1e-10,
+                "n {n}: {steps} steps"
+            );
+            // nilearn's stopping rule stops early, close to the same point.
+            let (early, _) = geometric_mean(&[a.view(), b.view()], MeanOptions::default()).unwrap();
+            assert!(max_abs_diff(&early, &expected) < 1e-5, "n {n}");
+        }
+    }
+
+    #[test]
+    fn training_embeddings_average_to_zero_at_the_geometric_mean() {
+        // The mean is where Σᵢ logm(M^{-1/2} Σᵢ M^{-1/2}) = 0.
+        let covariances: Vec<Array2<f64>> = (0..6).map(|i| random_spd(5, 70 + i)).collect();
+        let views: Vec<_> = covariances.iter().map(|c| c.view()).collect();
+        let space = TangentSpace::fit(&views, tight()).unwrap();
+        let mut sum = Array2::<f64>::zeros((5, 5));
+        for c in &covariances {
+            sum += &space.embed(c.view(), "c").unwrap();
+        }
+        assert!(sum.iter().all(|v| v.abs() < 1e-10), "{sum:?}");
+        // The arithmetic mean (the start) is not that point.
+        let mut arithmetic = Array2::<f64>::zeros((5, 5));
+        for c in &covariances {
+            arithmetic += c;
+        }
+        arithmetic /= 6.0;
+        assert!(max_abs_diff(&arithmetic, &space.mean) > 1e-3);
     }
 
     fn random_scans(count: usize, n: usize, t: usize, seed: u64) -> Vec<Array2<f32>> {
@@ -748,6 +877,9 @@ mod tests {
             .for_fold(&train)
             .unwrap();
         assert_eq!(before.dim(), (8, 10));
+        let space =
+            Connectivity::from_scans(&views(&scans), ids.clone(), FeatureKind::Tangent).unwrap();
+        assert_eq!((space.scans(), space.width()), (8, 10));
         // Change a test scan beyond recognition: no other row may move.
         scans[6].mapv_inplace(|v| 10.0 * v * v);
         let after = Connectivity::from_scans(&views(&scans), ids.clone(), FeatureKind::Tangent)
@@ -783,6 +915,7 @@ mod tests {
             assert_eq!(partial.for_fold(&[0]).unwrap().row(i).to_vec(), expected);
         }
         assert_eq!(partial.for_fold(&[1]).unwrap().dim(), (3, 10));
+        assert_eq!((partial.scans(), partial.width()), (3, 10));
         assert_eq!(
             "tangent".parse::<FeatureKind>().unwrap(),
             FeatureKind::Tangent
