@@ -235,6 +235,9 @@ pub enum SplitKind {
 pub struct BaselineConfig {
     /// Inverse L2 strength of the FC + logistic-regression baseline (scikit-learn's C).
     pub c_reg: f64,
+    /// Connectivity the baseline classifies: "pearson", "partial" or "tangent"
+    /// (an unknown name is rejected by the deserializer, naming the three).
+    pub features: crate::train::baseline::FeatureKind,
 }
 
 impl Default for ModelConfig {
@@ -311,7 +314,10 @@ impl Default for EvaluateConfig {
 
 impl Default for BaselineConfig {
     fn default() -> Self {
-        BaselineConfig { c_reg: 1.0 }
+        BaselineConfig {
+            c_reg: 1.0,
+            features: crate::train::baseline::FeatureKind::Pearson,
+        }
     }
 }
 
