@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 
 use stptf::config::{Config, SplitKind};
@@ -17,9 +17,7 @@ use stptf::train::checkpoint;
 use stptf::train::metrics::{format_table, roc_curve, FoldMetrics, Scores, Summary};
 use stptf::train::plots::{importance_svg, loss_curve_svg, roc_svg, RocCurve, Series};
 use stptf::train::rundir::RunDir;
-use stptf::train::trainer::{
-    host_tensors, score_scans, train_phase, Phase, PhaseReport, RunOptions,
-};
+use stptf::train::trainer::{score_scans, train_phase, Phase, PhaseReport, RunOptions};
 
 /// The experiment used when no `--config` is given: a small model that
 /// pretrains in a few minutes on lavapipe.
@@ -99,11 +97,16 @@ pub struct PredictArgs {
 
 /// The resolved config, with overrides applied and validated.
 fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
-    let mut cfg = match &args.config {
+    let cfg = match &args.config {
         Some(path) => Config::from_file(path)
             .with_context(|| format!("reading the experiment config {}", path.display()))?,
         None => Config::from_toml_str(QUICK_CONFIG, Path::new("assets/synthetic_quick.toml"))?,
     };
+    apply_overrides(cfg, args)
+}
+
+/// `cfg` with `--set`, `--seed` and `--dataset` applied, validated.
+fn apply_overrides(mut cfg: Config, args: &CommonArgs) -> anyhow::Result<Config> {
     for assignment in &args.set {
         cfg.apply_assignment(assignment)?;
     }
@@ -247,32 +250,54 @@ fn write_region_importance(gpu: &Gpu, model: &Model, run: &RunDir) -> anyhow::Re
 
 pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<()> {
     let c = &args.common;
-    let (run, cfg, resume) = match &args.resume {
-        Some(dir) => {
-            let run = RunDir::open(dir)?;
-            let ckpt = checkpoint::load(&run.file("checkpoint-pretrain")).with_context(|| {
-                format!("no pretraining checkpoint to resume in {}", dir.display())
-            })?;
-            let cfg = ckpt.meta.config.clone();
-            (run, cfg, Some(ckpt))
+    let Some(dir) = &args.resume else {
+        let cfg = load_config(c)?;
+        let out = c.out.clone().unwrap_or_else(|| default_out("pretrain"));
+        let run = RunDir::create(&out)?;
+        let result = run_pretrain(args, &run, &cfg, None);
+        // A run that failed before training (bad data, a batch too large)
+        // leaves nothing behind, so the same --out can be used again.
+        if result.is_err() && run.remove_if_unstarted() {
+            log::debug!("removed the unstarted run directory {}", out.display());
         }
-        None => {
-            let cfg = load_config(c)?;
-            let out = c.out.clone().unwrap_or_else(|| default_out("pretrain"));
-            let run = RunDir::create(&out)?;
-            run.write_config(&cfg)?;
-            (run, cfg, None)
-        }
+        return result;
     };
-    let dataset = load_dataset(&cfg, c.data.as_deref(), c.quiet)?;
+    let context = || format!("cannot resume {}", dir.display());
+    let ckpt = checkpoint::load_for_phase(dir, "pretrain").with_context(context)?;
+    let run = RunDir::open(dir)?;
+    // The config the run started with (RUN/config.toml, else the
+    // checkpoint's), or the one --config names; either way with --set,
+    // --seed and --dataset applied. `resume::check` refuses any difference.
+    let recorded = run.file("config.toml");
+    let cfg = match &c.config {
+        Some(_) => load_config(c)?,
+        None if recorded.is_file() => Config::from_file(&recorded)
+            .map_err(anyhow::Error::from)
+            .and_then(|cfg| apply_overrides(cfg, c))
+            .with_context(context)?,
+        None => apply_overrides(ckpt.meta.config.clone(), c)?,
+    };
+    run_pretrain(args, &run, &cfg, Some(&ckpt))
+}
+
+fn run_pretrain(
+    args: &PretrainArgs,
+    run: &RunDir,
+    cfg: &Config,
+    resume: Option<&checkpoint::Checkpoint>,
+) -> anyhow::Result<()> {
+    let c = &args.common;
+    let dataset = load_dataset(cfg, c.data.as_deref(), c.quiet)?;
+    if let Some(ckpt) = resume {
+        stptf::train::resume::check(run.path(), ckpt, cfg, &dataset)?;
+    }
+    if resume.is_none() {
+        run.write_config(cfg)?;
+    }
     let gpu = open_gpu(c.quiet)?;
-    let model = match &resume {
-        Some(ckpt) => {
-            if ckpt.meta.data_fingerprint != checkpoint::data_fingerprint(&dataset) {
-                bail!("the checkpoint in {} was trained on different data (fingerprint mismatch); resume with the same dataset", run.path().display());
-            }
-            Model::from_host(&gpu, cfg.model.clone(), dims(&dataset), &host_tensors(ckpt))?
-        }
+    let model = match resume {
+        Some(ckpt) => Model::from_host(&gpu, cfg.model.clone(), dims(&dataset), &ckpt.weights)
+            .with_context(|| format!("cannot resume {}", run.path().display()))?,
         None => Model::new(&gpu, cfg.model.clone(), dims(&dataset), cfg.seed)?,
     };
     let scans: Vec<usize> = (0..dataset.scans.len()).collect();
@@ -286,27 +311,17 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<()> {
         &model,
         &dataset,
         &scans,
-        &cfg,
+        cfg,
         Phase::Pretrain,
-        resume.as_ref(),
+        resume,
         &opts,
     )?;
-    write_loss_plot(&run, &report)?;
+    write_loss_plot(run, &report)?;
     run.write_summary(&report)?;
     print_report(&report, c.quiet);
     println!("checkpoint: {}", run.file("checkpoint-pretrain").display());
     println!("metrics:    {}", run.file("metrics.jsonl").display());
     Ok(())
-}
-
-/// A checkpoint directory from a run directory or a checkpoint directory.
-fn checkpoint_dir(path: &Path, phase: &str) -> PathBuf {
-    let nested = path.join(format!("checkpoint-{phase}"));
-    if nested.is_dir() {
-        nested
-    } else {
-        path.to_path_buf()
-    }
 }
 
 pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
@@ -316,21 +331,21 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<()> {
     let gpu = open_gpu(c.quiet)?;
     let model = match &args.from {
         Some(from) => {
-            let dir = checkpoint_dir(from, "pretrain");
-            let ckpt = checkpoint::load(&dir)
-                .with_context(|| format!("loading the pretrained checkpoint {}", dir.display()))?;
-            Model::from_host(
-                &gpu,
-                cfg.model.clone(),
-                dims(&dataset),
-                &host_tensors(&ckpt),
-            )
-            .with_context(|| {
+            let ckpt = checkpoint::load_for_phase(from, "pretrain").with_context(|| {
                 format!(
-                    "the checkpoint {} does not fit this config and dataset",
-                    dir.display()
+                    "loading the pretrained checkpoint --from {}",
+                    from.display()
                 )
-            })?
+            })?;
+            let dir = from;
+            Model::from_host(&gpu, cfg.model.clone(), dims(&dataset), &ckpt.weights).with_context(
+                || {
+                    format!(
+                        "the checkpoint {} does not fit this config and dataset",
+                        dir.display()
+                    )
+                },
+            )?
         }
         None => Model::new(&gpu, cfg.model.clone(), dims(&dataset), cfg.seed)?,
     };
@@ -516,9 +531,9 @@ pub fn evaluate(args: &EvaluateArgs) -> anyhow::Result<()> {
 }
 
 pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
-    let dir = checkpoint_dir(&args.model, "finetune");
-    let ckpt = checkpoint::load(&dir)
-        .with_context(|| format!("loading the fine-tuned model {}", dir.display()))?;
+    let dir = &args.model;
+    let ckpt = checkpoint::load_for_phase(dir, "finetune")
+        .with_context(|| format!("loading the fine-tuned model --model {}", dir.display()))?;
     let cfg = ckpt.meta.config.clone();
     let dataset = Arc::new(
         Dataset::from_config_file(&args.dataset, args.data.as_deref()).with_context(|| {
@@ -529,20 +544,15 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         })?,
     );
     let gpu = open_gpu(true)?;
-    let model = Model::from_host(
-        &gpu,
-        cfg.model.clone(),
-        dims(&dataset),
-        &host_tensors(&ckpt),
-    )
-    .with_context(|| {
-        format!(
-            "the model in {} does not fit this dataset ({} regions, {} classes)",
-            dir.display(),
-            dataset.n_regions,
-            dataset.num_classes()
-        )
-    })?;
+    let model = Model::from_host(&gpu, cfg.model.clone(), dims(&dataset), &ckpt.weights)
+        .with_context(|| {
+            format!(
+                "the model in {} does not fit this dataset ({} regions, {} classes)",
+                dir.display(),
+                dataset.n_regions,
+                dataset.num_classes()
+            )
+        })?;
     let scans: Vec<usize> = (0..dataset.scans.len()).collect();
     let probs = score_scans(&gpu, &model, &dataset, &scans, &cfg)?;
     let mut csv = String::from("id,predicted");

@@ -17,7 +17,7 @@ use crate::ops::matmul::Spec;
 use crate::ops::{graph_conv, partial_correlation, segment_pool, window};
 
 pub use augment::{make_views, Views};
-pub use params::{DataDims, HostTensor, Params};
+pub use params::{DataDims, HostTensor, Params, ParamsError};
 
 /// Barlow Twins off-diagonal weight (λ, DESIGN.md §3).
 pub const LAMBDA_OFFDIAG: f32 = 0.0051;
@@ -67,7 +67,7 @@ impl Model {
         cfg: ModelConfig,
         dims: DataDims,
         tensors: &[HostTensor],
-    ) -> Result<Self> {
+    ) -> std::result::Result<Self, ParamsError> {
         let params = Params::from_host(gpu, &cfg, dims, tensors)?;
         Ok(Self { cfg, dims, params })
     }
