@@ -353,6 +353,12 @@ fn tidy(slots: &Slots) -> Result<()> {
     Ok(())
 }
 
+/// Removes what interrupted saves of `dir` left beside it (see `tidy`); a
+/// resumed run calls it, since it may have no save left to do it.
+pub fn remove_debris(dir: &Path) -> Result<()> {
+    tidy(&Slots::of(dir))
+}
+
 /// Writes `bytes` to the new file `path` and fsyncs it; `point` is the fault
 /// point in the middle of the write (a full disk fails there).
 fn write_synced(path: &Path, bytes: &[u8], point: &str) -> Result<()> {

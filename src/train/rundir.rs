@@ -113,8 +113,24 @@ impl RunDir {
     }
 
     /// Opens (or creates) a run directory to add to, e.g. when resuming.
+    /// Removes the temporary files of atomic writes a killed run left in it
+    /// (`.NAME.tmp-PID`; never read, see `atomic::write`).
     pub fn open(root: &Path) -> Result<Self> {
         fs::create_dir_all(root).map_err(io(root, "cannot create"))?;
+        for entry in fs::read_dir(root)
+            .map_err(io(root, "cannot list"))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = name.starts_with('.')
+                && name.contains(".tmp-")
+                && entry.file_type().is_ok_and(|t| t.is_file());
+            if stale {
+                let path = entry.path();
+                fs::remove_file(&path)
+                    .map_err(io(&path, "cannot remove a stale temporary file"))?;
+            }
+        }
         Ok(RunDir {
             root: root.to_path_buf(),
             created: false,
@@ -373,7 +389,12 @@ mod tests {
         // A second run cannot reuse the folder.
         let e = RunDir::create(run.path()).unwrap_err().to_string();
         assert!(e.contains("already exists"), "{e}");
+        // Reopening removes what a killed atomic write left, nothing else.
+        fs::write(run.file(".summary.json.tmp-12345"), b"{").unwrap();
+        fs::write(run.file(".notes"), b"mine").unwrap();
         assert!(RunDir::open(run.path()).is_ok());
+        assert!(!run.file(".summary.json.tmp-12345").exists());
+        assert!(run.file(".notes").exists() && run.file("summary.json").exists());
     }
 
     #[test]

@@ -277,6 +277,9 @@ pub fn train_phase(
         .run
         .as_ref()
         .map(|r| r.file(&format!("checkpoint-{}", phase.name())));
+    if let (Some(dir), Some(_)) = (&ckpt_dir, resume) {
+        checkpoint::remove_debris(dir)?;
+    }
     let mut log = match &opts.run {
         Some(r) => Some(r.metrics_log()?),
         None => None,
