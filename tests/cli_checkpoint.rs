@@ -162,6 +162,11 @@ fn resume_refuses_another_config_or_other_data_naming_the_difference() {
         e.contains(&format!("cannot resume {}: the config differs from the one the run started with (config key model.width: checkpoint 16, now 8)", run.display())),
         "{e}"
     );
+    let e = fails(&resume(&["--out", p(&tmp.path().join("elsewhere"))]));
+    assert!(
+        e.contains("'--resume <RESUME>' cannot be used with '--out <OUT>'"),
+        "{e}"
+    );
     let e = fails(&resume(&["--set", "pretrain.epochs=5"]));
     assert!(
         e.contains("config key pretrain.epochs: checkpoint 2, now 5"),

@@ -55,8 +55,9 @@ pub struct CommonArgs {
 pub struct PretrainArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Continue an interrupted run from its directory's last checkpoint.
-    #[arg(long)]
+    /// Continue an interrupted run from its directory's last checkpoint, with
+    /// the config and data it started with (any difference is refused).
+    #[arg(long, conflicts_with = "out")]
     pub resume: Option<PathBuf>,
     /// Stop after this many epochs (the checkpoint allows `--resume` later).
     #[arg(long)]
