@@ -295,6 +295,7 @@ impl Slots {
             .parse()
             .ok()
     }
+    #[cfg_attr(not(unix), allow(dead_code))]
     fn is_link(&self) -> bool {
         fs::symlink_metadata(&self.dir).is_ok_and(|m| m.file_type().is_symlink())
     }
@@ -308,19 +309,13 @@ fn resolve(dir: &Path) -> Option<PathBuf> {
         return Some(dir.to_path_buf());
     }
     let slots = Slots::of(dir);
-    let fallback = slots
+    slots
         .versions()
         .into_iter()
         .rev()
         .map(|k| slots.version(k))
         .chain([slots.legacy_previous()])
-        .find(|p| p.join(META_FILE).is_file())?;
-    log::warn!(
-        "{}: not found; using {}, left by a save that was interrupted",
-        dir.display(),
-        fallback.display()
-    );
-    Some(fallback)
+        .find(|p| p.join(META_FILE).is_file())
 }
 
 /// Removes what interrupted saves left beside `NAME`: a partial folder, a
@@ -493,6 +488,13 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             CheckpointError::Missing { path }
         });
     };
+    if source != dir {
+        log::warn!(
+            "{}: not found; using {}, left by a save that was interrupted",
+            dir.display(),
+            source.display()
+        );
+    }
     let meta_path = source.join(META_FILE);
     let bytes = fs::read(&meta_path).map_err(io(&meta_path, "cannot read"))?;
     let json_error = |source| CheckpointError::Json {
