@@ -361,6 +361,21 @@ fn checkpoint_errors_name_the_right_thing() {
             "{e}"
         );
     }
+    // A deleted optimizer file is named (checkpoint.json lists it).
+    std::fs::write(&meta, &text).unwrap();
+    let optimizer = ckpt.join("optimizer.safetensors");
+    let moments = std::fs::read(&optimizer).unwrap();
+    std::fs::remove_file(&optimizer).unwrap();
+    let e = fails(&stptf(&["pretrain", "--resume", p(&pre), "--quiet"]));
+    assert!(
+        e.contains(&format!(
+            "{}: cannot read: No such file or directory (os error 2)",
+            optimizer.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(e.matches("os error 2").count(), 1, "{e}");
+    std::fs::write(&optimizer, moments).unwrap();
     // A damaged safetensors header: the cause is said once.
     std::fs::write(&meta, &text).unwrap();
     std::fs::write(&weights_path, b"\xff\xff\xff\xff\xff\xff\xff\xff{}").unwrap();

@@ -251,9 +251,16 @@ pub fn train_phase(
     let mut losses = Vec::new();
     let mut seconds_before = 0.0;
     if let Some(ckpt) = resume {
-        if let Some(state) = &ckpt.optimizer {
-            restore_optimizer(gpu, model, &mut opt, state)?;
-        }
+        // Without the AdamW moments the resumed run would silently differ
+        // from the uninterrupted one.
+        let Some(state) = &ckpt.optimizer else {
+            return Err(TrainError::Invalid(format!(
+                "the {} checkpoint holds no optimizer state ({}), so the run cannot be resumed exactly; start a new run",
+                phase.name(),
+                checkpoint::OPTIMIZER_FILE
+            )));
+        };
+        restore_optimizer(gpu, model, &mut opt, state)?;
         first_epoch = ckpt.meta.epoch;
         if let Some(run) = &opts.run {
             let earlier =
