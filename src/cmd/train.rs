@@ -13,11 +13,11 @@ use stptf::data::synth::{generate, SynthConfig};
 use stptf::data::Dataset;
 use stptf::gpu::Gpu;
 use stptf::model::{DataDims, Model};
-use stptf::train::checkpoint;
 use stptf::train::metrics::{format_table, roc_curve, FoldMetrics, Scores, Summary};
 use stptf::train::plots::{importance_svg, loss_curve_svg, roc_svg, RocCurve, Series};
 use stptf::train::rundir::RunDir;
 use stptf::train::trainer::{score_scans, train_phase, Phase, PhaseReport, RunOptions};
+use stptf::train::{checkpoint, resume};
 
 /// The experiment used when no `--config` is given: a small model that
 /// pretrains in a few minutes on lavapipe.
@@ -266,17 +266,15 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<()> {
     let context = || format!("cannot resume {}", dir.display());
     let ckpt = checkpoint::load_for_phase(dir, "pretrain").with_context(context)?;
     let run = RunDir::open(dir)?;
-    // The config the run started with (RUN/config.toml, else the
-    // checkpoint's), or the one --config names; either way with --set,
-    // --seed and --dataset applied. `resume::check` refuses any difference.
-    let recorded = run.file("config.toml");
+    // The config the run started with, or the one --config names; either
+    // way with --set, --seed and --dataset applied. `resume::check` refuses
+    // any difference from the checkpoint's.
     let cfg = match &c.config {
         Some(_) => load_config(c)?,
-        None if recorded.is_file() => Config::from_file(&recorded)
-            .map_err(anyhow::Error::from)
-            .and_then(|cfg| apply_overrides(cfg, c))
-            .with_context(context)?,
-        None => apply_overrides(ckpt.meta.config.clone(), c)?,
+        None => apply_overrides(
+            resume::recorded_config(&run, &ckpt).with_context(context)?,
+            c,
+        )?,
     };
     run_pretrain(args, &run, &cfg, Some(&ckpt))
 }
@@ -290,7 +288,7 @@ fn run_pretrain(
     let c = &args.common;
     let dataset = load_dataset(cfg, c.data.as_deref(), c.quiet)?;
     if let Some(ckpt) = resume {
-        stptf::train::resume::check(run.path(), ckpt, cfg, &dataset)?;
+        resume::check(run.path(), ckpt, cfg, &dataset)?;
     }
     if resume.is_none() {
         run.write_config(cfg)?;

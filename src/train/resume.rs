@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 use super::checkpoint::{Checkpoint, DataPrint};
-use crate::config::Config;
+use super::rundir::RunDir;
+use crate::config::{Config, ConfigError};
 use crate::data::Dataset;
 
 #[derive(Debug, Error)]
@@ -86,6 +87,18 @@ fn flatten(config: &Config) -> BTreeMap<String, serde_json::Value> {
         walk("", value, &mut out);
     }
     out
+}
+
+/// The config a run started with: its `config.toml` (which the user may
+/// have edited; `check` then names the edit), or the checkpoint's own if
+/// that file is gone.
+pub fn recorded_config(run: &RunDir, checkpoint: &Checkpoint) -> Result<Config, ConfigError> {
+    let recorded = run.file("config.toml");
+    if recorded.is_file() {
+        Config::from_file(&recorded)
+    } else {
+        Ok(checkpoint.meta.config.clone())
+    }
 }
 
 /// Refuses to resume `checkpoint` (of the run in `run`) with the config
