@@ -221,19 +221,35 @@ fn recovers(fx: &Fixture, run: &Path, reference: &RunView, what: &str) {
     assert_eq!(&view(run), reference, "{what}: the resumed run differs");
 }
 
-fn reference(fx: &Fixture) -> RunView {
+/// Polls until the run's first checkpoint exists.
+fn wait_for_first_checkpoint(run: &Path) -> bool {
+    let first = run.join("checkpoint-pretrain").join("checkpoint.json");
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while !first.exists() && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    first.exists()
+}
+
+/// The uninterrupted run, and how long it ran after its first checkpoint
+/// (the span the random kills are spread over, whatever the machine).
+fn reference(fx: &Fixture) -> (RunView, Duration) {
     let whole = fx.path("whole");
-    ok(&fx.pretrain(&whole).output().unwrap());
+    let (mut child, _lines) = spawn(fx.pretrain(&whole));
+    assert!(wait_for_first_checkpoint(&whole));
+    let first = Instant::now();
+    assert!(child.wait().unwrap().success());
+    let rest = first.elapsed();
     let v = view(&whole);
     assert_eq!(v.metrics.len() as u64, EPOCHS * STEPS_PER_EPOCH);
-    v
+    (v, rest)
 }
 
 #[test]
 fn kill_9_at_every_stage_of_the_swap_and_at_random_points_loses_nothing() {
     let started = Instant::now();
     let fx = Fixture::new();
-    let reference = reference(&fx);
+    let (reference, rest) = reference(&fx);
     let mut kills = 0;
 
     for stage in STAGES {
@@ -271,15 +287,14 @@ fn kill_9_at_every_stage_of_the_swap_and_at_random_points_loses_nothing() {
         state = state
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let delay = Duration::from_millis((state >> 33) % 500);
+        // A point in [0, 1.1) of the time the reference ran on from here.
+        let delay = rest.mul_f64(((state >> 33) % 1100) as f64 / 1000.0);
         let run = fx.path(&format!("random-{trial}"));
         let (mut child, _lines) = spawn(fx.pretrain(&run));
-        let first = run.join("checkpoint-pretrain").join("checkpoint.json");
-        let wait_until = Instant::now() + Duration::from_secs(120);
-        while !first.exists() && Instant::now() < wait_until {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        assert!(first.exists(), "trial {trial}: no first checkpoint");
+        assert!(
+            wait_for_first_checkpoint(&run),
+            "trial {trial}: no first checkpoint"
+        );
         std::thread::sleep(delay);
         kill_9(&mut child);
         kills += 1;
@@ -319,7 +334,7 @@ fn kill_9_at_every_stage_of_the_swap_and_at_random_points_loses_nothing() {
     }
     assert!(kills >= 20);
     // Most random kills must land before the run finished, or they test
-    // little (the delays span about the run's remaining length).
+    // little (the delays span the reference run's remaining length).
     assert!(
         mid_run >= 5,
         "only {mid_run} of 12 random kills hit a running run"
@@ -333,7 +348,7 @@ fn kill_9_at_every_stage_of_the_swap_and_at_random_points_loses_nothing() {
 #[test]
 fn a_full_disk_while_saving_keeps_the_previous_checkpoint_and_leaves_no_partial() {
     let fx = Fixture::new();
-    let reference = reference(&fx);
+    let (reference, _) = reference(&fx);
     for (stage, save) in [
         ("checkpoint-write-optimizer", 2),
         ("checkpoint-write-weights", 3),
