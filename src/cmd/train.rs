@@ -283,18 +283,18 @@ fn run_pretrain(
     args: &PretrainArgs,
     run: &RunDir,
     cfg: &Config,
-    resume: Option<&checkpoint::Checkpoint>,
+    resumed: Option<&checkpoint::Checkpoint>,
 ) -> anyhow::Result<()> {
     let c = &args.common;
     let dataset = load_dataset(cfg, c.data.as_deref(), c.quiet)?;
-    if let Some(ckpt) = resume {
+    if let Some(ckpt) = resumed {
         resume::check(run.path(), ckpt, cfg, &dataset)?;
     }
-    if resume.is_none() {
+    if resumed.is_none() {
         run.write_config(cfg)?;
     }
     let gpu = open_gpu(c.quiet)?;
-    let model = match resume {
+    let model = match resumed {
         Some(ckpt) => Model::from_host(&gpu, cfg.model.clone(), dims(&dataset), &ckpt.weights)
             .with_context(|| format!("cannot resume {}", run.path().display()))?,
         None => Model::new(&gpu, cfg.model.clone(), dims(&dataset), cfg.seed)?,
@@ -312,7 +312,7 @@ fn run_pretrain(
         &scans,
         cfg,
         Phase::Pretrain,
-        resume,
+        resumed,
         &opts,
     )?;
     write_loss_plot(run, &report)?;
