@@ -324,14 +324,14 @@ fn checkpoint_errors_name_the_right_thing() {
         "{e}"
     );
 
-    // A NaN weight: the checkpoint holds non-finite weights.
+    // A NaN weight: the checkpoint has non-finite weights.
     let mut nan = weights.clone();
     nan[0].data[0] = f32::NAN;
     std::fs::write(&weights_path, encode_safetensors(&nan, None).unwrap()).unwrap();
     let e = fails(&finetune(&pre, "x4"));
     assert!(
         e.contains(&format!(
-            "{}: tensor `{}` holds 1 non-finite values (NaN or Inf): the checkpoint holds non-finite weights and cannot be used",
+            "{}: tensor `{}` holds 1 non-finite values (NaN or Inf): the checkpoint has non-finite weights and cannot be used",
             weights_path.display(),
             nan[0].name
         )),

@@ -83,7 +83,7 @@ pub enum CheckpointError {
 
     #[error(
         "{path}: tensor `{name}` holds {count} non-finite values (NaN or Inf): the checkpoint \
-         holds non-finite weights and cannot be used"
+         has non-finite weights and cannot be used"
     )]
     NonFinite {
         path: String,
@@ -1200,7 +1200,7 @@ mod tests {
         assert!(
             e.contains(
                 "weights.safetensors: tensor `fusion.alpha` holds 1 non-finite values (NaN or Inf): \
-                 the checkpoint holds non-finite weights"
+                 the checkpoint has non-finite weights"
             ),
             "{e}"
         );
