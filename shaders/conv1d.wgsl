@@ -39,6 +39,13 @@ var<immediate> p: Params;
 
 const BLOCK: u32 = 64u;
 
+// The tile shape of the three tiled entry points, read by the launcher
+// through naga reflection to size the grid: a WG x WG workgroup, each
+// invocation a PER_INVOCATION x PER_INVOCATION block (the accumulators below
+// are written out for 4).
+const WG: u32 = 8u;
+const PER_INVOCATION: u32 = 4u;
+
 // src[b, ch, pos] with zero padding outside [0, T); `pos` is signed.
 fn src_at(b: u32, channels: u32, ch: u32, pos: i32) -> f32 {
     if (pos < 0 || pos >= i32(p.t)) {
@@ -108,10 +115,10 @@ fn store_tile(b: u32, n0: u32, t0: u32, n_out: u32, rows: array<vec4<f32>, 4>, a
     }
 }
 
-@compute @workgroup_size(8, 8, 1)
+@compute @workgroup_size(WG, WG, 1)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let t0 = (wid.x * 8u + lid.x) * 4u;
-    let o0 = (wid.y * 8u + lid.y) * 4u;
+    let t0 = (wid.x * WG + lid.x) * PER_INVOCATION;
+    let o0 = (wid.y * WG + lid.y) * PER_INVOCATION;
     if (t0 >= p.t || o0 >= p.cout) { return; }
     let last = p.cout - 1u;
     let add = vec4<f32>(bias[o0], bias[min(o0 + 1u, last)], bias[min(o0 + 2u, last)], bias[min(o0 + 3u, last)]);
@@ -119,20 +126,20 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
 }
 
 // dx[b, c, t] = Σ_o Σ_j w[o, c, j] · dy[b, o, t + h − j]; src = dy.
-@compute @workgroup_size(8, 8, 1)
+@compute @workgroup_size(WG, WG, 1)
 fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let t0 = (wid.x * 8u + lid.x) * 4u;
-    let c0 = (wid.y * 8u + lid.y) * 4u;
+    let t0 = (wid.x * WG + lid.x) * PER_INVOCATION;
+    let c0 = (wid.y * WG + lid.y) * PER_INVOCATION;
     if (t0 >= p.t || c0 >= p.cin) { return; }
     store_tile(wid.z, c0, t0, p.cin, conv_tile(wid.z, c0, t0, true), vec4<f32>(0.0));
 }
 
 // dw[o, c, j] = Σ_b Σ_t dy[b, o, t] · x[b, c, t + j − h]; src = x.
 // Each invocation: 4 output channels × 4 input channels for one tap j.
-@compute @workgroup_size(8, 8, 1)
+@compute @workgroup_size(WG, WG, 1)
 fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let c0 = (wid.x * 8u + lid.x) * 4u;
-    let o0 = (wid.y * 8u + lid.y) * 4u;
+    let c0 = (wid.x * WG + lid.x) * PER_INVOCATION;
+    let o0 = (wid.y * WG + lid.y) * PER_INVOCATION;
     let j = wid.z;
     if (c0 >= p.cin || o0 >= p.cout) { return; }
     let h = i32(p.k / 2u);

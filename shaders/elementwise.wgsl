@@ -10,7 +10,7 @@ struct Params {
     base: u32,     // global index of element 0 of this launch
     channels: u32, // bias_add: size of the last dimension; mul_broadcast: inner size
     mid: u32,      // mul_broadcast: size of the dimension y skips
-    alpha: f32,    // scale / fill value / axpy factor
+    alpha: f32,    // scale / axpy factor
     beta: f32,
 }
 
@@ -27,15 +27,6 @@ const ELEMS_PER_THREAD: u32 = 8u;
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, j: u32) -> u32 {
     return ((wid.x + wid.y * nwg.x) * ELEMS_PER_THREAD + j) * 256u + lid;
-}
-
-@compute @workgroup_size(256)
-fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    for (var j = 0u; j < ELEMS_PER_THREAD; j = j + 1u) {
-        let i = index(wid, nwg, lid, j);
-        if (i >= p.n) { return; }
-        out[i] = p.alpha;
-    }
 }
 
 // out = x + y

@@ -98,7 +98,7 @@ fn cell_forward(b: u32, t: u32, j: u32) {
 }
 
 // Grid: x = B (one workgroup per batch item).
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn forward_seq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = wid.x;
     for (var t = 0u; t < p.steps; t = t + 1u) {
@@ -111,7 +111,7 @@ fn forward_seq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 }
 
 // Linear grid over B·H invocations; step p.t.
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn forward_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let idx = (wid.x + wid.y * nwg.x) * WG + lid;
     if (idx >= p.batch * p.hidden) { return; }
@@ -161,7 +161,7 @@ fn cell_backward(b: u32, t: u32, j: u32) {
 }
 
 // Grid: x = B. Reverse loop over time.
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn backward_seq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = wid.x;
     for (var s = 0u; s < p.steps; s = s + 1u) {
@@ -175,7 +175,7 @@ fn backward_seq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 }
 
 // Linear grid over B·H invocations; step p.t (dispatched for t = T-1 .. 0).
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn backward_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let idx = (wid.x + wid.y * nwg.x) * WG + lid;
     if (idx >= p.batch * p.hidden) { return; }

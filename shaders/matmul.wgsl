@@ -33,6 +33,14 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 var<immediate> p: Params;
 
+// The tile shape, read by the launcher through naga reflection to size the
+// grid: a WG x WG workgroup, each invocation a block of rows x columns of C.
+// (The accumulator arrays below are written out for these block sizes.)
+const WG: u32 = 8u;
+const ROWS_PER_INVOCATION: u32 = 4u;
+const VEC4_ROWS_PER_INVOCATION: u32 = 8u;
+const COLS_PER_INVOCATION: u32 = 4u;
+
 // A's element (row i, col kk) of op(A), with i clamped so edge tiles read
 // valid memory (their results are discarded at the store).
 fn a_at(base: u32, i: u32, kk: u32) -> f32 {
@@ -51,10 +59,10 @@ fn b_at(base: u32, kk: u32, j: u32) -> f32 {
     return b[base + kk * p.n + col];
 }
 
-@compute @workgroup_size(8, 8, 1)
+@compute @workgroup_size(WG, WG, 1)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = (wid.y * 8u + lid.y) * 4u;
-    let col0 = (wid.x * 8u + lid.x) * 4u;
+    let row0 = (wid.y * WG + lid.y) * ROWS_PER_INVOCATION;
+    let col0 = (wid.x * WG + lid.x) * COLS_PER_INVOCATION;
     if (row0 >= p.m || col0 >= p.n) {
         return;
     }
@@ -100,10 +108,10 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
 @group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
 
-@compute @workgroup_size(8, 8, 1)
+@compute @workgroup_size(WG, WG, 1)
 fn matmul_nn_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = (wid.y * 8u + lid.y) * 8u;
-    let col0 = (wid.x * 8u + lid.x) * 4u;
+    let row0 = (wid.y * WG + lid.y) * VEC4_ROWS_PER_INVOCATION;
+    let col0 = (wid.x * WG + lid.x) * COLS_PER_INVOCATION;
     if (row0 >= p.m || col0 >= p.n) {
         return;
     }

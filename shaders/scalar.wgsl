@@ -31,14 +31,14 @@ fn linear(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn mul_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = linear(wid, nwg) * WG + lid;
     if (i >= p.n) { return; }
     out[i] = x[i] * s[p.index];
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn add_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = linear(wid, nwg) * WG + lid;
     if (i >= p.n) { return; }
@@ -56,7 +56,7 @@ fn reduce_tree(lid: u32) {
     workgroupBarrier();
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn partial_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = linear(wid, nwg);
     let start = g * WG * PER_THREAD + lid;
@@ -73,7 +73,7 @@ fn partial_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn partial_dot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = linear(wid, nwg);
     let start = g * WG * PER_THREAD + lid;
@@ -90,7 +90,7 @@ fn partial_dot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 }
 
 // One workgroup: ds[index] += Σ partials[0 .. partial_base].
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn finish(@builtin(local_invocation_index) lid: u32) {
     var acc = 0.0;
     for (var i = lid; i < p.partial_base; i = i + WG) {

@@ -461,8 +461,9 @@ pub fn model_cases(repeats: usize, abide_repeats: usize) -> Vec<ModelCase> {
 /// forward, FGCO global, backward, AdamW, one submit; timed by wall clock
 /// around the step and a device wait (median over `repeats` after a warm-up).
 pub fn pretrain_step(gpu: &Gpu, case: &ModelCase) -> Result<StepMeasurement> {
-    use crate::autograd::{optim::AdamWState, Tape};
-    use crate::model::{make_views, DataDims, Model};
+    use crate::autograd::optim::AdamWState;
+    use crate::model::{DataDims, Model};
+    use crate::train::step::{record_pretrain_step, PretrainObjective};
     let (b, n, t) = (case.batch, case.regions, case.cfg.crop);
     let dims = DataDims {
         n_regions: n,
@@ -472,22 +473,10 @@ pub fn pretrain_step(gpu: &Gpu, case: &ModelCase) -> Result<StepMeasurement> {
     let mut opt = AdamWState::new(gpu, &model.params.store, adamw::AdamW::default())?;
     let x = input(gpu, &[b, n, t], 1)?;
     let valid = gpu.full(&[b, t], 1.0)?;
-    let aug = crate::config::AugmentConfig::default();
+    // The default experiment's objective: STIGA views, FGCO global, λ = 0.0051.
+    let objective = PretrainObjective::from_config(&crate::config::Config::default());
     let mut step = |i: u64| -> Result<Tensor> {
-        let views = make_views(gpu, &x, &valid, &aug, 0, i)?;
-        model.params.store.zero_grads(gpu)?;
-        let mut tape = Tape::new(gpu);
-        let l = model.pretrain_loss(
-            &mut tape,
-            &x,
-            &views.x_s,
-            &views.x_t,
-            &valid,
-            crate::config::Fgco::Global,
-        )?;
-        tape.backward(l, &model.params.store)?;
-        opt.update(gpu, &model.params.store, 1e-3)?;
-        let loss = tape.value(l).clone();
+        let loss = record_pretrain_step(gpu, &model, &x, &valid, &objective, i, &mut opt, 1e-3)?;
         gpu.flush()?;
         gpu.wait()?;
         Ok(loss)

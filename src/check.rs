@@ -8,27 +8,48 @@ use rand::{Rng, SeedableRng};
 
 use crate::gpu::{Gpu, Tensor};
 
-/// How close an f32 GPU result must be to the f64 reference, relative to the
-/// reference's magnitude: |gpu - ref| <= tol * max(1, |ref|).
-#[derive(Clone, Copy, Debug)]
-pub enum Tolerance {
-    /// One or two roundings per element: add, mul, ReLU, tanh, exp.
-    Elementwise,
-    /// Sums of up to a few thousand products (matmul, reductions, softmax,
-    /// convolution): rounding grows with the length of the sum.
-    Accumulation,
-    /// Chains of accumulations and divisions (correlations, standardization,
-    /// the loss and its gradient, matrix inversion).
-    Composite,
+/// How close an f32 GPU result must be to its f64 reference, as burn's
+/// `Tolerance`: an element passes when
+/// `|got - want| <= max(relative * |want|, absolute)`, so `relative` governs
+/// large values and `absolute` values near zero. NaN never passes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tolerance {
+    pub relative: f64,
+    pub absolute: f64,
 }
 
 impl Tolerance {
-    pub fn value(self) -> f64 {
-        match self {
-            Tolerance::Elementwise => 1e-5,
-            Tolerance::Accumulation => 1e-4,
-            Tolerance::Composite => 1e-3,
+    /// One or two roundings per element: add, mul, ReLU, tanh, exp.
+    pub const ELEMENTWISE: Tolerance = Tolerance::both(1e-5);
+    /// Sums of up to a few thousand products (matmul, reductions, softmax,
+    /// convolution): rounding grows with the length of the sum.
+    pub const ACCUMULATION: Tolerance = Tolerance::both(1e-4);
+    /// Chains of accumulations and divisions (correlations, standardization,
+    /// the loss and its gradient, matrix inversion).
+    pub const COMPOSITE: Tolerance = Tolerance::both(1e-3);
+
+    /// The spellings from when the presets were an enum, kept so callers
+    /// outside `src/ops` compile unchanged; new code uses the upper-case ones.
+    #[allow(non_upper_case_globals)]
+    pub const Elementwise: Tolerance = Tolerance::ELEMENTWISE;
+    #[allow(non_upper_case_globals)]
+    pub const Accumulation: Tolerance = Tolerance::ACCUMULATION;
+    #[allow(non_upper_case_globals)]
+    pub const Composite: Tolerance = Tolerance::COMPOSITE;
+
+    /// The same bound relative to large values and absolute near zero:
+    /// `|got - want| <= tol * max(1, |want|)`.
+    pub const fn both(tol: f64) -> Tolerance {
+        Tolerance {
+            relative: tol,
+            absolute: tol,
         }
+    }
+
+    /// Whether `got` is close enough to `want`.
+    pub fn accepts(self, got: f64, want: f64) -> bool {
+        // Written so that NaN in either fails the comparison.
+        (got - want).abs() <= (self.relative * want.abs()).max(self.absolute)
     }
 }
 
@@ -60,6 +81,43 @@ pub fn gpu() -> &'static Gpu {
     }
 }
 
+/// A device of its own whose launches are planned for storage bindings of at
+/// most `bytes`, with poisoned new tensors: the one way tests reach the split
+/// paths of the binding planner on small tensors, without disturbing the
+/// shared device other tests use concurrently. One device per limit, opened
+/// on first use and kept for the process.
+pub fn gpu_with_binding_limit(bytes: u64) -> &'static Gpu {
+    static DEVICES: std::sync::Mutex<Vec<(u64, &'static Gpu)>> = std::sync::Mutex::new(Vec::new());
+    let mut devices = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(&(_, gpu)) = devices.iter().find(|(b, _)| *b == bytes) {
+        return gpu;
+    }
+    let gpu = match Gpu::with_binding_limit(bytes) {
+        Ok(gpu) => Box::leak(Box::new(gpu)),
+        Err(e) => panic!("GPU tests need an adapter and none could be opened: {e}"),
+    };
+    assert_eq!(
+        gpu.max_binding_bytes(),
+        bytes,
+        "the device's own binding limit is below the requested test limit"
+    );
+    gpu.set_poison_new_tensors(true);
+    devices.push((bytes, gpu));
+    gpu
+}
+
+/// The grids of the dispatches of `kernel` (`shader::entry`) in a trace from
+/// [`Gpu::traced`], in order: how a test asserts which launch path ran.
+pub fn dispatches(trace: &[crate::gpu::Recorded], kernel: &str) -> Vec<[u32; 3]> {
+    trace
+        .iter()
+        .filter_map(|r| match r {
+            crate::gpu::Recorded::Dispatch { kernel: k, groups } if k == kernel => Some(*groups),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A tensor filled with NaN, so an element a kernel forgets to write fails the comparison.
 pub fn poisoned(gpu: &Gpu, shape: &[usize]) -> Tensor {
     gpu.full(shape, f32::NAN).expect("fill kernel")
@@ -79,12 +137,13 @@ pub fn to_f64(v: &[f32]) -> Vec<f64> {
 #[track_caller]
 pub fn assert_close(got: &[f32], want: &[f64], tol: Tolerance, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let t = tol.value();
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g as f64 - w).abs() / w.abs().max(1.0);
-        if !(err <= t) {
+        if !tol.accepts(g as f64, w) {
             panic!(
-                "{what}: element {i} is {g}, reference {w} (relative error {err:.3e} > {t:.0e}, {tol:?}); first values {:?}",
+                "{what}: element {i} is {g}, reference {w} (error {:.3e}, allowed {:.0e} relative / {:.0e} absolute); first values {:?}",
+                (g as f64 - w).abs(),
+                tol.relative,
+                tol.absolute,
                 &got[..got.len().min(6)]
             );
         }
@@ -117,5 +176,67 @@ pub fn assert_gradient(analytic: &[f64], numeric: &[f64], what: &str) {
             (a - n).abs() <= 1e-5 * (1.0 + n.abs()),
             "{what}: gradient element {i}: analytic {a}, finite difference {n}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_values_pass_and_the_bound_is_relative_above_one() {
+        let t = Tolerance::ACCUMULATION;
+        assert_close(&[1.0, 1000.05, 0.0], &[1.0, 1000.0, 5e-5], t, "ok");
+        assert!(t.accepts(2000.0, 2000.15));
+        assert!(!t.accepts(2000.0, 2000.25));
+        // Near zero the absolute part governs.
+        assert!(t.accepts(0.0, 9e-5));
+        assert!(!t.accepts(0.0, 1.1e-4));
+        let split = Tolerance {
+            relative: 1e-2,
+            absolute: 1e-6,
+        };
+        assert!(split.accepts(100.9, 100.0));
+        assert!(!split.accepts(1e-5, 0.0));
+    }
+
+    #[test]
+    fn the_old_preset_names_are_the_new_presets() {
+        assert_eq!(Tolerance::Elementwise, Tolerance::ELEMENTWISE);
+        assert_eq!(Tolerance::Accumulation, Tolerance::ACCUMULATION);
+        assert_eq!(Tolerance::Composite, Tolerance::COMPOSITE);
+        // The bound the enum had: tol * max(1, |want|).
+        assert!(Tolerance::COMPOSITE.accepts(10.0, 10.0099));
+        assert!(!Tolerance::COMPOSITE.accepts(10.0, 10.0101));
+    }
+
+    #[test]
+    #[should_panic(expected = "element 1 is 1.001")]
+    fn a_value_outside_the_tolerance_fails() {
+        assert_close(&[1.0, 1.001], &[1.0, 1.0], Tolerance::ACCUMULATION, "x");
+    }
+
+    #[test]
+    #[should_panic(expected = "element 0 is NaN")]
+    fn nan_fails() {
+        assert_close(&[f32::NAN], &[0.0], Tolerance::COMPOSITE, "x");
+    }
+
+    #[test]
+    #[should_panic(expected = "reference NaN")]
+    fn a_nan_reference_fails() {
+        assert_close(&[0.0], &[f64::NAN], Tolerance::COMPOSITE, "x");
+    }
+
+    #[test]
+    #[should_panic(expected = "x: length")]
+    fn a_length_mismatch_fails() {
+        assert_close(&[0.0, 1.0], &[0.0], Tolerance::COMPOSITE, "x");
+    }
+
+    #[test]
+    #[should_panic(expected = "gradient element 0")]
+    fn a_wrong_gradient_fails() {
+        assert_gradient(&[1.0], &[1.1], "g");
     }
 }

@@ -12,18 +12,15 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message and deliberately not a `#[source]`:
+    // the CLI prints the whole source chain, which would print it twice.
+    #[error("{path}: cannot read: {error}")]
+    Io { path: String, error: std::io::Error },
 
-    #[error("{path}: invalid experiment config: {source}")]
+    #[error("{path}: invalid experiment config: {error}")]
     Parse {
         path: String,
-        #[source]
-        source: toml::de::Error,
+        error: toml::de::Error,
     },
 
     #[error("--set {assignment}: expected KEY=VALUE (e.g. pretrain.lr=3e-4)")]
@@ -47,11 +44,14 @@ pub enum ConfigError {
         expected: &'static str,
     },
 
-    #[error("cannot write the config as TOML: {source}")]
-    Serialize {
-        #[source]
-        source: toml::ser::Error,
-    },
+    #[error(
+        "{path}: this is a dataset description; pass it with --dataset \
+         (--config takes an experiment config, such as assets/default.toml)"
+    )]
+    DatasetDescription { path: String },
+
+    #[error("cannot write the config as TOML: {error}")]
+    Serialize { error: toml::ser::Error },
 }
 
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
@@ -235,6 +235,9 @@ pub enum SplitKind {
 pub struct BaselineConfig {
     /// Inverse L2 strength of the FC + logistic-regression baseline (scikit-learn's C).
     pub c_reg: f64,
+    /// Connectivity the baseline classifies: "pearson", "partial" or "tangent"
+    /// (an unknown name is rejected by the deserializer, naming the three).
+    pub features: crate::train::baseline::FeatureKind,
 }
 
 impl Default for ModelConfig {
@@ -311,7 +314,10 @@ impl Default for EvaluateConfig {
 
 impl Default for BaselineConfig {
     fn default() -> Self {
-        BaselineConfig { c_reg: 1.0 }
+        BaselineConfig {
+            c_reg: 1.0,
+            features: crate::train::baseline::FeatureKind::Pearson,
+        }
     }
 }
 
@@ -322,25 +328,33 @@ const OPTIONAL_KEYS: &[&str] = &["data.dataset"];
 impl Config {
     /// Parses and validates a config; `origin` names the source in errors.
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: origin.display().to_string(),
-            source,
+        let config: Config = toml::from_str(text).map_err(|error| {
+            if is_dataset_description(text) {
+                ConfigError::DatasetDescription {
+                    path: origin.display().to_string(),
+                }
+            } else {
+                ConfigError::Parse {
+                    path: origin.display().to_string(),
+                    error,
+                }
+            }
         })?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::from_toml_str(&text, path)
     }
 
     /// The resolved config as TOML (what a run directory records).
     pub fn to_toml_string(&self) -> Result<String> {
-        toml::to_string(self).map_err(|source| ConfigError::Serialize { source })
+        toml::to_string(self).map_err(|error| ConfigError::Serialize { error })
     }
 
     /// Applies `--set KEY=VALUE`.
@@ -359,7 +373,7 @@ impl Config {
     /// checked by the same deserializer as a file, and then validated.
     pub fn apply_override(&mut self, key: &str, value: &str) -> Result<()> {
         let mut table =
-            toml::Value::try_from(&*self).map_err(|source| ConfigError::Serialize { source })?;
+            toml::Value::try_from(&*self).map_err(|error| ConfigError::Serialize { error })?;
         let parts: Vec<&str> = key.split('.').collect();
         let (last, parents) = match parts.split_last() {
             Some((last, parents)) if !last.is_empty() => (*last, parents),
@@ -426,6 +440,14 @@ impl Config {
             });
         }
         let expected = old.as_ref().map_or("a string (a path)", expected_kind);
+        if let Some(message) = out_of_range(value, old.as_ref()) {
+            return Err(ConfigError::BadValue {
+                key: key.to_string(),
+                value: value.to_string(),
+                expected: expected.to_string(),
+                message,
+            });
+        }
         let new = parse_value(value, old.as_ref());
         section.insert(last.to_string(), new);
         let bad = |message: String| ConfigError::BadValue {
@@ -467,12 +489,21 @@ impl Config {
             ("model.segment", m.segment),
             ("model.qk_dim", m.qk_dim),
             ("model.proj_dim", m.proj_dim),
-            ("pretrain.batch", self.pretrain.batch),
             ("finetune.batch", self.finetune.batch),
             ("finetune.eval_crops", self.finetune.eval_crops),
         ] {
             check(v >= 1, key, v.to_string(), "an integer >= 1")?;
         }
+        // FGCO standardizes every feature of the cross-correlation over the
+        // batch (and the projector's BatchNorm normalizes over it): with one
+        // scan the variance is 0 and the loss is a constant (128.0 at J = 256).
+        check(
+            self.pretrain.batch >= 2,
+            "pretrain.batch",
+            self.pretrain.batch.to_string(),
+            "an integer >= 2 (the cross-correlation is standardized over the batch; \
+             a batch of one has no variance)",
+        )?;
         check(
             m.window <= m.crop,
             "model.window",
@@ -562,6 +593,14 @@ impl Config {
     }
 }
 
+/// Whether a TOML text that failed to parse as an experiment config looks
+/// like a dataset description (docs/data.md: it lists `files` and `labels`).
+fn is_dataset_description(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text).is_ok_and(|t| {
+        t.contains_key("files") || (t.contains_key("labels") && t.contains_key("name"))
+    })
+}
+
 fn child_keys(node: &toml::Value) -> String {
     node.as_table()
         .map(|t| t.keys().map(String::as_str).collect::<Vec<_>>().join(", "))
@@ -577,6 +616,39 @@ fn expected_kind(old: &toml::Value) -> &'static str {
         toml::Value::Array(_) => "an array, e.g. [\"NYU\", \"UCLA_1\"]",
         toml::Value::Datetime(_) => "a date",
         toml::Value::Table(_) => "a section",
+    }
+}
+
+/// Why a number given for a numeric key cannot be stored, if it cannot: every
+/// integer key is a count or a seed (0 ..= 2⁶⁴ − 1), every float key an f64.
+/// (Without this, a number TOML cannot hold fell back to a string and was
+/// reported as "invalid type: string".)
+fn out_of_range(text: &str, old: Option<&toml::Value>) -> Option<String> {
+    let digits = text.replace('_', "");
+    match old {
+        Some(toml::Value::Integer(_)) => {
+            let is_integer = {
+                let body = digits.strip_prefix(['-', '+']).unwrap_or(&digits);
+                !body.is_empty() && body.bytes().all(|b| b.is_ascii_digit())
+            };
+            if !is_integer {
+                return None;
+            }
+            match digits.parse::<i128>() {
+                Ok(v) if (0..=u64::MAX as i128).contains(&v) => None,
+                _ => Some(format!(
+                    "{text} is out of range: this key takes an integer from 0 to {}",
+                    u64::MAX
+                )),
+            }
+        }
+        Some(toml::Value::Float(_)) => match digits.parse::<f64>() {
+            Ok(v) if v.is_infinite() => Some(format!(
+                "{text} is out of range: this key takes a finite number (at most about 1.8e308)"
+            )),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -745,8 +817,71 @@ mod tests {
         assert!(e.contains("section"), "{e}");
         let e = c.apply_assignment("pretrain.lr").unwrap_err().to_string();
         assert!(e.contains("KEY=VALUE"), "{e}");
+        // Numbers out of range say so (not "invalid type: string").
+        for (key, value) in [
+            ("pretrain.epochs", "-1"),
+            ("pretrain.epochs", "99999999999999999999"),
+            ("seed", "-3"),
+        ] {
+            let e = c.apply_override(key, value).unwrap_err().to_string();
+            assert!(
+                e.contains(key) && e.contains("out of range") && !e.contains("invalid type"),
+                "{e}"
+            );
+        }
+        let e = c
+            .apply_override("pretrain.lr", "1e999")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("out of range") && e.contains("finite"), "{e}");
+        // A batch that cannot standardize the cross-correlation.
+        let e = c
+            .apply_override("pretrain.batch", "1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pretrain.batch") && e.contains(">= 2") && e.contains("variance"),
+            "{e}"
+        );
+        c.apply_override("finetune.batch", "1").unwrap();
+        c.apply_override("finetune.batch", "32").unwrap();
         // A failed override leaves the config as it was.
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn a_dataset_description_given_as_config_says_so() {
+        let path = assets().join("abide_cc200.toml");
+        let e = Config::from_file(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("this is a dataset description; pass it with --dataset"),
+            "{e}"
+        );
+        // An ordinary typo is still a parse error naming the key.
+        let e = Config::from_toml_str("[model]\nwidht = 3\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("widht") && !e.contains("dataset description"),
+            "{e}"
+        );
+    }
+
+    /// The CLI prints an error's whole source chain: a cause that is both in
+    /// the message and a source would be printed twice.
+    #[test]
+    fn file_errors_state_their_cause_once() {
+        use std::error::Error as _;
+        let e = Config::from_file(Path::new("/nonexistent/x.toml")).unwrap_err();
+        assert!(e.source().is_none());
+        assert_eq!(e.to_string().matches("os error").count(), 1, "{e}");
+        let e = Config::from_toml_str("[model]\nwidht = 3\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.source().is_none());
+        assert_eq!(
+            e.to_string().matches("widht").count(),
+            2,
+            "the snippet and the message: {e}"
+        );
     }
 
     #[test]

@@ -25,13 +25,13 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Self-supervised pretraining (STIGA views, PSTA encoder, FGCO loss). With no
     /// arguments: a few minutes on a synthetic dataset.
-    Pretrain(cmd::train::PretrainArgs),
+    Pretrain(cmd::pretrain::PretrainArgs),
     /// Fine-tune a linear head (or the whole network) on labeled scans.
-    Finetune(cmd::train::FinetuneArgs),
+    Finetune(cmd::finetune::FinetuneArgs),
     /// The paper's protocol: k-fold at subject level; per fold pretrain, fine-tune, score.
-    Evaluate(cmd::train::EvaluateArgs),
+    Evaluate(cmd::evaluate::EvaluateArgs),
     /// Label scans with a fine-tuned model (CSV: id, predicted class, probabilities).
-    Predict(cmd::train::PredictArgs),
+    Predict(cmd::predict::PredictArgs),
     /// Show the GPU adapter, its limits and optional features.
     Info,
     /// Load a dataset and print what is in it (scans, regions, lengths, classes, sites, exclusions).
@@ -45,10 +45,10 @@ fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
         Command::Baseline(args) => cmd::baseline::run(&args),
         Command::Bench(args) => cmd::bench::run(&args),
-        Command::Pretrain(args) => cmd::train::pretrain(&args),
-        Command::Finetune(args) => cmd::train::finetune(&args),
-        Command::Evaluate(args) => cmd::train::evaluate(&args),
-        Command::Predict(args) => cmd::train::predict(&args),
+        Command::Pretrain(args) => cmd::pretrain::run(&args),
+        Command::Finetune(args) => cmd::finetune::run(&args),
+        Command::Evaluate(args) => cmd::evaluate::run(&args),
+        Command::Predict(args) => cmd::predict::run(&args),
         Command::Info => cmd::info::run(),
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Synth(args) => cmd::synth::run(&args),

@@ -294,7 +294,7 @@ fn checkpoint_errors_name_the_right_thing() {
         p(&tmp.path().join("pred.csv")),
     ]));
     assert!(
-        e.contains(&format!("{}: this is a pretraining run (it holds checkpoint-pretrain/); a fine-tuning run or its checkpoint-finetune/ folder is needed here", pre.display())),
+        e.contains(&format!("{} holds only checkpoint-pretrain, which is a pretraining checkpoint: its classification head was never trained", pre.display())),
         "{e}"
     );
     assert!(!tmp.path().join("pred.csv").exists());

@@ -36,7 +36,7 @@ fn data_cli_synth_then_inspect() {
     );
 
     let inspect = stptf()
-        .args(["inspect", "--config"])
+        .args(["inspect", "--dataset"])
         .arg(out.join("dataset.toml"))
         .output()
         .unwrap();
@@ -72,7 +72,7 @@ fn data_cli_synth_then_inspect() {
 
     // --data replaces the data directory; a missing one is an error naming it.
     let missing = stptf()
-        .args(["inspect", "--config"])
+        .args(["inspect", "--dataset"])
         .arg(out.join("dataset.toml"))
         .arg("--data")
         .arg(root.path().join("nowhere"))

@@ -80,7 +80,8 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    vec![
+    #[allow(unused_mut)]
+    let mut cases = vec![
         Case {
             name: "missing data directory",
             setup: |dir| Some(dir.join("nope")),
@@ -108,7 +109,24 @@ fn cases() -> Vec<Case> {
                 edit(dir, "dataset.toml", "label_column", "lable_column");
                 None
             },
-            expected: "<dir>/dataset.toml: invalid dataset description: unknown field `lable_column`, expected one of `table`, `id_column`, `id_from_file_name`, `label_column`, `classes`, `subject_column`, `site_column`, `missing_values`",
+            expected: "<dir>/dataset.toml: line 7: invalid dataset description: unknown field `lable_column`, expected one of `table`, `id_column`, `id_from_file_name`, `label_column`, `classes`, `subject_column`, `site_column`, `missing_values`",
+        },
+        Case {
+            // Out of range is reported as out of range, not as a type mix-up.
+            name: "negative crop length",
+            setup: |dir| {
+                edit(dir, "dataset.toml", "crop_length = 4", "crop_length = -1");
+                None
+            },
+            expected: "<dir>/dataset.toml: line 12: invalid dataset description: invalid value: integer `-1`, expected usize",
+        },
+        Case {
+            name: "crop length beyond TOML's integers",
+            setup: |dir| {
+                edit(dir, "dataset.toml", "crop_length = 4", "crop_length = 99999999999999999999");
+                None
+            },
+            expected: "<dir>/dataset.toml: line 12: invalid dataset description: number too large to fit in target type",
         },
         Case {
             name: "empty file",
@@ -116,15 +134,33 @@ fn cases() -> Vec<Case> {
                 fs::write(dir.join("s2.txt"), "").unwrap();
                 None
             },
-            expected: "<dir>/s2.txt: file is empty; expected a table of numbers (rows = time points, columns = regions)",
+            expected: "<dir>/s2.txt: scan file is empty (0 bytes); expected a table of numbers (rows = time points, columns = regions)",
         },
         Case {
-            name: "only comments",
+            name: "empty file, regions by time",
+            setup: |dir| {
+                fs::write(dir.join("s2.txt"), "").unwrap();
+                edit(dir, "dataset.toml", "time_by_region", "region_by_time");
+                None
+            },
+            expected: "<dir>/s2.txt: scan file is empty (0 bytes); expected a table of numbers (rows = regions, columns = time points)",
+        },
+        Case {
+            name: "only blank lines",
+            setup: |dir| {
+                fs::write(dir.join("s2.txt"), "\n  \n\t\n").unwrap();
+                None
+            },
+            expected: "<dir>/s2.txt: scan file is empty (only blank lines); expected a table of numbers (rows = time points, columns = regions)",
+        },
+        Case {
+            // An AFNI .1D whose "#1 #2 #3" header is all there is.
+            name: "AFNI comment header but no data rows",
             setup: |dir| {
                 fs::write(dir.join("s2.txt"), "#1\t#2\t#3\n").unwrap();
                 None
             },
-            expected: "<dir>/s2.txt: file is empty; expected a table of numbers (rows = time points, columns = regions)",
+            expected: "<dir>/s2.txt: has a header but no data rows; expected at least one row of numbers",
         },
         Case {
             name: "header row but no data rows",
@@ -132,7 +168,32 @@ fn cases() -> Vec<Case> {
                 fs::write(dir.join("s2.txt"), "a\tb\tc\n").unwrap();
                 None
             },
-            expected: "<dir>/s2.txt: no data rows; expected at least one row of numbers",
+            expected: "<dir>/s2.txt: has a header but no data rows; expected at least one row of numbers",
+        },
+        Case {
+            name: ".npy with no time points",
+            setup: |dir| {
+                fs::write(dir.join("s1.npy"), npy("<f8", "(0, 3)", &[])).unwrap();
+                edit(dir, "dataset.toml", "*.txt", "*.npy");
+                None
+            },
+            expected: "<dir>/s1.npy: the array has shape [0, 3]; expected at least one time point and one region",
+        },
+        Case {
+            name: "0-byte labels table",
+            setup: |dir| {
+                fs::write(dir.join("labels.csv"), "").unwrap();
+                None
+            },
+            expected: "<dir>/labels.csv: labels table is empty; expected a CSV or TSV table whose header row names the id column \"id\" and the label column \"dx\"",
+        },
+        Case {
+            name: "labels table with a header only",
+            setup: |dir| {
+                fs::write(dir.join("labels.csv"), "id,dx,subject,site\n\n").unwrap();
+                None
+            },
+            expected: "<dir>/labels.csv: labels table has a header but no data rows; expected one row per scan",
         },
         Case {
             name: "non-numeric cell",
@@ -180,7 +241,16 @@ fn cases() -> Vec<Case> {
                 fs::write(dir.join("s3.txt"), "1\t2\t3\t4\n5\t6\t7\t8\n").unwrap();
                 None
             },
-            expected: "<dir>/s3.txt: 4 regions; expected 3 like <dir>/s1.txt",
+            expected: "<dir>/s3.txt: 4 regions, but 3 of the 4 files have 3 (e.g. <dir>/s1.txt)",
+        },
+        Case {
+            // The majority is right even when the odd file is the first one read.
+            name: "region count of the first file differs from the rest",
+            setup: |dir| {
+                fs::write(dir.join("s1.txt"), "1\t2\n5\t6\n").unwrap();
+                None
+            },
+            expected: "<dir>/s1.txt: 2 regions, but 3 of the 4 files have 3 (e.g. <dir>/s2.txt)",
         },
         Case {
             name: "skip_columns names a column the header lacks",
@@ -252,7 +322,44 @@ fn cases() -> Vec<Case> {
                 edit(dir, "dataset.toml", "*.txt", "*.mat");
                 None
             },
-            expected: "<dir>/s1.mat: cannot parse MATLAB file: An error occurred while parsing the file",
+            expected: "<dir>/s1.mat: cannot read MATLAB file: not a MATLAB v5/v7 MAT-file: it does not start with the header text \"MATLAB 5.0 MAT-file\"",
+        },
+        Case {
+            name: "damaged MATLAB v5 file",
+            setup: |dir| {
+                let mut bytes = b"MATLAB 5.0 MAT-file, Platform: GLNXA64".to_vec();
+                bytes.resize(130, b' ');
+                fs::write(dir.join("s1.mat"), bytes).unwrap();
+                edit(dir, "dataset.toml", "*.txt", "*.mat");
+                None
+            },
+            expected: "<dir>/s1.mat: cannot read MATLAB file: a damaged MATLAB v5/v7 MAT-file (An error occurred while parsing the file)",
+        },
+        Case {
+            // What MATLAB's save -v7.3 writes: a 512-byte text block, then HDF5.
+            name: "MATLAB v7.3 (HDF5) file",
+            setup: |dir| {
+                let mut bytes = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .".to_vec();
+                bytes.resize(512, b' ');
+                bytes.extend(b"\x89HDF\r\n\x1a\n");
+                bytes.resize(2048, 0);
+                fs::write(dir.join("s1.mat"), bytes).unwrap();
+                edit(dir, "dataset.toml", "*.txt", "*.mat");
+                None
+            },
+            expected: "<dir>/s1.mat: a MATLAB v7.3 MAT-file, which is HDF5 inside and not supported; resave it as v7 in MATLAB: S = load(f); save(f, '-struct', 'S', '-v7')",
+        },
+        Case {
+            // An HDF5 file renamed to .mat, without MATLAB's text block.
+            name: "plain HDF5 file named .mat",
+            setup: |dir| {
+                let mut bytes = b"\x89HDF\r\n\x1a\n".to_vec();
+                bytes.resize(1024, 0);
+                fs::write(dir.join("s1.mat"), bytes).unwrap();
+                edit(dir, "dataset.toml", "*.txt", "*.mat");
+                None
+            },
+            expected: "<dir>/s1.mat: a MATLAB v7.3 MAT-file, which is HDF5 inside and not supported; resave it as v7 in MATLAB: S = load(f); save(f, '-struct', 'S', '-v7')",
         },
         Case {
             name: "labels table without the named column",
@@ -305,6 +412,39 @@ fn cases() -> Vec<Case> {
             expected: "<dir>/labels.csv: scan id \"s2\" appears twice (lines 3 and 6)",
         },
         Case {
+            // Spreadsheet exports end lines with CRLF; line numbers are still
+            // the editor's (1-based, the header is line 1).
+            name: "duplicate scan id in a CRLF labels table",
+            setup: |dir| {
+                let mut table = BASE_LABELS.to_string();
+                for i in 5..=8 {
+                    table.push_str(&format!("x{i},0,p{i},B\n"));
+                }
+                table.push_str("s1,0,p1,A\n");
+                fs::write(dir.join("labels.csv"), table.replace('\n', "\r\n")).unwrap();
+                None
+            },
+            expected: "<dir>/labels.csv: scan id \"s1\" appears twice (lines 2 and 10)",
+        },
+        Case {
+            name: "label value that maps to no class, CRLF labels table",
+            setup: |dir| {
+                let table = BASE_LABELS.replace("s1,0", "s1,7").replace('\n', "\r\n");
+                fs::write(dir.join("labels.csv"), table).unwrap();
+                None
+            },
+            expected: "<dir>/labels.csv: line 2: dx = \"7\" maps to no class; expected one of \"0\" (control), \"1\" (patient) (or a missing-value marker)",
+        },
+        Case {
+            name: "label value that maps to no class, TSV with old Mac line ends",
+            setup: |dir| {
+                let table = BASE_LABELS.replace("s2,1", "s2,7").replace(',', "\t").replace('\n', "\r");
+                fs::write(dir.join("labels.csv"), table).unwrap();
+                None
+            },
+            expected: "<dir>/labels.csv: line 3: dx = \"7\" maps to no class; expected one of \"0\" (control), \"1\" (patient) (or a missing-value marker)",
+        },
+        Case {
             name: "file name the id regex does not match",
             setup: |dir| {
                 edit(dir, "dataset.toml", "label_column", "id_from_file_name = '^(s[123])\\.txt$'\nlabel_column");
@@ -319,6 +459,35 @@ fn cases() -> Vec<Case> {
                 None
             },
             expected: "subject \"p1\" has scans with different labels (control and patient); splits are by subject, so each subject needs one label",
+        },
+    ];
+    #[cfg(target_os = "linux")]
+    cases.extend(link_cases());
+    cases
+}
+
+/// Symbolic links in place of scan files (Linux: the loop's OS message and number).
+#[cfg(target_os = "linux")]
+fn link_cases() -> Vec<Case> {
+    vec![
+        Case {
+            // A DataLad / git-annex tree whose content was never fetched.
+            name: "dangling symbolic link in place of a scan",
+            setup: |dir| {
+                fs::remove_file(dir.join("s2.txt")).unwrap();
+                std::os::unix::fs::symlink(".git/annex/objects/XX/s2.txt", dir.join("s2.txt")).unwrap();
+                None
+            },
+            expected: "<dir>/s2.txt: is a symbolic link to .git/annex/objects/XX/s2.txt, which does not exist; in a DataLad or git-annex dataset, fetch the file first (`datalad get <dir>/s2.txt` or `git annex get <dir>/s2.txt`)",
+        },
+        Case {
+            name: "symbolic link loop in place of a scan",
+            setup: |dir| {
+                fs::remove_file(dir.join("s3.txt")).unwrap();
+                std::os::unix::fs::symlink("s3.txt", dir.join("s3.txt")).unwrap();
+                None
+            },
+            expected: "<dir>/s3.txt: is a symbolic link to s3.txt that cannot be followed (Too many levels of symbolic links (os error 40)); a link loop? Point it at the real file",
         },
     ]
 }
@@ -366,4 +535,41 @@ fn data_good_dataset_of_the_table_loads() {
     good(root.path());
     let dataset = Dataset::from_config_file(&root.path().join("dataset.toml"), None).unwrap();
     assert_eq!(dataset.scans.len(), 4);
+}
+
+/// The CLI prints errors with their whole cause chain (`{:#}` in src/main.rs).
+/// An OS error must appear once, not once in the message and again as its source.
+#[test]
+fn data_errors_do_not_repeat_their_cause() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    good(dir);
+    // A labels "table" that is a folder: the read fails with an OS error.
+    fs::remove_file(dir.join("labels.csv")).unwrap();
+    fs::create_dir(dir.join("labels.csv")).unwrap();
+    let error = Dataset::from_config_file(&dir.join("dataset.toml"), None).unwrap_err();
+    let shown = error
+        .to_string()
+        .replace(&dir.display().to_string(), "<dir>");
+    assert_eq!(
+        shown,
+        "<dir>/labels.csv: cannot read: Is a directory (os error 21)"
+    );
+    let chain =
+        format!("{:#}", anyhow::Error::new(error)).replace(&dir.display().to_string(), "<dir>");
+    assert_eq!(chain, shown);
+
+    // A write that fails: the synthetic dataset's parent is a file.
+    fs::write(dir.join("plain"), "x").unwrap();
+    let error = stptf::data::synth::write_dataset(
+        &dir.join("plain").join("synthetic"),
+        &stptf::data::synth::SynthConfig::default(),
+    )
+    .unwrap_err();
+    let chain =
+        format!("{:#}", anyhow::Error::new(error)).replace(&dir.display().to_string(), "<dir>");
+    assert_eq!(
+        chain,
+        "<dir>/plain: cannot write: File exists (os error 17)"
+    );
 }

@@ -3,8 +3,9 @@
 
 use std::process::Command;
 
-use stptf::check::{assert_close, random_vec, to_f64, Tolerance};
-use stptf::gpu::Gpu;
+use stptf::check::{
+    assert_close, dispatches, gpu, gpu_with_binding_limit, random_vec, to_f64, Tolerance,
+};
 use stptf::ops::{elementwise, matmul};
 
 /// With the Vulkan loader pointed at a driver file that does not exist, the
@@ -29,6 +30,24 @@ fn missing_adapter_is_a_clear_error_not_a_panic() {
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
 
+/// `WGPU_BACKEND=gl` names the problem instead of giving driver install advice.
+#[test]
+fn an_opengl_backend_is_refused_by_name() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stptf"))
+        .arg("info")
+        .env("WGPU_BACKEND", "gl")
+        .output()
+        .expect("run stptf");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("OpenGL is not supported; use vulkan, metal or dx12"),
+        "stderr: {stderr}"
+    );
+    assert!(!stderr.contains("mesa-vulkan-drivers"), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
+
 #[test]
 fn info_names_the_adapter() {
     let out = Command::new(env!("CARGO_BIN_EXE_stptf"))
@@ -47,60 +66,66 @@ fn info_names_the_adapter() {
     );
 }
 
-/// A private device with an artificially small binding limit, so the split
-/// paths run on small tensors.
-fn small_limit_gpu(bytes: u64) -> Gpu {
-    let gpu = Gpu::new().expect("GPU adapter (install mesa-vulkan-drivers for lavapipe)");
-    gpu.set_poison_new_tensors(true);
-    gpu.set_max_binding_bytes(bytes);
-    gpu
-}
-
 #[test]
 fn elementwise_ops_split_tensors_above_the_binding_limit() {
-    let gpu = small_limit_gpu(4096); // 1024 floats per binding
+    let gpu = gpu_with_binding_limit(4096); // 1024 floats per binding
     let n = 10_000;
     let a = random_vec(n, 1);
     let b = random_vec(n, 2);
     let ta = gpu.upload(&a, &[n]).unwrap();
     let tb = gpu.upload(&b, &[n]).unwrap();
-    let sum = gpu
-        .read(&elementwise::add(&gpu, &ta, &tb).unwrap())
-        .unwrap();
+    let (sum, trace) = gpu.traced(|| elementwise::add(gpu, &ta, &tb).unwrap());
+    assert_eq!(
+        dispatches(&trace, "elementwise::add").len(),
+        10,
+        "10,000 values in 1,024-value bindings"
+    );
+    let sum = gpu.read(&sum).unwrap();
     let want: Vec<f64> = a
         .iter()
         .zip(&b)
         .map(|(&x, &y)| x as f64 + y as f64)
         .collect();
-    assert_close(&sum, &want, Tolerance::Elementwise, "split add");
+    assert_close(&sum, &want, Tolerance::ELEMENTWISE, "split add");
     let c = 37; // bias channel index must follow the global element index
     let bias = random_vec(c, 3);
     let x = random_vec(c * 300, 4);
-    let out = elementwise::bias_add(
-        &gpu,
-        &gpu.upload(&x, &[300, c]).unwrap(),
-        &gpu.upload(&bias, &[c]).unwrap(),
-    )
-    .unwrap();
+    let (tx, tbias) = (
+        gpu.upload(&x, &[300, c]).unwrap(),
+        gpu.upload(&bias, &[c]).unwrap(),
+    );
+    let (out, trace) = gpu.traced(|| elementwise::bias_add(gpu, &tx, &tbias).unwrap());
+    assert_eq!(
+        dispatches(&trace, "elementwise::bias_add").len(),
+        11,
+        "11,100 values in 1,024-value bindings"
+    );
     let want = elementwise::reference::bias_add(&to_f64(&x), &to_f64(&bias));
     assert_close(
         &gpu.read(&out).unwrap(),
         &want,
-        Tolerance::Elementwise,
+        Tolerance::ELEMENTWISE,
         "split bias_add",
     );
 }
 
 #[test]
 fn matmul_splits_batches_and_rows_above_the_binding_limit() {
-    let gpu = small_limit_gpu(16 * 1024); // 4096 floats per binding
-                                          // Batched: each item fits, the batch does not.
+    let gpu = gpu_with_binding_limit(16 * 1024); // 4096 floats per binding
+                                                 // Batched: each item fits, the batch does not.
     let (batch, m, k, n) = (9, 30, 20, 17);
     let av = random_vec(batch * m * k, 5);
     let wv = random_vec(k * n, 6);
     let a = gpu.upload(&av, &[batch, m, k]).unwrap();
     let w = gpu.upload(&wv, &[k, n]).unwrap();
-    let c = matmul::matmul(&gpu, &a, &w, matmul::Spec::NN).unwrap();
+    let (c, trace) = gpu.traced(|| matmul::matmul(gpu, &a, &w, matmul::Spec::NN).unwrap());
+    // 600 values of A per item, 4096 - 63 of room: 6 items, then 3.
+    let grids = dispatches(&trace, "matmul::matmul");
+    assert_eq!(
+        grids.iter().map(|g| g[2]).collect::<Vec<_>>(),
+        [6, 3],
+        "{grids:?}"
+    );
     let want = matmul::reference::matmul(
         &ndarray::Array3::from_shape_vec((batch, m, k), to_f64(&av)).unwrap(),
         &ndarray::Array3::from_shape_vec((1, k, n), to_f64(&wv)).unwrap(),
@@ -109,20 +134,21 @@ fn matmul_splits_batches_and_rows_above_the_binding_limit() {
     assert_close(
         &gpu.read(&c).unwrap(),
         want.as_slice().unwrap(),
-        Tolerance::Accumulation,
+        Tolerance::ACCUMULATION,
         "batch-split matmul",
     );
     // One matrix larger than a binding: split by rows (the GNN's (B·T·N x F)·(F x F)).
     let (m, k, n) = (1000, 16, 16);
     let av = random_vec(m * k, 7);
     let wv = random_vec(k * n, 8);
-    let c = matmul::matmul(
-        &gpu,
-        &gpu.upload(&av, &[m, k]).unwrap(),
-        &gpu.upload(&wv, &[k, n]).unwrap(),
-        matmul::Spec::NN,
-    )
-    .unwrap();
+    let (ta, tw) = (
+        gpu.upload(&av, &[m, k]).unwrap(),
+        gpu.upload(&wv, &[k, n]).unwrap(),
+    );
+    let (c, trace) = gpu.traced(|| matmul::matmul(gpu, &ta, &tw, matmul::Spec::NN).unwrap());
+    // 16 values per row, 4033 of room: 252 rows a launch, four launches.
+    let grids = dispatches(&trace, "matmul::matmul_nn_vec4");
+    assert_eq!(grids.len(), 4, "{grids:?}");
     let want = matmul::reference::matmul(
         &ndarray::Array3::from_shape_vec((1, m, k), to_f64(&av)).unwrap(),
         &ndarray::Array3::from_shape_vec((1, k, n), to_f64(&wv)).unwrap(),
@@ -131,22 +157,32 @@ fn matmul_splits_batches_and_rows_above_the_binding_limit() {
     assert_close(
         &gpu.read(&c).unwrap(),
         want.as_slice().unwrap(),
-        Tolerance::Accumulation,
+        Tolerance::ACCUMULATION,
         "row-split matmul",
     );
 }
 
+/// The runtime's fill runs one element per invocation in 256-invocation
+/// workgroups, so 65,600 x 256 values need 65,600 workgroups: more than one
+/// grid dimension holds, so the grid must be folded into two.
 #[test]
 fn grids_above_65535_workgroups_are_folded() {
-    let gpu = Gpu::new().expect("GPU adapter (install mesa-vulkan-drivers for lavapipe)");
-    // 256 threads per workgroup: 65,600 workgroups.
+    let gpu = gpu();
     let n = 65_600 * 256 + 3;
-    let x: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
-    let t = gpu.upload(&x, &[n]).unwrap();
-    let y = gpu
-        .read(&elementwise::scale(&gpu, &t, 2.0, 1.0).unwrap())
-        .unwrap();
-    for (i, (&a, &b)) in x.iter().zip(&y).enumerate() {
-        assert_eq!(b, 2.0 * a + 1.0, "element {i}");
+    let (t, trace) = gpu.traced(|| gpu.full(&[n], 2.5).unwrap());
+    let grids = dispatches(&trace, "fill::fill");
+    assert_eq!(grids.len(), 1, "one launch: {grids:?}");
+    let [x, y, z] = grids[0];
+    assert!(y > 1 && x <= 65_535 && z == 1, "not folded: {grids:?}");
+    assert!(
+        x as u64 * y as u64 >= 65_601,
+        "covers every workgroup: {grids:?}"
+    );
+    let v = gpu.read(&t).unwrap();
+    if let Some(i) = v.iter().position(|&e| e != 2.5) {
+        panic!(
+            "element {i} is {}, not 2.5: a folded workgroup missed it",
+            v[i]
+        );
     }
 }

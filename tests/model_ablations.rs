@@ -27,6 +27,7 @@ use stptf::check::{gpu, random_vec};
 use stptf::config::{Encoder, Fgco, ModelConfig, Norm};
 use stptf::gpu::{Gpu, Tensor};
 use stptf::model::{DataDims, Model};
+use stptf::ops::barlow::LAMBDA;
 use stptf::ops::elementwise::mul_broadcast;
 
 fn tiny(encoder: Encoder, norm: Norm) -> ModelConfig {
@@ -80,7 +81,15 @@ fn loss(gpu: &Gpu, model: &Model, d: &Batch, backward: bool) -> f64 {
     model.params.store.zero_grads(gpu).unwrap();
     let mut tape = Tape::new(gpu);
     let pre = model
-        .pretrain_loss(&mut tape, &d.x, &d.x_s, &d.x_t, &d.valid, Fgco::Global)
+        .pretrain_loss(
+            &mut tape,
+            &d.x,
+            &d.x_s,
+            &d.x_t,
+            &d.valid,
+            Fgco::Global,
+            LAMBDA,
+        )
         .unwrap();
     let (ce, _) = model
         .finetune_loss(&mut tape, &d.x, &d.valid, &d.labels)
@@ -289,8 +298,61 @@ fn ablation_layouts_hold_their_own_parameters() {
     let d = batch(gpu, 2, 6, 16);
     let mut tape = Tape::new(gpu);
     let err = m
-        .pretrain_loss(&mut tape, &d.x, &d.x_s, &d.x_t, &d.valid, Fgco::Fine)
+        .pretrain_loss(
+            &mut tape,
+            &d.x,
+            &d.x_s,
+            &d.x_t,
+            &d.valid,
+            Fgco::Fine,
+            LAMBDA,
+        )
         .err()
         .expect("fine with lstm must fail");
     assert!(err.to_string().contains("lstm"), "{err}");
+}
+
+/// Typed layers (model::layers) are built once at construction: every
+/// encoder × norm builds, and a store that lacks a layer's parameter fails
+/// right there, naming it (not in the middle of a step).
+#[test]
+fn layers_are_looked_up_once_at_construction() {
+    use stptf::model::layers::Layers;
+    use stptf::model::Params;
+    let gpu = gpu();
+    let dims = DataDims {
+        n_regions: 6,
+        n_classes: 2,
+    };
+    for encoder in [
+        Encoder::Psta,
+        Encoder::GcnOnly,
+        Encoder::Lstm,
+        Encoder::StgcnStyle,
+    ] {
+        for norm in [Norm::None, Norm::Layer] {
+            let model = Model::new(gpu, tiny(encoder, norm), dims, 1).unwrap();
+            assert_eq!(
+                model.layers.out_norm.is_some(),
+                norm == Norm::Layer,
+                "{encoder:?} {norm:?}"
+            );
+            assert_eq!(
+                model.layers.fusion_proj().is_some(),
+                encoder != Encoder::Lstm,
+                "{encoder:?}"
+            );
+        }
+    }
+    // PSTA's parameters read as the LSTM encoder: the first LSTM weight is missing.
+    let psta = Params::init(gpu, &tiny(Encoder::Psta, Norm::None), dims, 1).unwrap();
+    let e = Layers::new(&psta, &tiny(Encoder::Lstm, Norm::None))
+        .expect_err("an LSTM over PSTA parameters must fail")
+        .to_string();
+    assert!(e.contains("no parameter `lstm.w_ih`"), "{e}");
+    // Without norm.* parameters, `norm = layer` fails at construction too.
+    let e = Layers::new(&psta, &tiny(Encoder::Psta, Norm::Layer))
+        .expect_err("norm = layer without norm parameters must fail")
+        .to_string();
+    assert!(e.contains("no parameter `norm.fusion.weight`"), "{e}");
 }

@@ -7,6 +7,7 @@ use stptf::autograd::Tape;
 use stptf::check::{gpu, random_vec};
 use stptf::config::{AugmentConfig, AugmentKind, Encoder, Fgco, ModelConfig, Norm};
 use stptf::model::{make_views, DataDims, Model};
+use stptf::ops::barlow::LAMBDA;
 
 #[test]
 fn zero_regions_and_padded_frames_stay_finite() {
@@ -98,7 +99,9 @@ fn zero_regions_and_padded_frames_stay_finite() {
                             Fgco::Fine
                         };
                         let l = model
-                            .pretrain_loss(&mut tape, &xg, &views.x_s, &views.x_t, &vg, fgco)
+                            .pretrain_loss(
+                                &mut tape, &xg, &views.x_s, &views.x_t, &vg, fgco, LAMBDA,
+                            )
                             .unwrap();
                         (l, None)
                     }

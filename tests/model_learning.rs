@@ -18,13 +18,14 @@ use std::time::Instant;
 use stptf::autograd::optim::AdamWState;
 use stptf::autograd::Tape;
 use stptf::check::gpu;
-use stptf::config::{AugmentConfig, Fgco, ModelConfig};
+use stptf::config::{Config, ModelConfig};
 use stptf::data::batch::Batcher;
 use stptf::data::dataset::Dataset;
 use stptf::data::synth::{generate, SynthConfig};
 use stptf::gpu::Gpu;
-use stptf::model::{make_views, DataDims, Model};
+use stptf::model::{DataDims, Model};
 use stptf::ops::adamw::AdamW;
+use stptf::train::step::{record_pretrain_step, PretrainObjective};
 
 const CROP: usize = 48;
 
@@ -153,7 +154,12 @@ fn pretraining_lowers_the_loss_and_helps_a_linear_probe() {
     let model = Model::new(gpu, model_config(), dims, 7).unwrap();
     let random_model = Model::new(gpu, model_config(), dims, 7).unwrap();
     let mut opt = AdamWState::new(gpu, &model.params.store, AdamW::default()).unwrap();
-    let aug = AugmentConfig::default();
+    // The trainer's own step (train::step), with the default STIGA views,
+    // FGCO global and λ; seed 11 for the masks.
+    let objective = PretrainObjective {
+        seed: 11,
+        ..PretrainObjective::from_config(&Config::default())
+    };
     let (steps, every) = (300u64, 5u64);
     let mut losses = Vec::new();
     let mut step = 0u64;
@@ -161,16 +167,11 @@ fn pretraining_lowers_the_loss_and_helps_a_linear_probe() {
         for hb in batcher.epoch(&data, &all, epoch) {
             let x = gpu.upload(&hb.x, &[hb.b, hb.n, hb.t]).unwrap();
             let valid = gpu.upload(&hb.valid, &[hb.b, hb.t]).unwrap();
-            let views = make_views(gpu, &x, &valid, &aug, 11, step).unwrap();
-            model.params.store.zero_grads(gpu).unwrap();
-            let mut tape = Tape::new(gpu);
-            let l = model
-                .pretrain_loss(&mut tape, &x, &views.x_s, &views.x_t, &valid, Fgco::Global)
-                .unwrap();
-            tape.backward(l, &model.params.store).unwrap();
-            opt.update(gpu, &model.params.store, 1e-3).unwrap();
+            let loss =
+                record_pretrain_step(gpu, &model, &x, &valid, &objective, step, &mut opt, 1e-3)
+                    .unwrap();
             if step % every == 0 {
-                losses.push(gpu.read(tape.value(l)).unwrap()[0] as f64);
+                losses.push(gpu.read(&loss).unwrap()[0] as f64);
             } else {
                 gpu.flush().unwrap();
             }

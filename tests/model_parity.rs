@@ -98,14 +98,19 @@ fn run(case: &str, loss: &str) -> (f64, Vec<HostTensor>) {
     let x_s = mul_broadcast(gpu, &xg, &roi, 1, t).unwrap();
     let x_t = mul_broadcast(gpu, &xg, &frames, t, n).unwrap();
 
+    // λ from the fixture, not our default: parity then also checks that the
+    // setting reaches the loss.
+    let lambda = config["constants"]["bt_lambda"]
+        .as_f64()
+        .expect("constants.bt_lambda") as f32;
     model.params.store.zero_grads(gpu).unwrap();
     let mut tape = Tape::new(gpu);
     let l = match loss {
         "fgco_global" => model
-            .pretrain_loss(&mut tape, &xg, &x_s, &x_t, &valid, Fgco::Global)
+            .pretrain_loss(&mut tape, &xg, &x_s, &x_t, &valid, Fgco::Global, lambda)
             .unwrap(),
         "fgco_fine" => model
-            .pretrain_loss(&mut tape, &xg, &x_s, &x_t, &valid, Fgco::Fine)
+            .pretrain_loss(&mut tape, &xg, &x_s, &x_t, &valid, Fgco::Fine, lambda)
             .unwrap(),
         "finetune" => {
             model

@@ -5,34 +5,69 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use stptf::data::split::stratified_subject_kfold;
-use stptf::data::Dataset;
+use stptf::config::{Config, SplitKind};
 use stptf::train::baseline::{evaluate_on_features, fc_feature_matrix};
 use stptf::train::checkpoint::data_fingerprint;
 use stptf::train::metrics::{format_table, roc_curve, FoldMetrics, Summary};
 use stptf::train::plots::{roc_svg, RocCurve};
+use stptf::train::protocol::baseline_folds;
 use stptf::train::rundir::RunDir;
 
 #[derive(Args)]
 pub struct BaselineArgs {
     /// Dataset description (TOML; schema in docs/data.md).
     #[arg(long)]
-    pub config: PathBuf,
+    pub dataset: PathBuf,
     /// Data directory, replacing the description's `data_dir`.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Folds of the stratified subject-level cross-validation.
-    #[arg(long, default_value_t = 5)]
-    pub folds: usize,
-    /// Seed of the fold assignment.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Inverse L2 strength of the logistic regression (scikit-learn's C).
-    #[arg(long, default_value_t = 1.0)]
-    pub c_reg: f64,
+    /// Experiment config (TOML; see assets/default.toml): its `seed`,
+    /// `evaluate.folds`, `evaluate.split`, `data.finetune_sites`,
+    /// `finetune.label_fraction` and `baseline.c_reg` are used, so the
+    /// baseline is scored on the same folds and labels as `evaluate`.
+    /// Default: assets/default.toml's values.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set baseline.c_reg=0.1` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Folds, replacing the config's `evaluate.folds`.
+    #[arg(long)]
+    pub folds: Option<usize>,
+    /// Seed of the fold assignment, replacing the config's `seed`.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Inverse L2 strength of the logistic regression (scikit-learn's C),
+    /// replacing the config's `baseline.c_reg`.
+    #[arg(long)]
+    pub c_reg: Option<f64>,
     /// Run directory to create [default: runs/baseline-<dataset>-seed<seed>].
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// The experiment config of a baseline run: the file (or the defaults), then
+/// `--set`, then the shorthand flags.
+fn baseline_config(args: &BaselineArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        // ConfigError names the file already; a context would repeat it.
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    for assignment in &args.set {
+        cfg.apply_assignment(assignment)?;
+    }
+    if let Some(seed) = args.seed {
+        cfg.seed = seed;
+    }
+    if let Some(folds) = args.folds {
+        cfg.evaluate.folds = folds;
+    }
+    if let Some(c_reg) = args.c_reg {
+        cfg.baseline.c_reg = c_reg;
+    }
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 /// `config.toml` of a baseline run: everything needed to repeat it.
@@ -50,6 +85,8 @@ struct BaselineRun<'a> {
     folds: usize,
     seed: u64,
     c_reg: f64,
+    finetune_sites: Vec<String>,
+    label_fraction: f64,
     version: &'static str,
 }
 
@@ -76,19 +113,15 @@ struct Timings {
 
 pub fn run(args: &BaselineArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let dataset =
-        Dataset::from_config_file(&args.config, args.data.as_deref()).with_context(|| {
-            format!(
-                "cannot load the dataset described by {}",
-                args.config.display()
-            )
-        })?;
+    let cfg = baseline_config(args)?;
+    let dataset = stptf::train::protocol::load_dataset_file(&args.dataset, args.data.as_deref())?;
     let load_seconds = started.elapsed().as_secs_f64();
     let labels = dataset.labels();
-    let folds = stratified_subject_kfold(&labels, &dataset.subjects(), args.folds, args.seed)
-        .context("cannot split the dataset into folds")?;
+    // The folds and labeled scans of `evaluate`: the baseline fits on exactly
+    // the labels STPTF's fine-tuning sees.
+    let folds = baseline_folds(&dataset, &cfg).context("cannot split the dataset into folds")?;
     let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!("baseline-{}-seed{}", dataset.name, args.seed))
+        PathBuf::from("runs").join(format!("baseline-{}-seed{}", dataset.name, cfg.seed))
     });
     // Refuse an occupied run directory before spending time on the fit.
     let run_dir = RunDir::create(&out)?;
@@ -108,32 +141,37 @@ pub fn run(args: &BaselineArgs) -> anyhow::Result<()> {
         &labels,
         dataset.num_classes(),
         &folds,
-        args.c_reg,
+        cfg.baseline.c_reg,
     )
     .context("the baseline failed")?;
     let cv_seconds = t.elapsed().as_secs_f64();
 
     let config = BaselineRun {
         method: "FC (Fisher z of Pearson, upper triangle, z-scored on the training fold) + L2 logistic regression (L-BFGS)",
-        dataset_config: args.config.display().to_string(),
+        dataset_config: args.dataset.display().to_string(),
         data_dir: args.data.as_ref().map(|d| d.display().to_string()),
         dataset: &dataset.name,
         data_fingerprint: data_fingerprint(&dataset),
         scans: dataset.scans.len(),
         regions: dataset.n_regions,
         features: features.ncols(),
-        split: "stratified subject-level k-fold",
-        folds: args.folds,
-        seed: args.seed,
-        c_reg: args.c_reg,
+        split: match cfg.evaluate.split {
+            SplitKind::Stratified => "stratified subject-level k-fold",
+            SplitKind::LeaveSiteOut => "leave-site-out",
+        },
+        folds: folds.len(),
+        seed: cfg.seed,
+        c_reg: cfg.baseline.c_reg,
+        finetune_sites: cfg.data.finetune_sites.clone(),
+        label_fraction: cfg.finetune.label_fraction,
         version: env!("CARGO_PKG_VERSION"),
     };
     run_dir.write_text(
         "config.toml",
         &toml::to_string(&config).context("cannot encode the run config")?,
     )?;
-    let description = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("cannot read {}", args.config.display()))?;
+    let description = std::fs::read_to_string(&args.dataset)
+        .with_context(|| format!("cannot read {}", args.dataset.display()))?;
     run_dir.write_text("dataset.toml", &description)?;
 
     let mut curves = Vec::new();
@@ -203,13 +241,14 @@ pub fn run(args: &BaselineArgs) -> anyhow::Result<()> {
     run_dir.write_json("timings.json", &timings)?;
 
     println!(
-        "{}: {} scans, {} classes, {}-fold stratified subject-level CV (seed {}), C = {}",
+        "{}: {} scans, {} classes, {} folds, {} (seed {}), C = {}",
         dataset.name,
         dataset.scans.len(),
         dataset.num_classes(),
-        args.folds,
-        args.seed,
-        args.c_reg
+        folds.len(),
+        config.split,
+        cfg.seed,
+        cfg.baseline.c_reg
     );
     print!(
         "{}",

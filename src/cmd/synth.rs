@@ -38,7 +38,7 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     write_dataset(&args.out, &config)
         .with_context(|| format!("cannot write a synthetic dataset to {}", args.out.display()))?;
     println!(
-        "wrote {} scans ({} regions x {} frames, {} classes) to {}; load it with --config {}",
+        "wrote {} scans ({} regions x {} frames, {} classes) to {}; load it with --dataset {}",
         config.scans,
         config.regions,
         config.length,

@@ -60,6 +60,16 @@ pub enum Orientation {
     RegionByTime,
 }
 
+impl Orientation {
+    /// What rows and columns of a stored table mean, for messages.
+    pub fn layout(self) -> &'static str {
+        match self {
+            Orientation::TimeByRegion => "rows = time points, columns = regions",
+            Orientation::RegionByTime => "rows = regions, columns = time points",
+        }
+    }
+}
+
 impl std::fmt::Display for Orientation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -165,9 +175,23 @@ fn default_true() -> bool {
 
 impl DatasetConfig {
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self> {
-        let config: DatasetConfig = toml::from_str(text).map_err(|e| DataError::Config {
-            path: shown(origin),
-            message: e.message().to_string(),
+        // toml's own Display is a multi-line block with a source excerpt; one
+        // line naming the line number reads better after the path.
+        let config: DatasetConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_string();
+            match e.span() {
+                Some(span) => DataError::ConfigAt {
+                    path: shown(origin),
+                    line: 1 + text
+                        .get(..span.start)
+                        .map_or(0, |before| before.matches('\n').count()),
+                    message,
+                },
+                None => DataError::Config {
+                    path: shown(origin),
+                    message,
+                },
+            }
         })?;
         config.validate(origin)?;
         Ok(config)
@@ -175,7 +199,13 @@ impl DatasetConfig {
 
     /// Reads the TOML file. A missing `data_dir` becomes the TOML file's folder.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => DataError::NotFound {
+                path: shown(path),
+                what: "dataset description",
+            },
+            _ => DataError::io(path, e),
+        })?;
         let mut config = Self::from_toml_str(&text, path)?;
         if config.data_dir.is_none() {
             let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -75,6 +75,8 @@ pub struct LoadReport {
     pub excluded: Vec<Exclusion>,
     /// Ids in the labels table that no file matched.
     pub labels_without_scan: Vec<String>,
+    /// Scans kept with more regions than time points.
+    pub wider_than_long: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -188,21 +190,14 @@ impl Dataset {
         let arrays = read_scans_in_parallel(&paths, &options)?;
 
         let crop_length = config.preprocess.crop_length;
+        let regions: Vec<(usize, String)> = matched
+            .iter()
+            .zip(&arrays)
+            .map(|((_, path, _, _), data)| (data.nrows(), shown(path)))
+            .collect();
+        check_region_counts(&regions)?;
         let mut scans = Vec::with_capacity(arrays.len());
-        let mut reference: Option<(usize, &Path)> = None;
         for ((id, path, label, row), data) in matched.iter().zip(arrays) {
-            match reference {
-                None => reference = Some((data.nrows(), path)),
-                Some((expected, reference_path)) if data.nrows() != expected => {
-                    return Err(DataError::RegionCountMismatch {
-                        path: shown(path),
-                        found: data.nrows(),
-                        expected,
-                        reference: shown(reference_path),
-                    })
-                }
-                Some(_) => {}
-            }
             if data.ncols() < crop_length && config.preprocess.short_scans == ShortScans::Exclude {
                 report.excluded.push(Exclusion {
                     id: id.clone(),
@@ -236,7 +231,11 @@ impl Dataset {
             ));
         }
 
-        warn_if_wider_than_long(&scans, config.orientation);
+        // `orientation` is a required key, so it is never guessed here and a
+        // scan with more regions than time points is no sign of a mistake (ABIDE:
+        // 519 of 665 scans, 200 regions, 78-316 frames). No warning, then; the
+        // count is in the report, and `inspect` shows it.
+        report.wider_than_long = scans.iter().filter(|s| s.regions() > s.length()).count();
         let class_names: Vec<String> = config
             .labels
             .classes
@@ -274,18 +273,17 @@ impl Dataset {
         class_names: Vec<String>,
         crop_length: usize,
     ) -> Result<Self> {
+        let id = |index: usize| format!("scan{index:04}");
+        let regions: Vec<(usize, String)> = arrays
+            .iter()
+            .enumerate()
+            .map(|(index, data)| (data.nrows(), id(index)))
+            .collect();
+        check_region_counts(&regions)?;
         let n_regions = arrays.first().map_or(0, Array2::nrows);
         let mut scans = Vec::with_capacity(arrays.len());
         for (index, (data, label)) in arrays.into_iter().zip(labels).enumerate() {
-            let id = format!("scan{index:04}");
-            if data.nrows() != n_regions {
-                return Err(DataError::RegionCountMismatch {
-                    path: id,
-                    found: data.nrows(),
-                    expected: n_regions,
-                    reference: "scan0000".to_string(),
-                });
-            }
+            let id = id(index);
             scans.push(prepare_scan(
                 id.clone(),
                 PathBuf::new(),
@@ -385,6 +383,37 @@ impl Dataset {
     }
 }
 
+/// Every scan must have the same region count. The count most files share is
+/// taken as right and the first file that differs from it is named: with 7
+/// files of 200 regions and 1 of 199, the odd one is the 199-region file, even
+/// when it is read first. A tie goes to the count of the earliest file.
+fn check_region_counts(regions: &[(usize, String)]) -> Result<()> {
+    let mut tally: Vec<(usize, usize)> = Vec::new(); // (count, files), first-seen order
+    for &(count, _) in regions {
+        match tally.iter_mut().find(|(c, _)| *c == count) {
+            Some((_, files)) => *files += 1,
+            None => tally.push((count, 1)),
+        }
+    }
+    // `max_by_key` keeps the last maximum; reversing makes ties go to the earliest.
+    let Some(&(expected, agreeing)) = tally.iter().rev().max_by_key(|(_, files)| *files) else {
+        return Ok(());
+    };
+    let odd = regions.iter().find(|(count, _)| *count != expected);
+    let reference = regions.iter().find(|(count, _)| *count == expected);
+    match (odd, reference) {
+        (Some((found, path)), Some((_, reference))) => Err(DataError::RegionCountMismatch {
+            path: path.clone(),
+            found: *found,
+            expected,
+            agreeing,
+            total: regions.len(),
+            reference: reference.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn prepare_scan(
     id: String,
     path: PathBuf,
@@ -412,25 +441,6 @@ fn prepare_scan(
     }
 }
 
-/// One warning for all scans with more regions than time points: with short
-/// scans and a fine atlas that is real (ABIDE: 200 regions, 78-316 frames), but
-/// when every scan is like that the orientation is the likelier mistake.
-fn warn_if_wider_than_long(scans: &[Scan], orientation: super::config::Orientation) {
-    let wide: Vec<&Scan> = scans.iter().filter(|s| s.regions() > s.length()).collect();
-    if let Some(example) = wide.first() {
-        log::warn!(
-            "{} of {} scans have more regions than time points (e.g. {}: {} regions, {} frames); \
-             orientation is {}: if that is wrong, set `orientation` in the dataset description",
-            wide.len(),
-            scans.len(),
-            example.id,
-            example.regions(),
-            example.length(),
-            orientation
-        );
-    }
-}
-
 fn is_missing(value: &str, markers: &[String]) -> bool {
     let value = value.trim();
     markers.iter().any(|m| m.trim() == value)
@@ -443,10 +453,21 @@ fn list_files(data_dir: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
         path: shown(data_dir),
         message: format!("`files` is not a valid glob \"{pattern}\": {e}"),
     })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .filter(|p| p.is_file())
-        .collect();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        // An unreadable folder on the way is an error, not fewer scans.
+        let path = entry.map_err(|e| {
+            let path = e.path().to_path_buf();
+            DataError::io(&path, e.into())
+        })?;
+        if let Some(error) = broken_link(&path) {
+            return Err(error);
+        }
+        // Folders whose names happen to match are not scans.
+        if path.is_file() {
+            files.push(path);
+        }
+    }
     files.sort();
     if files.is_empty() {
         return Err(DataError::NoFilesMatched {
@@ -455,6 +476,32 @@ fn list_files(data_dir: &Path, pattern: &str) -> Result<Vec<PathBuf>> {
         });
     }
     Ok(files)
+}
+
+/// A symbolic link that cannot be followed, as an error naming it. A scan
+/// file that is a dangling link is typical of a DataLad or git-annex dataset
+/// whose content was never fetched; skipping it would silently lose the scan.
+fn broken_link(path: &Path) -> Option<DataError> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return None;
+    }
+    let error = std::fs::metadata(path).err()?;
+    let target = std::fs::read_link(path)
+        .map(|t| shown(&t))
+        .unwrap_or_default();
+    Some(if error.kind() == std::io::ErrorKind::NotFound {
+        DataError::DanglingLink {
+            path: shown(path),
+            target,
+        }
+    } else {
+        DataError::UnfollowableLink {
+            path: shown(path),
+            target,
+            cause: error.to_string(),
+        }
+    })
 }
 
 /// The id of each file: the regex's first capture group, or the file name
@@ -514,8 +561,17 @@ fn read_labels_table(path: &Path, config: &LabelsConfig) -> Result<HashMap<Strin
     // Spreadsheet exports often start with a byte-order mark, which would
     // otherwise become part of the first column's name.
     let text = text.trim_start_matches('\u{feff}');
+    // The csv crate counts a line when it reads its '\n', but a record ends at
+    // the '\r' of a CRLF pair, so in Windows-style files every record would
+    // report the line before its own. With plain '\n' endings its count is the
+    // editor's: 1-based, the header is line 1.
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
     if text.trim().is_empty() {
-        return Err(DataError::EmptyFile { path: shown(path) });
+        return Err(DataError::EmptyLabelsTable {
+            path: shown(path),
+            id_column: config.id_column.clone(),
+            label_column: config.label_column.clone(),
+        });
     }
     let first_line = text.lines().next().unwrap_or_default();
     let delimiter = if first_line.contains('\t') {
@@ -558,7 +614,9 @@ fn read_labels_table(path: &Path, config: &LabelsConfig) -> Result<HashMap<Strin
     };
 
     let mut rows: HashMap<String, LabelRow> = HashMap::new();
+    let mut records = 0;
     for record in reader.records() {
+        records += 1;
         let record = record.map_err(|e| DataError::Config {
             path: shown(path),
             message: format!("cannot read row: {e}"),
@@ -584,6 +642,9 @@ fn read_labels_table(path: &Path, config: &LabelsConfig) -> Result<HashMap<Strin
             site: site_index.map(cell),
         };
         rows.insert(id, row);
+    }
+    if records == 0 {
+        return Err(DataError::LabelsWithoutRows { path: shown(path) });
     }
     Ok(rows)
 }
@@ -661,6 +722,14 @@ impl fmt::Display for Summary<'_> {
             .enumerate()
             .map(|(i, (n, name))| format!("{i} {name} {n} ({:.1}%)", 100.0 * *n as f64 / total))
             .collect();
+        if d.report.wider_than_long > 0 {
+            writeln!(
+                f,
+                "wide      {} of {} scans have more regions than time points",
+                d.report.wider_than_long,
+                d.scans.len()
+            )?;
+        }
         writeln!(f, "classes   {}", balance.join(", "))?;
         let subjects: std::collections::HashSet<&str> =
             d.scans.iter().map(|s| s.subject.as_str()).collect();
@@ -797,6 +866,90 @@ crop_length = 4
         assert!(
             summary.contains("unmatched 1 labels without a scan (e.g. S9)"),
             "{summary}"
+        );
+    }
+
+    #[test]
+    fn region_count_mismatch_blames_the_minority() {
+        // The issue's case: the 199-region file is read first, 7 files have 200.
+        let mut regions = vec![(199, "odd.1D".to_string())];
+        regions.extend((0..7).map(|i| (200, format!("s{i}.1D"))));
+        let message = check_region_counts(&regions).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "odd.1D: 199 regions, but 7 of the 8 files have 200 (e.g. s0.1D)"
+        );
+        // A tie goes to the earliest file's count; agreement is no error.
+        let tie = [(3, "a".to_string()), (4, "b".to_string())];
+        assert_eq!(
+            check_region_counts(&tie).unwrap_err().to_string(),
+            "b: 4 regions, but 1 of the 2 files have 3 (e.g. a)"
+        );
+        assert!(check_region_counts(&regions[1..]).is_ok());
+        // In-memory arrays go through the same check.
+        let arrays = vec![
+            Array2::zeros((3, 8)),
+            Array2::zeros((2, 8)),
+            Array2::zeros((3, 8)),
+        ];
+        let error = Dataset::from_arrays(arrays, vec![0, 1, 0], vec!["a".into(), "b".into()], 4)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "scan0001: 2 regions, but 2 of the 3 files have 3 (e.g. scan0000)"
+        );
+    }
+
+    /// Records every warning logged while it is installed (once per test binary).
+    struct WarningLog(std::sync::Mutex<Vec<String>>);
+    impl log::Log for WarningLog {
+        fn enabled(&self, metadata: &log::Metadata) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+        fn log(&self, record: &log::Record) {
+            if self.enabled(record.metadata()) {
+                if let Ok(mut lines) = self.0.lock() {
+                    lines.push(record.args().to_string());
+                }
+            }
+        }
+        fn flush(&self) {}
+    }
+    static WARNINGS: WarningLog = WarningLog(std::sync::Mutex::new(Vec::new()));
+
+    #[test]
+    fn wide_scans_with_an_explicit_orientation_are_counted_not_warned_about() {
+        let installed = log::set_logger(&WARNINGS).is_ok();
+        assert!(installed, "another test installed a logger first");
+        log::set_max_level(log::LevelFilter::Warn);
+        let dir = tempfile::tempdir().unwrap();
+        let toml = write_small(dir.path());
+        // Six rows of three numbers per file, read as regions x time: 6 regions, 3 frames.
+        for i in 0..4 {
+            let rows: Vec<String> = (0..6)
+                .map(|r| format!("{}\t{}\t{}", r + i, r * r % 5, (r + 2 * i) % 3))
+                .collect();
+            fs::write(dir.path().join(format!("S{i}_rois.1D")), rows.join("\n")).unwrap();
+        }
+        let text = fs::read_to_string(&toml)
+            .unwrap()
+            .replace("time_by_region", "region_by_time");
+        fs::write(&toml, text).unwrap();
+        let dataset = Dataset::from_config_file(&toml, None).unwrap();
+        assert_eq!(dataset.n_regions, 6);
+        assert_eq!(dataset.report.wider_than_long, 4);
+        let summary = dataset.summary().to_string();
+        assert!(
+            summary.contains("wide      4 of 4 scans have more regions than time points"),
+            "{summary}"
+        );
+        let warnings = WARNINGS.0.lock().unwrap().clone();
+        assert!(
+            !warnings
+                .iter()
+                .any(|w| w.contains("more regions than time points")),
+            "{warnings:?}"
         );
     }
 

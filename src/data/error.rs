@@ -14,21 +14,60 @@ pub enum DataError {
     #[error("{path}: {what} does not exist")]
     NotFound { path: String, what: &'static str },
 
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The OS error is part of the message and deliberately not a `#[source]`:
+    // the CLI prints the whole chain (`{:#}`), which would say it twice.
+    #[error("{path}: cannot read: {cause}")]
+    Io { path: String, cause: std::io::Error },
+
+    #[error("{path}: cannot write: {cause}")]
+    Write { path: String, cause: std::io::Error },
 
     #[error("{path}: invalid dataset description: {message}")]
     Config { path: String, message: String },
 
+    #[error("{path}: line {line}: invalid dataset description: {message}")]
+    ConfigAt {
+        path: String,
+        line: usize,
+        message: String,
+    },
+
+    #[error("{path}: is a symbolic link to {target}, which does not exist; in a DataLad or git-annex dataset, fetch the file first (`datalad get {path}` or `git annex get {path}`)")]
+    DanglingLink { path: String, target: String },
+
+    #[error("{path}: is a symbolic link to {target} that cannot be followed ({cause}); a link loop? Point it at the real file")]
+    UnfollowableLink {
+        path: String,
+        target: String,
+        cause: String,
+    },
+
     #[error("{dir}: no file matches \"{pattern}\"")]
     NoFilesMatched { dir: String, pattern: String },
 
-    #[error("{path}: file is empty; expected a table of numbers (rows = time points, columns = regions)")]
-    EmptyFile { path: String },
+    #[error("{path}: scan file is empty ({what}); expected a table of numbers ({layout})")]
+    EmptyScanFile {
+        path: String,
+        /// "0 bytes" or "only blank lines".
+        what: &'static str,
+        /// What rows and columns mean under the configured orientation.
+        layout: &'static str,
+    },
+
+    #[error(
+        "{path}: the array has shape {shape:?}; expected at least one time point and one region"
+    )]
+    EmptyArray { path: String, shape: Vec<usize> },
+
+    #[error("{path}: labels table is empty; expected a CSV or TSV table whose header row names the id column \"{id_column}\" and the label column \"{label_column}\"")]
+    EmptyLabelsTable {
+        path: String,
+        id_column: String,
+        label_column: String,
+    },
+
+    #[error("{path}: labels table has a header but no data rows; expected one row per scan")]
+    LabelsWithoutRows { path: String },
 
     #[error("{path}: {message}")]
     BadNpy { path: String, message: String },
@@ -62,8 +101,11 @@ pub enum DataError {
     #[error("{path}: holds several arrays ({available}); name one with `array_name`")]
     AmbiguousArray { path: String, available: String },
 
-    #[error("{path}: cannot parse MATLAB file: {message}")]
+    #[error("{path}: cannot read MATLAB file: {message}")]
     BadMat { path: String, message: String },
+
+    #[error("{path}: a MATLAB v7.3 MAT-file, which is HDF5 inside and not supported; resave it as v7 in MATLAB: S = load(f); save(f, '-struct', 'S', '-v7')")]
+    MatV73 { path: String },
 
     #[error("{path}: line {line}, column {column}: expected a number, found \"{found}\"")]
     NotANumber {
@@ -98,7 +140,7 @@ pub enum DataError {
         first_line: usize,
     },
 
-    #[error("{path}: no data rows; expected at least one row of numbers")]
+    #[error("{path}: has a header but no data rows; expected at least one row of numbers")]
     NoDataRows { path: String },
 
     #[error("{path}: skip_columns names \"{column}\" but the header has no such column (header: {available})")]
@@ -111,11 +153,14 @@ pub enum DataError {
     #[error("{path}: skip_columns names columns, but the file has no header row to find them in")]
     SkipColumnsWithoutHeader { path: String },
 
-    #[error("{path}: {found} regions; expected {expected} like {reference}")]
+    #[error("{path}: {found} regions, but {agreeing} of the {total} files have {expected} (e.g. {reference})")]
     RegionCountMismatch {
         path: String,
         found: usize,
+        /// The count most files have.
         expected: usize,
+        agreeing: usize,
+        total: usize,
         reference: String,
     },
 
@@ -204,12 +249,21 @@ pub(crate) fn shown(path: &Path) -> String {
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
 impl DataError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    /// A failed read; a missing file is `NotFound`.
+    pub(crate) fn io(path: &Path, cause: std::io::Error) -> Self {
         let path = shown(path);
-        if source.kind() == std::io::ErrorKind::NotFound {
+        if cause.kind() == std::io::ErrorKind::NotFound {
             DataError::NotFound { path, what: "file" }
         } else {
-            DataError::Io { path, source }
+            DataError::Io { path, cause }
+        }
+    }
+
+    /// A failed write or folder operation.
+    pub(crate) fn write(path: &Path, cause: std::io::Error) -> Self {
+        DataError::Write {
+            path: shown(path),
+            cause,
         }
     }
 }

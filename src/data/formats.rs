@@ -46,7 +46,11 @@ struct RawTable {
 pub fn read_scan(path: &Path, options: &ReadOptions) -> Result<Array2<f32>> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if bytes.is_empty() {
-        return Err(DataError::EmptyFile { path: shown(path) });
+        return Err(DataError::EmptyScanFile {
+            path: shown(path),
+            what: "0 bytes",
+            layout: options.orientation.layout(),
+        });
     }
     let format = match options.format {
         Format::Auto => format_from_extension(path),
@@ -64,11 +68,7 @@ pub fn read_scan(path: &Path, options: &ReadOptions) -> Result<Array2<f32>> {
                     e.utf8_error().valid_up_to()
                 ),
             })?;
-            parse_text_table(
-                path,
-                text.trim_start_matches('\u{feff}'),
-                &options.skip_columns,
-            )?
+            parse_text_table(path, text.trim_start_matches('\u{feff}'), options)?
         }
     };
     let scan = orient(raw, options.orientation)?;
@@ -148,8 +148,10 @@ impl Delimiter {
 /// optional first row whose cells are all non-numeric is a header (after the
 /// skipped columns), and every other non-blank line is a data row.
 /// Line and column numbers in errors are 1-based and count every column of the file.
-fn parse_text_table(path: &Path, text: &str, skip: &SkipColumns) -> Result<RawTable> {
+fn parse_text_table(path: &Path, text: &str, options: &ReadOptions) -> Result<RawTable> {
+    let skip = &options.skip_columns;
     let mut delimiter = None;
+    let mut has_header = false; // a header row or `#` comment lines
     let mut keep: Option<Vec<bool>> = None; // per file column: is it data?
     let mut first_data_line = 0;
     let mut cols = 0;
@@ -160,7 +162,11 @@ fn parse_text_table(path: &Path, text: &str, skip: &SkipColumns) -> Result<RawTa
     for (index, line) in text.lines().enumerate() {
         let line_number = index + 1;
         let line = line.trim_end();
-        if line.trim_start().is_empty() || line.trim_start().starts_with('#') {
+        if line.trim_start().is_empty() {
+            continue;
+        }
+        if line.trim_start().starts_with('#') {
+            has_header = true;
             continue;
         }
         let delimiter = *delimiter.get_or_insert_with(|| Delimiter::detect(line));
@@ -180,6 +186,7 @@ fn parse_text_table(path: &Path, text: &str, skip: &SkipColumns) -> Result<RawTa
                 .all(|c| c.parse::<f64>().is_err());
             keep = Some(column_mask(path, &cells, is_header, skip)?);
             if is_header {
+                has_header = true;
                 continue;
             }
         }
@@ -209,8 +216,12 @@ fn parse_text_table(path: &Path, text: &str, skip: &SkipColumns) -> Result<RawTa
     }
 
     if rows == 0 || cols == 0 {
-        if keep.is_none() {
-            return Err(DataError::EmptyFile { path: shown(path) });
+        if !has_header {
+            return Err(DataError::EmptyScanFile {
+                path: shown(path),
+                what: "only blank lines",
+                layout: options.orientation.layout(),
+            });
         }
         return Err(DataError::NoDataRows { path: shown(path) });
     }
@@ -325,7 +336,10 @@ fn read_npy_bytes(path: &Path, bytes: &[u8]) -> Result<RawTable> {
         });
     }
     if rows == 0 || cols == 0 {
-        return Err(DataError::EmptyFile { path: shown(path) });
+        return Err(DataError::EmptyArray {
+            path: shown(path),
+            shape: vec![rows, cols],
+        });
     }
     let fortran = npy.order() == npyz::Order::Fortran;
     let stored: Vec<f64> = if element_size == 4 {
@@ -445,10 +459,29 @@ fn read_npz(path: &Path, bytes: Vec<u8>, array_name: Option<&str>) -> Result<Raw
 
 // ---------------------------------------------------------------- .mat (v5)
 
+/// HDF5's 8-byte signature; a v7.3 MAT-file puts it at byte 512, after
+/// MATLAB's own 512-byte user block.
+const HDF5_SIGNATURE: &[u8] = b"\x89HDF\r\n\x1a\n";
+
 fn read_mat(path: &Path, bytes: &[u8], variable: Option<&str>) -> Result<RawTable> {
+    let is_hdf5 = bytes.starts_with(b"MATLAB 7.3 MAT-file")
+        || [0, 512, 1024, 2048].iter().any(|&offset| {
+            bytes
+                .get(offset..offset + HDF5_SIGNATURE.len())
+                .is_some_and(|b| b == HDF5_SIGNATURE)
+        });
+    if is_hdf5 {
+        return Err(DataError::MatV73 { path: shown(path) });
+    }
     let mat = matfile::MatFile::parse(Cursor::new(bytes)).map_err(|e| DataError::BadMat {
         path: shown(path),
-        message: e.to_string(),
+        // matfile's own message says only "An error occurred while parsing the
+        // file"; the header text tells a damaged MAT-file from something else.
+        message: if bytes.starts_with(b"MATLAB 5.0 MAT-file") {
+            format!("a damaged MATLAB v5/v7 MAT-file ({e})")
+        } else {
+            "not a MATLAB v5/v7 MAT-file: it does not start with the header text \"MATLAB 5.0 MAT-file\"".to_string()
+        },
     })?;
     let names: Vec<String> = mat.arrays().iter().map(|a| a.name().to_string()).collect();
     let array = match variable {
@@ -493,7 +526,10 @@ fn read_mat(path: &Path, bytes: &[u8], variable: Option<&str>) -> Result<RawTabl
         other => return Err(unsupported(mat_type_name(other))),
     };
     if rows == 0 || cols == 0 {
-        return Err(DataError::EmptyFile { path: shown(path) });
+        return Err(DataError::EmptyArray {
+            path: shown(path),
+            shape: vec![rows, cols],
+        });
     }
     // MATLAB stores column-major.
     from_stored_order(path, rows, cols, &stored, true)
@@ -520,17 +556,17 @@ fn mat_type_name(data: &matfile::NumericData) -> &'static str {
 /// Writes a 2-D f32 array as a C-order `.npy` file of shape [rows, cols].
 pub fn write_npy_f32(path: &Path, array: &Array2<f32>) -> Result<()> {
     use npyz::WriterBuilder;
-    let file = std::fs::File::create(path).map_err(|e| DataError::io(path, e))?;
+    let file = std::fs::File::create(path).map_err(|e| DataError::write(path, e))?;
     let mut writer = npyz::WriteOptions::<f32>::new()
         .default_dtype()
         .shape(&[array.nrows() as u64, array.ncols() as u64])
         .writer(std::io::BufWriter::new(file))
         .begin_nd()
-        .map_err(|e| DataError::io(path, e))?;
+        .map_err(|e| DataError::write(path, e))?;
     writer
         .extend(array.iter().copied())
-        .map_err(|e| DataError::io(path, e))?;
-    writer.finish().map_err(|e| DataError::io(path, e))
+        .map_err(|e| DataError::write(path, e))?;
+    writer.finish().map_err(|e| DataError::write(path, e))
 }
 
 #[cfg(test)]

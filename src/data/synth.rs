@@ -84,7 +84,54 @@ impl SynthConfig {
                 self.difficulty
             ));
         }
-        Ok(())
+        self.check_size(available_memory())
+    }
+
+    /// Bytes the scans take in memory as f32, or `None` past `u64`.
+    pub fn dataset_bytes(&self) -> Option<u64> {
+        [self.scans, self.regions, self.length]
+            .iter()
+            .try_fold(4u64, |bytes, &n| bytes.checked_mul(u64::try_from(n).ok()?))
+    }
+
+    /// Refuses a dataset that cannot be held in `available` bytes of memory
+    /// (every consumer loads all scans), before anything is allocated: a failed
+    /// allocation would abort the process instead. Names the setting that is
+    /// furthest above its default, as the one to lower.
+    fn check_size(&self, available: Option<u64>) -> Result<()> {
+        let defaults = SynthConfig::default();
+        let settings = [
+            ("scans", self.scans, defaults.scans),
+            ("regions", self.regions, defaults.regions),
+            ("length", self.length, defaults.length),
+        ];
+        let (name, value, _) = settings
+            .iter()
+            .copied()
+            .max_by(|a, b| (a.1 as f64 / a.2 as f64).total_cmp(&(b.1 as f64 / b.2 as f64)))
+            .unwrap_or(settings[2]);
+        let shape = format!(
+            "{} scans x {} regions x {} frames x 4 bytes",
+            self.scans, self.regions, self.length
+        );
+        let too_large = |needed: String, limit: String| {
+            Err(DataError::BadSynthConfig {
+                message: format!(
+                    "{name} = {value} makes the dataset {needed} in memory ({shape}), more than {limit}; lower {name}"
+                ),
+            })
+        };
+        let gib = |bytes: u64| format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64);
+        match (self.dataset_bytes(), available) {
+            (None, _) => too_large(
+                "too large to count".to_string(),
+                "any machine holds".to_string(),
+            ),
+            (Some(needed), Some(available)) if needed > available => {
+                too_large(gib(needed), format!("the {} available", gib(available)))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The regions whose coupling differs by class, ascending.
@@ -121,6 +168,15 @@ impl SynthConfig {
     pub fn site(&self, scan: usize) -> usize {
         (scan / self.classes.max(1)) % SITES
     }
+}
+
+/// Memory the system can give without swapping (Linux `MemAvailable`);
+/// `None` where it cannot be read, and then only overflow is refused.
+fn available_memory() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 fn class_position(class: usize, classes: usize) -> f64 {
@@ -233,18 +289,18 @@ pub fn write_dataset(dir: &Path, config: &SynthConfig) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
+    fs::create_dir_all(&parent).map_err(|e| DataError::write(&parent, e))?;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
     if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
+        fs::remove_dir_all(&staging).map_err(|e| DataError::write(&staging, e))?;
     }
-    fs::create_dir(&staging).map_err(|e| DataError::io(&staging, e))?;
+    fs::create_dir(&staging).map_err(|e| DataError::write(&staging, e))?;
     let written = write_contents(&staging, config)
-        .and_then(|()| fs::rename(&staging, dir).map_err(|e| DataError::io(dir, e)));
+        .and_then(|()| fs::rename(&staging, dir).map_err(|e| DataError::write(dir, e)));
     if written.is_err() {
         let _ = fs::remove_dir_all(&staging);
     }
@@ -265,7 +321,7 @@ fn write_contents(folder: &Path, config: &SynthConfig) -> Result<()> {
         ));
     }
     let labels_path = folder.join("labels.csv");
-    fs::write(&labels_path, table).map_err(|e| DataError::io(&labels_path, e))?;
+    fs::write(&labels_path, table).map_err(|e| DataError::write(&labels_path, e))?;
 
     let classes: Vec<String> = (0..config.classes)
         .map(|c| format!("{{ value = \"{c}\", name = \"class{c}\" }}"))
@@ -295,7 +351,7 @@ fn write_contents(folder: &Path, config: &SynthConfig) -> Result<()> {
         config.length.min(64)
     );
     let toml_path = folder.join("dataset.toml");
-    fs::write(&toml_path, description).map_err(|e| DataError::io(&toml_path, e))
+    fs::write(&toml_path, description).map_err(|e| DataError::write(&toml_path, e))
 }
 
 #[cfg(test)]
@@ -440,6 +496,54 @@ mod tests {
             write_dataset(&dir, &config),
             Err(DataError::OutputExists { .. })
         ));
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_allocating() {
+        // The issue's case: --length 10000000 with the defaults is 38.1 GiB.
+        let long = SynthConfig {
+            length: 10_000_000,
+            ..SynthConfig::default()
+        };
+        assert_eq!(long.dataset_bytes(), Some(64 * 16 * 10_000_000 * 4));
+        let message = long.check_size(Some(16 << 30)).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "invalid synthetic-data setting: length = 10000000 makes the dataset 38.1 GiB in memory \
+             (64 scans x 16 regions x 10000000 frames x 4 bytes), more than the 16.0 GiB available; lower length"
+        );
+        assert!(long.check_size(Some(64 << 30)).is_ok());
+        // Past u64, on any machine; the setting furthest above its default is named.
+        let huge = SynthConfig {
+            scans: usize::MAX,
+            ..SynthConfig::default()
+        };
+        let message = huge.validate().unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!("invalid synthetic-data setting: scans = {} makes the dataset too large to count in memory", usize::MAX)),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("more than any machine holds; lower scans"),
+            "{message}"
+        );
+        // Larger than this machine's memory (read from /proc/meminfo): refused
+        // by the real check too, and write_dataset creates nothing.
+        #[cfg(target_os = "linux")]
+        let wide = SynthConfig {
+            regions: 1 << 40,
+            ..SynthConfig::default()
+        };
+        #[cfg(target_os = "linux")]
+        {
+            let root = tempfile::tempdir().unwrap();
+            let error = write_dataset(&root.path().join("d"), &wide)
+                .unwrap_err()
+                .to_string();
+            assert!(error.ends_with("; lower regions"), "{error}");
+            assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0);
+            assert_eq!(generate(&wide).0.len(), 0);
+        }
     }
 
     #[test]

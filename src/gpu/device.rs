@@ -49,10 +49,38 @@ fn default_backends() -> wgpu::Backends {
     wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12
 }
 
+/// Parses `WGPU_BACKEND` (a comma list). Every name must be one we can run
+/// on: wgpu's own parser ignores unknown names, and GL would be chosen but
+/// never used (see `default_backends`), so both are errors here rather than
+/// a misleading "no adapter".
+fn parse_backends(value: &str) -> Result<wgpu::Backends, GpuError> {
+    let mut backends = wgpu::Backends::empty();
+    for name in value.split(',').map(|n| n.trim().to_lowercase()) {
+        backends |= match name.as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "metal" | "mtl" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "gl" | "gles" | "opengl" | "webgl" => {
+                return Err(GpuError::Backend {
+                    value: value.to_string(),
+                    reason: "OpenGL is not supported; use vulkan, metal or dx12".into(),
+                })
+            }
+            _ => {
+                return Err(GpuError::Backend {
+                    value: value.to_string(),
+                    reason: format!("unknown backend \"{name}\"; use vulkan, metal or dx12"),
+                })
+            }
+        };
+    }
+    Ok(backends)
+}
+
 /// Finds an adapter and opens a device with the limits our kernels need.
 pub fn open() -> Result<(wgpu::Device, wgpu::Queue, AdapterReport), GpuError> {
     let backends = match std::env::var("WGPU_BACKEND") {
-        Ok(s) if !s.trim().is_empty() => wgpu::Backends::from_comma_list(&s),
+        Ok(s) if !s.trim().is_empty() => parse_backends(&s)?,
         _ => default_backends(),
     };
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle().with_env();
@@ -155,4 +183,27 @@ pub fn open() -> Result<(wgpu::Device, wgpu::Queue, AdapterReport), GpuError> {
         candidates,
     };
     Ok((device, queue, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_parse_and_gl_or_unknown_ones_are_refused() {
+        assert_eq!(
+            parse_backends(" Vulkan, metal").unwrap(),
+            wgpu::Backends::VULKAN | wgpu::Backends::METAL
+        );
+        assert_eq!(parse_backends("dx12").unwrap(), wgpu::Backends::DX12);
+        for gl in ["gl", "vulkan,gl", "GLES"] {
+            let e = parse_backends(gl).unwrap_err().to_string();
+            assert!(
+                e.contains("OpenGL is not supported; use vulkan, metal or dx12"),
+                "{e}"
+            );
+        }
+        let e = parse_backends("vulcan").unwrap_err().to_string();
+        assert!(e.contains("unknown backend \"vulcan\""), "{e}");
+    }
 }

@@ -4,23 +4,47 @@
 //! [`Gpu`]; nothing runs until [`Gpu::flush`] submits it. A whole training step
 //! is therefore one submit, and reading a value back ([`Gpu::read`]) is a
 //! separate, explicit call that flushes and waits.
+//!
+//! One ordering: everything — kernels, fills ([`Gpu::fill`]), host writes
+//! ([`Gpu::upload`], [`Gpu::write`]) and copies — is recorded into that
+//! encoder in program order, and runs in that order. Nothing uses
+//! `queue.write_buffer`, whose data would land before the whole submission.
+//!
+//! The runtime depends on no kernel family: it has its own fill shader.
+//! Launches that a tensor larger than one storage binding forces to split
+//! are planned by [`Planner`] (`plan.rs`), the one place for that rule; bind
+//! groups are cached behind a typed key (`bind_cache.rs`); and
+//! [`Gpu::traced`] lists what a piece of code recorded, so tests can assert
+//! which path ran.
 
+mod bind_cache;
 mod device;
 mod pipeline;
+mod plan;
 mod pool;
 mod tensor;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use bind_cache::BindGroupStats;
 pub use device::{AdapterReport, IMMEDIATE_BYTES};
 pub use pipeline::{validate_wgsl, CompiledKernel, Kernel, Shader};
+pub use plan::{Pieces, Planner};
 pub use tensor::{Arg, Tensor};
 
+use bind_cache::{BindGroupCache, BindGroupKey};
 use pipeline::PipelineCache;
 use pool::BufferPool;
 
 /// Largest workgroup count per grid dimension that every adapter accepts.
 pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
+
+/// The runtime's own fill shader (see [`Gpu::fill`]).
+const FILL: Shader = crate::shader!("fill");
+
+/// Staging belt chunk size: 4 MiB holds a whole ABIDE batch (32 x 200 x 128
+/// f32 is 3.3 MB); larger writes get a staging buffer of their own.
+const BELT_CHUNK_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -39,6 +63,8 @@ pub enum GpuError {
         name_filter: Option<String>,
         candidates: Vec<String>,
     },
+    #[error("WGPU_BACKEND={value}: {reason}")]
+    Backend { value: String, reason: String },
     #[error("GPU adapter {adapter} lacks {what}")]
     MissingCapability { adapter: String, what: String },
     #[error("could not open GPU device on {adapter}")]
@@ -57,6 +83,17 @@ pub enum GpuError {
     Readback(String),
     #[error("shape mismatch in {op}: {message}")]
     Shape { op: &'static str, message: String },
+    /// A launch that cannot be planned within one storage binding.
+    #[error(
+        "{op}: {what} is {bytes} bytes, over the {limit}-byte storage binding limit ({reason})"
+    )]
+    BindingLimit {
+        op: &'static str,
+        what: String,
+        bytes: u64,
+        limit: u64,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = GpuError> = std::result::Result<T, E>;
@@ -66,11 +103,13 @@ pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub report: AdapterReport,
-    /// Largest storage binding in bytes. Launchers split work above it. Tests
-    /// lower it to exercise the split path on small tensors.
-    max_binding_bytes: std::sync::atomic::AtomicU64,
+    /// Largest storage binding in bytes. Launchers split work above it (see
+    /// `plan.rs`). Lower only on devices from [`Gpu::with_binding_limit`].
+    max_binding_bytes: u64,
     pool: Arc<Mutex<BufferPool>>,
     pipelines: Mutex<PipelineCache>,
+    /// Lock order: after the pool (`trim_pool` holds neither while taking it).
+    bind_groups: Mutex<BindGroupCache>,
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
     /// Reused staging memory for `write` (lock order: encoder, then belt).
     belt: Mutex<wgpu::util::StagingBelt>,
@@ -78,6 +117,23 @@ pub struct Gpu {
     /// When set, every new tensor is filled with NaN before use, so a kernel
     /// that forgets to write an element fails its test (on in tests).
     poison_new_tensors: std::sync::atomic::AtomicBool,
+    /// Per thread inside [`Gpu::traced`], what it recorded, in order.
+    traces: Mutex<Vec<(std::thread::ThreadId, Vec<Recorded>)>>,
+    /// `traces.len()`, read without the lock on every recorded command.
+    tracing: std::sync::atomic::AtomicUsize,
+}
+
+/// One command recorded into the pending encoder (see [`Gpu::traced`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// A kernel dispatch, `shader::entry` and the grid actually dispatched.
+    Dispatch { kernel: String, groups: [u32; 3] },
+    /// A host-to-device copy (`upload` or `write`).
+    Write { bytes: u64 },
+    /// A zero fill by buffer clear.
+    Clear { bytes: u64 },
+    /// A device-to-device copy (`copy_region`, readback).
+    Copy { bytes: u64 },
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,8 +146,7 @@ impl Gpu {
     /// Opens the best adapter (see `device::open` for the rules).
     pub fn new() -> Result<Self> {
         let (device, queue, report) = device::open()?;
-        // 4 MiB chunks hold a whole ABIDE batch (32 x 200 x 128 f32 is 3.3 MB).
-        let belt = wgpu::util::StagingBelt::new(device.clone(), 4 << 20);
+        let belt = wgpu::util::StagingBelt::new(device.clone(), BELT_CHUNK_BYTES);
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
         // Without a handler wgpu panics on a validation error; we collect the
@@ -104,13 +159,16 @@ impl Gpu {
             device,
             queue,
             report,
-            max_binding_bytes: std::sync::atomic::AtomicU64::new(max_binding),
+            max_binding_bytes: max_binding,
             pool: Arc::default(),
             pipelines: Mutex::default(),
+            bind_groups: Mutex::default(),
             encoder: Mutex::default(),
             belt: Mutex::new(belt),
             errors,
             poison_new_tensors: Default::default(),
+            traces: Mutex::default(),
+            tracing: Default::default(),
         })
     }
 
@@ -130,15 +188,17 @@ impl Gpu {
 
     pub fn max_binding_bytes(&self) -> u64 {
         self.max_binding_bytes
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Lowers the binding limit the launchers plan with (never raises it above
-    /// the device's). For tests of the chunked paths.
-    pub fn set_max_binding_bytes(&self, bytes: u64) {
-        let cap = self.report.limits.max_storage_buffer_binding_size;
-        self.max_binding_bytes
-            .store(bytes.min(cap), std::sync::atomic::Ordering::Relaxed);
+    /// A device of its own whose launches are planned for bindings of at
+    /// most `bytes` (never above the device's limit), so tests run the split
+    /// paths on small tensors. Tests get one through
+    /// `check::gpu_with_binding_limit`.
+    pub fn with_binding_limit(bytes: u64) -> Result<Self> {
+        let mut gpu = Self::new()?;
+        let cap = gpu.report.limits.max_storage_buffer_binding_size;
+        gpu.max_binding_bytes = bytes.min(cap);
+        Ok(gpu)
     }
 
     /// Bytes currently allocated by the pool and the high-water mark.
@@ -147,22 +207,34 @@ impl Gpu {
         (pool.allocated_bytes, pool.peak_bytes)
     }
 
-    /// Returns idle pooled buffers to the device (e.g. between folds).
+    /// Returns idle pooled buffers to the device (e.g. between folds), and
+    /// drops the cached bind groups that name them (which would otherwise
+    /// keep them alive).
     pub fn trim_pool(&self) {
-        lock(&self.pool).trim();
+        let freed = lock(&self.pool).trim();
+        lock(&self.bind_groups).forget(&freed);
     }
 
-    /// A tensor of the given shape with unspecified contents.
+    /// Bind groups created so far and launches that reused a cached one
+    /// (for `stptf profile` and tests).
+    pub fn bind_group_stats(&self) -> BindGroupStats {
+        lock(&self.bind_groups).stats()
+    }
+
+    /// A tensor of the given shape with unspecified contents (NaN when
+    /// poisoning is on, see [`Gpu::set_poison_new_tensors`]).
     pub fn empty(&self, shape: &[usize]) -> Tensor {
         let t = self.allocate(shape);
-        let len = t.len();
         if self
             .poison_new_tensors
             .load(std::sync::atomic::Ordering::Relaxed)
-            && len > 0
         {
-            // Recorded before whatever kernel will write the tensor.
-            let _ = crate::ops::elementwise::fill(self, &t, f32::NAN);
+            // Recorded before whatever kernel will write the tensor. `empty`
+            // returns no Result, so a failure to record the poison is kept
+            // and reported by the next flush (or read), never dropped.
+            if let Err(e) = self.fill(&t, f32::NAN) {
+                lock(&self.errors).push(format!("poisoning a new tensor: {e}"));
+            }
         }
         t
     }
@@ -173,15 +245,62 @@ impl Gpu {
         Tensor::new(buffer, Arc::downgrade(&self.pool), shape.to_vec())
     }
 
+    /// Runs `work` and returns, with its result, every command this thread
+    /// recorded meanwhile, in order: so a test can assert which path ran
+    /// (how a launch was split, the grid it used, that a host write was
+    /// recorded in order). Other threads' commands are not included, so
+    /// tests sharing a device can trace at once. Not reentrant.
+    pub fn traced<R>(&self, work: impl FnOnce() -> R) -> (R, Vec<Recorded>) {
+        use std::sync::atomic::Ordering;
+        let me = std::thread::current().id();
+        lock(&self.traces).push((me, Vec::new()));
+        self.tracing.fetch_add(1, Ordering::SeqCst);
+        // Taken out again even if `work` panics, so a failed test leaves no
+        // tracer behind on a shared device.
+        struct Stop<'a>(&'a Gpu, std::thread::ThreadId);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                let mut traces = lock(&self.0.traces);
+                if let Some(i) = traces.iter().position(|(t, _)| *t == self.1) {
+                    traces.swap_remove(i);
+                    self.0.tracing.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+        let stop = Stop(self, me);
+        let result = work();
+        let trace = {
+            let mut traces = lock(&self.traces);
+            traces
+                .iter_mut()
+                .find(|(t, _)| *t == me)
+                .map(|(_, trace)| std::mem::take(trace))
+                .unwrap_or_default()
+        };
+        drop(stop);
+        (result, trace)
+    }
+
+    fn note(&self, r: impl FnOnce() -> Recorded) {
+        if self.tracing.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
+        let me = std::thread::current().id();
+        if let Some((_, trace)) = lock(&self.traces).iter_mut().find(|(t, _)| *t == me) {
+            trace.push(r());
+        }
+    }
+
     /// Fill every new tensor with NaN (tests: catches unwritten outputs).
     pub fn set_poison_new_tensors(&self, on: bool) {
         self.poison_new_tensors
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Uploads host data. The write is ordered before everything recorded in
-    /// the pending encoder (queue writes precede the next submission), which is
-    /// safe because the pool never hands out a buffer that pending commands use.
+    /// A new tensor holding host data. Like [`Gpu::write`] (which it uses),
+    /// the copy is recorded in program order: it lands after everything
+    /// recorded before this call and before everything recorded after it.
+    /// Both host-to-device paths therefore order the same way.
     pub fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         let len: usize = shape.iter().product();
         if len != data.len() {
@@ -193,23 +312,20 @@ impl Gpu {
                 ),
             });
         }
-        // Not `empty`: a recorded poison fill would run after this queue write
-        // and overwrite the data.
+        // Not `empty`: the copy writes every element, so a poison fill
+        // (which would be ordered before it, and harmless) is wasted work.
         let t = self.allocate(shape);
-        if !data.is_empty() {
-            self.queue
-                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
-        }
+        self.write(&t, data)?;
         Ok(t)
     }
 
     /// Overwrites an existing tensor's contents from the host, in program
-    /// order: the data goes into a reused staging belt and a copy is
-    /// *recorded* into the pending encoder. (A `queue.write_buffer` would
-    /// land before the whole next submission, i.e. before kernels recorded
-    /// earlier — a recorded zero-fill of the same tensor would then
-    /// overwrite the data, which is how restored optimizer moments were
-    /// once lost.)
+    /// order: the data goes into staging memory and a copy is *recorded*
+    /// into the pending encoder. (A `queue.write_buffer` would land before
+    /// the whole next submission, i.e. before kernels recorded earlier — a
+    /// recorded zero-fill of the same tensor would then overwrite the data,
+    /// which is how restored optimizer moments were once lost. Nothing in
+    /// the runtime uses `queue.write_buffer`.)
     pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
         if t.len() != data.len() {
             return Err(GpuError::Shape {
@@ -224,18 +340,80 @@ impl Gpu {
         let size = wgpu::BufferSize::new(bytes.len() as u64).expect("non-empty");
         let mut guard = lock(&self.encoder);
         let encoder = self.pending_encoder(&mut guard);
-        lock(&self.belt)
-            .write_buffer(encoder, t.buffer(), 0, size)
-            .copy_from_slice(bytes);
+        if size.get() <= BELT_CHUNK_BYTES {
+            lock(&self.belt)
+                .write_buffer(encoder, t.buffer(), 0, size)
+                .copy_from_slice(bytes);
+        } else {
+            // The belt keeps every chunk it ever allocated, so a large
+            // one-off upload (a whole dataset) gets a staging buffer of its
+            // own, freed once the copy recorded from it has run.
+            let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("large write"),
+                size: size.get(),
+                usage: wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: true,
+            });
+            staging
+                .slice(..)
+                .get_mapped_range_mut()
+                .map_err(|e| GpuError::Device(format!("mapping a staging buffer: {e}")))?
+                .copy_from_slice(bytes);
+            staging.unmap();
+            encoder.copy_buffer_to_buffer(&staging, 0, t.buffer(), 0, size.get());
+        }
+        self.note(|| Recorded::Write { bytes: size.get() });
         Ok(())
     }
 
-    /// A tensor filled with `value` (recorded as a kernel, so it is ordered
-    /// with the other recorded work).
+    /// A tensor filled with `value`, recorded in program order.
     pub fn full(&self, shape: &[usize], value: f32) -> Result<Tensor> {
-        let t = self.empty(shape);
-        crate::ops::elementwise::fill(self, &t, value)?;
+        let t = self.allocate(shape);
+        self.fill(&t, value)?;
         Ok(t)
+    }
+
+    /// Records `t[..] = value` in program order. Zero is a buffer clear;
+    /// any other value runs the runtime's own fill shader
+    /// (`shaders/fill.wgsl`, split by the binding planner), so the runtime
+    /// depends on no kernel family.
+    pub fn fill(&self, t: &Tensor, value: f32) -> Result<()> {
+        if t.is_empty() {
+            return Ok(());
+        }
+        if value.to_bits() == 0 {
+            let mut guard = lock(&self.encoder);
+            self.pending_encoder(&mut guard).clear_buffer(
+                t.buffer(),
+                0,
+                Some((t.len() * 4) as u64),
+            );
+            drop(guard);
+            self.note(|| Recorded::Clear {
+                bytes: (t.len() * 4) as u64,
+            });
+            return Ok(());
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        struct Params {
+            n: u32,
+            value: f32,
+        }
+        let kernel = FILL.kernel("fill");
+        for r in self.planner("fill").flat(t.len(), 1)? {
+            let p = Params {
+                n: r.len() as u32,
+                value,
+            };
+            self.launch_threads(
+                kernel,
+                &[(0, t.range(r.start, r.len()))],
+                &p,
+                r.len() as u64,
+            )?;
+        }
+        Ok(())
     }
 
     pub fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
@@ -298,7 +476,12 @@ impl Gpu {
             )));
         }
         let max_binding = self.max_binding_bytes();
-        let mut entries = Vec::with_capacity(compiled.bindings.len());
+        let planner = self.planner(kernel.entry);
+        let mut ranges = Vec::with_capacity(compiled.bindings.len());
+        let mut key = BindGroupKey {
+            pipeline: compiled.id,
+            entries: Vec::with_capacity(compiled.bindings.len()),
+        };
         for &binding in &compiled.bindings {
             let Some((_, arg)) = args.iter().find(|(b, _)| *b == binding) else {
                 return Err(err(format!(
@@ -306,26 +489,42 @@ impl Gpu {
                 )));
             };
             let size = arg.len_elems * 4;
+            if !planner.check_offset(arg.offset_elems) {
+                return Err(err(format!(
+                    "binding {binding} starts at element {}, not a multiple of the storage offset alignment ({} elements); plan the launch with Gpu::planner",
+                    arg.offset_elems,
+                    planner.align_elems()
+                )));
+            }
             if size > max_binding {
                 return Err(err(format!(
                     "binding {binding} is {size} bytes, over the {max_binding}-byte storage binding limit; the launcher must split it"
                 )));
             }
-            entries.push(wgpu::BindGroupEntry {
-                binding,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: arg.tensor.buffer(),
-                    offset: arg.offset_elems * 4,
-                    // A zero-length binding is invalid; bind 4 bytes instead
-                    // (the kernel is told the length and never reads it).
-                    size: std::num::NonZeroU64::new(size.max(4)),
-                }),
-            });
+            // A zero-length binding is invalid; bind 4 bytes instead (the
+            // kernel is told the length and never reads it).
+            let size = size.max(4);
+            key.entries
+                .push((binding, arg.tensor.buffer_id(), arg.offset_elems * 4, size));
+            ranges.push((binding, arg.tensor.buffer(), arg.offset_elems * 4, size));
         }
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.entry),
-            layout: &compiled.layout,
-            entries: &entries,
+        let bind_group = lock(&self.bind_groups).get_or_create(key, || {
+            let entries: Vec<wgpu::BindGroupEntry<'_>> = ranges
+                .iter()
+                .map(|&(binding, buffer, offset, size)| wgpu::BindGroupEntry {
+                    binding,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer,
+                        offset,
+                        size: std::num::NonZeroU64::new(size),
+                    }),
+                })
+                .collect();
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.entry),
+                layout: &compiled.layout,
+                entries: &entries,
+            })
         });
         let mut guard = lock(&self.encoder);
         let encoder = self.pending_encoder(&mut guard);
@@ -341,6 +540,11 @@ impl Gpu {
             }
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
+        drop(guard);
+        self.note(|| Recorded::Dispatch {
+            kernel: format!("{}::{}", kernel.shader.name, kernel.entry),
+            groups,
+        });
         Ok(())
     }
 
@@ -356,6 +560,21 @@ impl Gpu {
         total: u64,
     ) -> Result<()> {
         self.launch(kernel, args, params, fold_grid(total))
+    }
+
+    /// Launches a 1-D kernel (`@workgroup_size(x)`) over `threads`
+    /// invocations: the workgroup count comes from the shader's own
+    /// `@workgroup_size` (naga reflection), so the two cannot disagree.
+    /// Folded like [`Gpu::launch_linear`].
+    pub fn launch_threads<P: bytemuck::Pod>(
+        &self,
+        kernel: Kernel,
+        args: &[(u32, Arg<'_>)],
+        params: &P,
+        threads: u64,
+    ) -> Result<()> {
+        let per_group = self.kernel(kernel)?.linear_size()?;
+        self.launch_linear(kernel, args, params, threads.div_ceil(per_group as u64))
     }
 
     /// Records a copy of `len` elements from `src[src_offset..]` into
@@ -388,6 +607,10 @@ impl Gpu {
             (dst_offset * 4) as u64,
             (len * 4) as u64,
         );
+        drop(guard);
+        self.note(|| Recorded::Copy {
+            bytes: (len * 4) as u64,
+        });
         Ok(())
     }
 
@@ -590,18 +813,191 @@ mod tests {
 }
 
 #[cfg(test)]
+mod bind_groups {
+    use super::Gpu;
+
+    /// A repeated identical launch reuses its bind group; a launch on other
+    /// buffers makes a new one; trimming the pool drops entries naming the
+    /// freed buffers, and the values stay right throughout.
+    #[test]
+    fn a_repeated_launch_hits_the_cache_and_trim_invalidates() {
+        let gpu = Gpu::new().expect("GPU adapter");
+        let x = gpu.upload(&[1.0, 2.0, 3.0], &[3]).unwrap();
+        let out = gpu.zeros(&[3]).unwrap();
+        let kernel = super::FILL.kernel("fill");
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        struct P {
+            n: u32,
+            value: f32,
+        }
+        let fill = |t: &super::Tensor, value: f32| {
+            gpu.launch_threads(kernel, &[(0, t.arg())], &P { n: 3, value }, 3)
+                .unwrap()
+        };
+        let before = gpu.bind_group_stats();
+        fill(&out, 1.0);
+        fill(&out, 2.0);
+        fill(&out, 3.0);
+        let after = gpu.bind_group_stats();
+        assert_eq!(after.created - before.created, 1, "{after:?}");
+        assert_eq!(after.hits - before.hits, 2, "{after:?}");
+        fill(&x, 4.0);
+        assert_eq!(gpu.bind_group_stats().created - after.created, 1);
+        assert_eq!(gpu.read(&out).unwrap(), [3.0; 3]);
+        assert_eq!(gpu.read(&x).unwrap(), [4.0; 3]);
+        // Free x's buffer: its entry goes, out's stays.
+        let entries = super::lock(&gpu.bind_groups).len();
+        drop(x);
+        gpu.flush().unwrap();
+        gpu.trim_pool();
+        assert_eq!(super::lock(&gpu.bind_groups).len(), entries - 1);
+        fill(&out, 5.0);
+        assert_eq!(gpu.read(&out).unwrap(), [5.0; 3]);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_keeps_the_recently_used() {
+        let gpu = Gpu::new().expect("GPU adapter");
+        let mut cache = super::BindGroupCache::with_capacity(4);
+        let layout = gpu
+            .kernel(super::FILL.kernel("fill"))
+            .unwrap()
+            .layout
+            .clone();
+        let t = gpu.zeros(&[64 * 8]).unwrap();
+        let group = |offset: u64| {
+            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &[wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: t.buffer(),
+                        offset,
+                        size: std::num::NonZeroU64::new(256),
+                    }),
+                }],
+            })
+        };
+        let key = |offset: u64| super::BindGroupKey {
+            pipeline: 0,
+            entries: vec![(0, t.buffer_id(), offset, 256)],
+        };
+        for o in 0..4 {
+            cache.get_or_create(key(o * 256), || group(o * 256));
+        }
+        cache.get_or_create(key(0), || panic!("key 0 is cached"));
+        // Full: the fifth evicts the least recently used half (1 and 2).
+        cache.get_or_create(key(4 * 256), || group(4 * 256));
+        assert_eq!(cache.len(), 3);
+        cache.get_or_create(key(0), || panic!("key 0 was used recently"));
+        assert_eq!(cache.stats().created, 5);
+        assert_eq!(cache.stats().hits, 2);
+    }
+}
+
+#[cfg(test)]
 mod ordering {
+    use super::Recorded;
+    use crate::check::{gpu, gpu_with_binding_limit};
+
+    fn kinds(trace: &[Recorded]) -> Vec<&'static str> {
+        trace
+            .iter()
+            .map(|r| match r {
+                Recorded::Dispatch { .. } => "dispatch",
+                Recorded::Write { .. } => "write",
+                Recorded::Clear { .. } => "clear",
+                Recorded::Copy { .. } => "copy",
+            })
+            .collect()
+    }
+
     /// `write` is ordered after kernels recorded before it.
     #[test]
     fn write_after_a_recorded_fill_wins() {
-        let gpu = crate::check::gpu();
-        let t = gpu.zeros(&[4]).unwrap();
-        gpu.write(&t, &[1.0, 2.0, 3.0, 4.0]).unwrap();
+        let gpu = gpu();
+        let (t, trace) = gpu.traced(|| {
+            let t = gpu.full(&[4], 7.0).unwrap();
+            gpu.write(&t, &[1.0, 2.0, 3.0, 4.0]).unwrap();
+            t
+        });
+        assert!(
+            matches!(&trace[..], [Recorded::Dispatch { kernel, .. }, Recorded::Write { bytes: 16 }] if kernel == "fill::fill"),
+            "{trace:?}"
+        );
         let v = gpu.read(&t).unwrap();
         assert_eq!(
             v,
             [1.0, 2.0, 3.0, 4.0],
             "a write recorded after a fill must win"
         );
+    }
+
+    /// A value written, copied by recorded work, then overwritten: the copy
+    /// sees the first value (a queue write would land both before the copy).
+    #[test]
+    fn work_between_two_writes_sees_the_first() {
+        let gpu = gpu();
+        let t = gpu.upload(&[1.0, 2.0], &[2]).unwrap();
+        let seen = gpu.zeros(&[2]).unwrap();
+        gpu.copy_region(&t, 0, &seen, 0, 2).unwrap();
+        gpu.write(&t, &[5.0, 6.0]).unwrap();
+        assert_eq!(gpu.read(&seen).unwrap(), [1.0, 2.0]);
+        assert_eq!(gpu.read(&t).unwrap(), [5.0, 6.0]);
+    }
+
+    /// `upload` records its copy in program order too: after the recorded
+    /// work before it, before the work after it; a large one (above the
+    /// staging belt's chunk) takes the same ordered path.
+    #[test]
+    fn upload_after_recorded_work_is_recorded_in_order() {
+        let gpu = gpu();
+        let n = (super::BELT_CHUNK_BYTES / 4) as usize + 5;
+        let big: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let ((a, c), trace) = gpu.traced(|| {
+            let a = gpu.full(&[3], 2.0).unwrap();
+            let b = gpu.upload(&[1.0, 2.0, 3.0], &[3]).unwrap();
+            gpu.copy_region(&b, 0, &a, 1, 2).unwrap();
+            (a, gpu.upload(&big, &[n]).unwrap())
+        });
+        assert_eq!(
+            kinds(&trace),
+            ["dispatch", "write", "copy", "write"],
+            "{trace:?}"
+        );
+        assert_eq!(gpu.read(&a).unwrap(), [2.0, 1.0, 2.0]);
+        assert_eq!(gpu.read(&c).unwrap(), big);
+    }
+
+    /// The runtime fills on its own: zeros by buffer clear, other values by
+    /// its fill shader, split by the planner above the binding limit, and
+    /// the poison of a new tensor is one such fill.
+    #[test]
+    fn runtime_fills_clear_zeros_and_split_large_tensors() {
+        let gpu = gpu_with_binding_limit(1024);
+        let (z, trace) = gpu.traced(|| gpu.zeros(&[1000]).unwrap());
+        assert_eq!(trace, [Recorded::Clear { bytes: 4000 }]);
+        let (_, trace) = gpu.traced(|| gpu.empty(&[1000]));
+        // 1000 values in 256-value bindings: four launches.
+        assert_eq!(kinds(&trace), ["dispatch"; 4], "{trace:?}");
+        let (f, trace) = gpu.traced(|| gpu.full(&[1000], -3.5).unwrap());
+        assert_eq!(kinds(&trace), ["dispatch"; 4], "{trace:?}");
+        assert!(gpu.read(&z).unwrap().iter().all(|&v| v == 0.0));
+        assert!(gpu.read(&f).unwrap().iter().all(|&v| v == -3.5));
+    }
+
+    /// A trace holds only its own thread's commands.
+    #[test]
+    fn traces_of_other_threads_do_not_mix() {
+        let gpu = gpu();
+        let ((), trace) = gpu.traced(|| {
+            std::thread::scope(|s| {
+                s.spawn(|| gpu.full(&[8], 1.0).unwrap());
+            });
+            gpu.zeros(&[8]).unwrap();
+        });
+        assert_eq!(trace, [Recorded::Clear { bytes: 32 }]);
     }
 }

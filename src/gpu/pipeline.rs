@@ -10,6 +10,12 @@
 //! naga once and remember, per entry point, which `@binding`s it uses: the
 //! launcher binds exactly those and reports a missing one as an error instead
 //! of a wgpu validation panic.
+//!
+//! The same reflection records each entry point's `@workgroup_size` and the
+//! module's named `u32`/`i32` `const`s (e.g. `ELEMS_PER_THREAD`), and
+//! launchers size their grids from those ([`CompiledKernel::linear_size`],
+//! [`CompiledKernel::constant`]) instead of a hand-copied Rust constant, so
+//! a shader edit cannot leave a launcher behind.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,10 +23,28 @@ use std::sync::Arc;
 use super::GpuError;
 
 /// One WGSL file under `shaders/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+///
+/// Compared and hashed by name only: names are file names (see [`shader!`]),
+/// so they are unique, and hashing the whole source on every launch's cache
+/// lookup would cost more than the lookup.
+#[derive(Clone, Copy, Debug)]
 pub struct Shader {
     pub name: &'static str,
     pub source: &'static str,
+}
+
+impl PartialEq for Shader {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Shader {}
+
+impl std::hash::Hash for Shader {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
 }
 
 /// Declares a `Shader` constant for `shaders/<file>.wgsl`.
@@ -57,12 +81,43 @@ impl Shader {
 
 /// A compiled pipeline and what its entry point binds in group 0.
 pub struct CompiledKernel {
+    /// `shader::entry`, for messages.
+    pub name: String,
+    /// Unique per pipeline on its device (the bind-group cache's key).
+    pub id: u64,
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
     /// Sorted `@binding` indices of group 0 that the entry point uses.
     pub bindings: Vec<u32>,
     /// `@workgroup_size` of the entry point.
     pub workgroup_size: [u32; 3],
+    /// The module's named integer `const`s.
+    constants: Arc<HashMap<String, u32>>,
+}
+
+impl CompiledKernel {
+    /// Invocations per workgroup of a 1-D entry point (`@workgroup_size(x)`);
+    /// an error for a 2-D or 3-D one, whose launcher must size each axis.
+    pub fn linear_size(&self) -> Result<u32, GpuError> {
+        match self.workgroup_size {
+            [x, 1, 1] => Ok(x),
+            size => Err(GpuError::Launch {
+                kernel: self.name.clone(),
+                message: format!("workgroup size {size:?} is not 1-D"),
+            }),
+        }
+    }
+
+    /// The value of the shader's `const NAME: u32` (or `i32`).
+    pub fn constant(&self, name: &str) -> Result<u32, GpuError> {
+        self.constants
+            .get(name)
+            .copied()
+            .ok_or_else(|| GpuError::Launch {
+                kernel: self.name.clone(),
+                message: format!("the shader declares no integer const named {name}"),
+            })
+    }
 }
 
 /// Parses and validates WGSL with naga (no device needed).
@@ -86,12 +141,33 @@ pub fn validate_wgsl(
     Ok((module, info))
 }
 
+/// The module's named integer `const`s (non-negative ones, as u32).
+fn reflect_constants(module: &naga::Module) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    for (_, c) in module.constants.iter() {
+        let Some(name) = &c.name else { continue };
+        let value = match module.global_expressions[c.init] {
+            naga::Expression::Literal(naga::Literal::U32(v)) => Some(v),
+            naga::Expression::Literal(naga::Literal::I32(v)) => u32::try_from(v).ok(),
+            naga::Expression::Literal(naga::Literal::AbstractInt(v)) => u32::try_from(v).ok(),
+            _ => None,
+        };
+        if let Some(v) = value {
+            out.insert(name.clone(), v);
+        }
+    }
+    out
+}
+
+/// Per entry point name: the group-0 bindings it uses and its workgroup size.
+type EntryPoints = HashMap<String, (Vec<u32>, [u32; 3])>;
+
 /// For each entry point: the group-0 bindings it uses and its workgroup size.
 fn reflect(
     shader: &Shader,
     module: &naga::Module,
     info: &naga::valid::ModuleInfo,
-) -> Result<HashMap<String, (Vec<u32>, [u32; 3])>, GpuError> {
+) -> Result<EntryPoints, GpuError> {
     let mut out = HashMap::new();
     for (index, entry) in module.entry_points.iter().enumerate() {
         let function_info = info.get_entry_point(index);
@@ -118,10 +194,17 @@ fn reflect(
     Ok(out)
 }
 
+/// A compiled module and its reflection.
+struct Module {
+    module: wgpu::ShaderModule,
+    entries: EntryPoints,
+    constants: Arc<HashMap<String, u32>>,
+}
+
 #[derive(Default)]
 pub struct PipelineCache {
     compiled: HashMap<Kernel, Arc<CompiledKernel>>,
-    modules: HashMap<Shader, (wgpu::ShaderModule, HashMap<String, (Vec<u32>, [u32; 3])>)>,
+    modules: HashMap<Shader, Module>,
 }
 
 impl PipelineCache {
@@ -133,18 +216,23 @@ impl PipelineCache {
         if let Some(k) = self.compiled.get(&kernel) {
             return Ok(k.clone());
         }
-        if !self.modules.contains_key(&kernel.shader) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.modules.entry(kernel.shader) {
             let (module, info) = validate_wgsl(kernel.shader.name, kernel.shader.source)?;
-            let reflection = reflect(&kernel.shader, &module, &info)?;
+            let entries = reflect(&kernel.shader, &module, &info)?;
+            let constants = Arc::new(reflect_constants(&module));
             let sm = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.shader.name),
                 source: wgpu::ShaderSource::Wgsl(kernel.shader.source.into()),
             });
-            self.modules.insert(kernel.shader, (sm, reflection));
+            slot.insert(Module {
+                module: sm,
+                entries,
+                constants,
+            });
         }
-        let (sm, reflection) = &self.modules[&kernel.shader];
+        let m = &self.modules[&kernel.shader];
         let (bindings, workgroup_size) =
-            reflection
+            m.entries
                 .get(kernel.entry)
                 .cloned()
                 .ok_or_else(|| GpuError::Shader {
@@ -154,13 +242,16 @@ impl PipelineCache {
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(kernel.entry),
             layout: None,
-            module: sm,
+            module: &m.module,
             entry_point: Some(kernel.entry),
             compilation_options: Default::default(),
             cache: None,
         });
         let layout = pipeline.get_bind_group_layout(0);
         let compiled = Arc::new(CompiledKernel {
+            name: format!("{}::{}", kernel.shader.name, kernel.entry),
+            id: self.compiled.len() as u64,
+            constants: m.constants.clone(),
             pipeline,
             layout,
             bindings,
@@ -193,6 +284,59 @@ mod tests {
             checked += 1;
         }
         assert!(checked >= 2, "expected WGSL files under {}", dir.display());
+    }
+
+    /// What launchers size grids from: named integer consts and each entry
+    /// point's `@workgroup_size`, including one given by a const.
+    #[test]
+    fn reflection_reads_consts_and_workgroup_sizes() {
+        let source = "
+            const WG: u32 = 64u;
+            const PER: u32 = 8u;
+            const SIGNED: i32 = 3i;
+            const RATIO: f32 = 0.5;
+            @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+            @compute @workgroup_size(WG) fn linear(@builtin(global_invocation_id) id: vec3<u32>) {
+                out[id.x] = f32(PER) * RATIO;
+            }
+            @compute @workgroup_size(8, 4, 1) fn tiled(@builtin(global_invocation_id) id: vec3<u32>) {
+                out[id.x] = 1.0;
+            }
+            @compute @workgroup_size(1) fn unused() {}
+        ";
+        let (module, info) = validate_wgsl("t.wgsl", source).unwrap();
+        let constants = reflect_constants(&module);
+        assert_eq!(constants.get("WG"), Some(&64));
+        assert_eq!(constants.get("PER"), Some(&8));
+        assert_eq!(constants.get("SIGNED"), Some(&3));
+        assert_eq!(constants.get("RATIO"), None, "not an integer");
+        let shader = Shader {
+            name: "t.wgsl",
+            source,
+        };
+        let entries = reflect(&shader, &module, &info).unwrap();
+        assert_eq!(entries["linear"], (vec![2], [64, 1, 1]));
+        assert_eq!(entries["tiled"], (vec![2], [8, 4, 1]));
+        assert_eq!(entries["unused"], (vec![], [1, 1, 1]));
+    }
+
+    /// The grid helpers read the reflection of the real shaders.
+    #[test]
+    fn compiled_kernels_expose_their_sizes() {
+        let gpu = crate::check::gpu();
+        let elementwise = gpu
+            .kernel(crate::shader!("elementwise").kernel("add"))
+            .unwrap();
+        assert_eq!(elementwise.linear_size().unwrap(), 256);
+        assert_eq!(elementwise.constant("ELEMS_PER_THREAD").unwrap(), 8);
+        let e = elementwise.constant("NOPE").unwrap_err().to_string();
+        assert!(e.contains("elementwise::add") && e.contains("NOPE"), "{e}");
+        let matmul = gpu
+            .kernel(crate::shader!("matmul").kernel("matmul"))
+            .unwrap();
+        assert_eq!(matmul.workgroup_size, [8, 8, 1]);
+        let e = matmul.linear_size().unwrap_err().to_string();
+        assert!(e.contains("not 1-D"), "{e}");
     }
 
     #[test]

@@ -6,10 +6,10 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
-use super::pool::BufferPool;
+use super::pool::{BufferPool, PooledBuffer};
 
 struct Storage {
-    buffer: Option<Arc<wgpu::Buffer>>,
+    buffer: Option<Arc<PooledBuffer>>,
     pool: Weak<Mutex<BufferPool>>,
 }
 
@@ -37,7 +37,7 @@ impl std::fmt::Debug for Tensor {
 
 impl Tensor {
     pub(super) fn new(
-        buffer: Arc<wgpu::Buffer>,
+        buffer: Arc<PooledBuffer>,
         pool: Weak<Mutex<BufferPool>>,
         shape: Vec<usize>,
     ) -> Self {
@@ -63,6 +63,15 @@ impl Tensor {
     }
 
     pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.pooled().buffer
+    }
+
+    /// The id the pool gave this tensor's buffer (unique on its device).
+    pub fn buffer_id(&self) -> u64 {
+        self.pooled().id
+    }
+
+    fn pooled(&self) -> &PooledBuffer {
         // `buffer` is only None during Drop.
         self.storage
             .buffer
@@ -104,7 +113,9 @@ impl Tensor {
     }
 
     /// A range of elements as a kernel argument. `offset` must be a multiple
-    /// of 64 elements (256 bytes, the storage offset alignment).
+    /// of the storage offset alignment (64 elements on lavapipe): launches
+    /// that split work get their ranges from `Gpu::planner`, and `launch`
+    /// rejects a misaligned one.
     pub fn range(&self, offset: usize, len: usize) -> Arg<'_> {
         Arg {
             tensor: self,

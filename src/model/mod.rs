@@ -8,10 +8,11 @@
 //! stages [B, D, T].
 
 pub mod augment;
+pub mod layers;
 pub mod params;
 
 use crate::autograd::{Tape, Var};
-use crate::config::{Encoder, Fgco, ModelConfig, Norm, Residual};
+use crate::config::{Encoder, Fgco, ModelConfig, Residual};
 use crate::gpu::{GpuError, Result, Tensor};
 use crate::ops::matmul::Spec;
 use crate::ops::{graph_conv, partial_correlation, segment_pool, window};
@@ -19,13 +20,15 @@ use crate::ops::{graph_conv, partial_correlation, segment_pool, window};
 pub use augment::{make_views, Views};
 pub use params::{DataDims, HostTensor, Params, ParamsError};
 
-/// Barlow Twins off-diagonal weight (λ, DESIGN.md §3).
-pub const LAMBDA_OFFDIAG: f32 = 0.0051;
+use layers::{Aggregation, EncoderLayers, Gcn, Layers, Linear, Readout, WeightBias};
 
 pub struct Model {
     pub cfg: ModelConfig,
     pub dims: DataDims,
     pub params: Params,
+    /// Every layer, looked up once from `params` (a missing parameter fails
+    /// at construction).
+    pub layers: Layers,
 }
 
 /// What one encoder pass produces (tape values).
@@ -59,7 +62,7 @@ pub struct Encoded {
 impl Model {
     pub fn new(gpu: &crate::gpu::Gpu, cfg: ModelConfig, dims: DataDims, seed: u64) -> Result<Self> {
         let params = Params::init(gpu, &cfg, dims, seed)?;
-        Ok(Self { cfg, dims, params })
+        Self::with_params(cfg, dims, params)
     }
 
     pub fn from_host(
@@ -69,51 +72,41 @@ impl Model {
         tensors: &[HostTensor],
     ) -> std::result::Result<Self, ParamsError> {
         let params = Params::from_host(gpu, &cfg, dims, tensors)?;
-        Ok(Self { cfg, dims, params })
+        Ok(Self::with_params(cfg, dims, params)?)
     }
 
-    fn p(&self, tape: &mut Tape, name: &str) -> Result<Var> {
-        Ok(tape.param(&self.params.store, self.params.id(name)?))
+    fn with_params(cfg: ModelConfig, dims: DataDims, params: Params) -> Result<Self> {
+        let layers = Layers::new(&params, &cfg)?;
+        Ok(Self {
+            cfg,
+            dims,
+            params,
+            layers,
+        })
     }
 
-    /// `x·W + b` over the last dimension, for x of any rank.
-    fn linear(&self, tape: &mut Tape, x: Var, weight: &str, bias: Option<&str>) -> Result<Var> {
-        let shape = tape.shape(x).to_vec();
-        let cols = *shape.last().unwrap_or(&1);
-        let rows = tape.value(x).len() / cols.max(1);
-        let x2 = tape.reshape(x, &[rows, cols])?;
-        let w = self.p(tape, weight)?;
-        let mut y = tape.matmul(x2, w, Spec::NN)?;
-        if let Some(b) = bias {
-            let b = self.p(tape, b)?;
-            y = tape.bias_add(y, b)?;
-        }
-        let out_cols = tape.shape(y)[1];
-        let mut out_shape = shape;
-        *out_shape.last_mut().expect("rank >= 1") = out_cols;
-        tape.reshape(y, &out_shape)
+    fn store(&self) -> &crate::autograd::ParamStore {
+        &self.params.store
+    }
+
+    fn linear(&self, tape: &mut Tape, layer: &Linear, x: Var) -> Result<Var> {
+        layer.forward(tape, self.store(), x)
+    }
+
+    fn param(&self, tape: &mut Tape, id: crate::autograd::ParamId) -> Var {
+        tape.param(self.store(), id)
     }
 
     /// One GCN branch: lift each node's scalar to F channels, then two layers
     /// `H ← ReLU(Â_t H W + b)`. `adj` is [B, W, N, N] with frame t using
     /// window min(t / stride, W − 1); `xt` is X as [B, T, N].
-    fn gcn(&self, tape: &mut Tape, branch: &str, adj: Var, xt: Var, stride: usize) -> Result<Var> {
+    fn gcn(&self, tape: &mut Tape, gcn: &Gcn, adj: Var, xt: Var, stride: usize) -> Result<Var> {
         let (b, t, n) = (tape.shape(xt)[0], tape.shape(xt)[1], tape.shape(xt)[2]);
         let x1 = tape.reshape(xt, &[b, t, n, 1])?;
-        let mut h = self.linear(
-            tape,
-            x1,
-            &format!("{branch}.lift.weight"),
-            Some(&format!("{branch}.lift.bias")),
-        )?;
-        for layer in ["gcn1", "gcn2"] {
+        let mut h = self.linear(tape, &gcn.lift, x1)?;
+        for layer in &gcn.layers {
             let ah = tape.graph_conv(adj, h, stride)?;
-            let z = self.linear(
-                tape,
-                ah,
-                &format!("{branch}.{layer}.weight"),
-                Some(&format!("{branch}.{layer}.bias")),
-            )?;
+            let z = self.linear(tape, layer, ah)?;
             h = tape.relu(z)?;
         }
         Ok(h)
@@ -143,11 +136,18 @@ impl Model {
                 message: format!("valid {:?} for input {:?}", valid.shape(), x.shape()),
             });
         }
-        match self.cfg.encoder {
-            Encoder::Psta => self.encode_psta(tape, x, valid),
-            Encoder::GcnOnly => self.encode_gcn_only(tape, x, valid),
-            Encoder::Lstm => self.encode_lstm(tape, x, valid),
-            Encoder::StgcnStyle => self.encode_stgcn(tape, x, valid),
+        match &self.layers.encoder {
+            EncoderLayers::Psta { .. } => self.encode_psta(tape, x, valid),
+            EncoderLayers::GcnOnly {
+                static_gcn,
+                readout,
+            } => self.encode_gcn_only(tape, static_gcn, readout, x, valid),
+            EncoderLayers::Lstm { lstm, agg } => self.encode_lstm(tape, lstm, agg, x, valid),
+            EncoderLayers::StgcnStyle {
+                static_gcn,
+                tcn,
+                readout,
+            } => self.encode_stgcn(tape, static_gcn, tcn, readout, x, valid),
         }
     }
 
@@ -163,6 +163,17 @@ impl Model {
 
     /// The PSTA encoder (docs/model.md, Forward).
     fn encode_psta(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
+        let EncoderLayers::Psta {
+            static_gcn,
+            dynamic,
+            fusion_alpha,
+            readout,
+            calib,
+            agg,
+        } = &self.layers.encoder
+        else {
+            unreachable!("encode dispatches on the layers' encoder");
+        };
         let gpu = tape.gpu;
         let (b, n, t) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let m = &self.cfg;
@@ -172,15 +183,15 @@ impl Model {
 
         // Static branch: Ledoit–Wolf partial correlation → normalized |P| (no gradient).
         let a_static = self.static_adjacency(tape, x)?;
-        let z_s = self.gcn(tape, "static", a_static, xt, t.max(1))?;
+        let z_s = self.gcn(tape, static_gcn, a_static, xt, t.max(1))?;
 
         // Dynamic branch: per-window adaptive adjacency softmax(ReLU(E Eᵀ)/√d).
         let (l, s, e) = (m.window, m.stride, m.embed_dim);
         let w = window::window_count(t, l, s)?;
         let xw = tape.input(window::unfold(gpu, x, l, s)?); // [B, W, N, L]
-        let emb = self.linear(tape, xw, "dynamic.window_proj.weight", None)?; // [B, W, N, d]
+        let emb = self.linear(tape, &dynamic.window_proj, xw)?; // [B, W, N, d]
         let emb = tape.reshape(emb, &[b * w, n * e])?;
-        let node = self.p(tape, "dynamic.node_embedding")?;
+        let node = self.param(tape, dynamic.node_embedding);
         let node = tape.reshape(node, &[n * e])?;
         let emb = tape.bias_add(emb, node)?;
         let emb = tape.reshape(emb, &[b * w, n, e])?;
@@ -188,10 +199,10 @@ impl Model {
         let sim = tape.relu(sim)?;
         let a_dyn = tape.softmax(sim, 1.0 / (e as f32).sqrt())?;
         let a_dyn = tape.reshape(a_dyn, &[b, w, n, n])?;
-        let z_d = self.gcn(tape, "dynamic", a_dyn, xt, s)?;
+        let z_d = self.gcn(tape, &dynamic.gcn, a_dyn, xt, s)?;
 
         // Fusion (eq. 1): β = softmax(−α), Z = β₀Z_s + β₁Z_d.
-        let alpha = self.p(tape, "fusion.alpha")?;
+        let alpha = self.param(tape, *fusion_alpha);
         let alpha = tape.reshape(alpha, &[1, 2])?;
         let beta = tape.softmax(alpha, -1.0)?;
         let beta = tape.reshape(beta, &[2])?;
@@ -199,43 +210,28 @@ impl Model {
         let zd = tape.mul_scalar(z_d, beta, 1)?;
         let z_fused = tape.add(zs, zd)?; // [B, T, N, F]
         let z = tape.reshape(z_fused, &[b, t, n * f])?;
-        let mut z_sp = self.linear(tape, z, "fusion.proj.weight", Some("fusion.proj.bias"))?; // [B, T, D]
-        if m.norm == Norm::Layer {
-            z_sp = self.layer_norm(tape, z_sp, "norm.fusion")?;
-        }
+        let z_sp = self.readout(tape, readout, z)?; // [B, T, D]
         let z_sp = tape.transpose(z_sp)?; // [B, D, T]
 
         // Continuous brain-state calibration (eq. 2).
         let gram = tape.matmul(z_sp, z_sp, Spec::TN)?; // [B, T, T]
         let ccm = tape.softmax(gram, 1.0 / (dw as f32).sqrt())?;
-        let (qw, qb, kw, kb) = (
-            self.p(tape, "calib.q.weight")?,
-            self.p(tape, "calib.q.bias")?,
-            self.p(tape, "calib.k.weight")?,
-            self.p(tape, "calib.k.bias")?,
-        );
+        let store = self.store();
+        let (qw, qb) = calib.q.vars(tape, store);
+        let (kw, kb) = calib.k.vars(tape, store);
         let qm = tape.conv1d(z_sp, qw, qb)?;
         let km = tape.conv1d(z_sp, kw, kb)?;
         let qk = tape.matmul(qm, km, Spec::TN)?;
         let taw = tape.softmax(qk, 1.0 / (m.qk_dim as f32).sqrt())?;
-        let mix = self.p(tape, "calib.mix.weight")?;
-        let mix_b = self.p(tape, "calib.mix.bias")?;
+        let (mix, mix_b) = calib.mix.vars(tape, store);
         let c0 = tape.mul_scalar(ccm, mix, 0)?;
         let c1 = tape.mul_scalar(taw, mix, 1)?;
         let mixed = tape.add(c0, c1)?;
         let mixed = tape.add_scalar(mixed, mix_b, 0)?;
         let cam = tape.softmax(mixed, 1.0)?;
-        let (vw, vb) = (
-            self.p(tape, "calib.v.weight")?,
-            self.p(tape, "calib.v.bias")?,
-        );
-        let v = tape.conv1d(z_sp, vw, vb)?;
+        let v = calib.v.conv1d(tape, store, z_sp)?;
         let o = tape.matmul(v, cam, Spec::NT)?; // O[:, t] = Σ_s V[:, s] CAM[t, s]
-        let (ow, ob) = (
-            self.p(tape, "calib.out.weight")?,
-            self.p(tape, "calib.out.bias")?,
-        );
-        let out = tape.conv1d(o, ow, ob)?;
+        let out = calib.out.conv1d(tape, store, o)?;
         let z_temporal = match m.residual {
             Residual::Spatial => tape.add(out, z_sp)?,
             Residual::Input => out,
@@ -243,7 +239,7 @@ impl Model {
 
         // Progressive temporal aggregation.
         let h = tape.transpose(z_temporal)?; // [B, T, D]
-        let (z_st, frame_weights, segment_weights) = self.aggregate(tape, h, valid)?;
+        let (z_st, frame_weights, segment_weights) = self.aggregate(tape, agg, h, valid)?;
         Ok(Encoded {
             z_fused,
             z_temporal,
@@ -255,33 +251,37 @@ impl Model {
 
     /// Progressive temporal aggregation (docs/model.md step 6) of h [B, T, D]
     /// → Z_st [B, D] (with `norm.out` when `norm = layer`), frame and segment weights.
-    fn aggregate(&self, tape: &mut Tape, h: Var, valid: &Tensor) -> Result<(Var, Tensor, Tensor)> {
+    fn aggregate(
+        &self,
+        tape: &mut Tape,
+        agg: &Aggregation,
+        h: Var,
+        valid: &Tensor,
+    ) -> Result<(Var, Tensor, Tensor)> {
         let gpu = tape.gpu;
         let m = &self.cfg;
         let dw = m.width;
         let (b, t) = (tape.shape(h)[0], tape.shape(h)[1]);
-        let e1 = self.linear(tape, h, "agg.w1", None)?;
+        let e1 = self.linear(tape, &agg.w1, h)?;
         let e1 = tape.tanh(e1)?;
         let e1 = tape.reshape(e1, &[b * t, dw])?;
-        let v1 = self.p(tape, "agg.v1")?;
+        let v1 = self.param(tape, agg.v1);
         let v1 = tape.reshape(v1, &[dw, 1])?;
         let scores = tape.matmul(e1, v1, Spec::NN)?;
         let scores = tape.reshape(scores, &[b, t])?;
         let (g, frame_weights) = tape.segment_pool(h, scores, valid, m.segment)?; // [B, K, D]
         let k = tape.shape(g)[1];
-        let u = self.linear(tape, g, "agg.w2", None)?;
+        let u = self.linear(tape, &agg.w2, g)?;
         let u = tape.tanh(u)?;
         let u = tape.reshape(u, &[b * k, dw])?;
-        let v2 = self.p(tape, "agg.v2")?;
+        let v2 = self.param(tape, agg.v2);
         let v2 = tape.reshape(v2, &[dw, 1])?;
         let seg_scores = tape.matmul(u, v2, Spec::NN)?;
         let seg_scores = tape.reshape(seg_scores, &[b, k])?;
         let seg_valid = segment_pool::segment_valid(gpu, valid, m.segment)?;
         let (z_st, segment_weights) = tape.segment_pool(g, seg_scores, &seg_valid, k)?; // [B, 1, D]
-        let mut z_st = tape.reshape(z_st, &[b, dw])?;
-        if m.norm == Norm::Layer {
-            z_st = self.layer_norm(tape, z_st, "norm.out")?;
-        }
+        let z_st = tape.reshape(z_st, &[b, dw])?;
+        let z_st = self.out_norm(tape, z_st)?;
         Ok((z_st, frame_weights, segment_weights))
     }
 
@@ -298,35 +298,53 @@ impl Model {
         let (b, t, dw) = (tape.shape(h)[0], tape.shape(h)[1], tape.shape(h)[2]);
         let scores = tape.input(gpu.zeros(&[b, t])?);
         let (z, frame_weights) = tape.segment_pool(h, scores, valid, t.max(1))?; // [B, 1, D]
-        let mut z_st = tape.reshape(z, &[b, dw])?;
-        if self.cfg.norm == Norm::Layer {
-            z_st = self.layer_norm(tape, z_st, "norm.out")?;
-        }
+        let z_st = tape.reshape(z, &[b, dw])?;
+        let z_st = self.out_norm(tape, z_st)?;
         Ok((z_st, frame_weights, gpu.full(&[b, 1], 1.0)?))
+    }
+
+    /// `norm.out` on Z_st when `norm = layer`.
+    fn out_norm(&self, tape: &mut Tape, z_st: Var) -> Result<Var> {
+        match &self.layers.out_norm {
+            Some(norm) => norm.layer_norm(tape, self.store(), z_st),
+            None => Ok(z_st),
+        }
+    }
+
+    /// fusion.proj of z [B, T, N·F] → [B, T, D] (with `norm.fusion` when `norm = layer`).
+    fn readout(&self, tape: &mut Tape, readout: &Readout, z: Var) -> Result<Var> {
+        let z_sp = self.linear(tape, &readout.proj, z)?;
+        match &readout.norm {
+            Some(norm) => norm.layer_norm(tape, self.store(), z_sp),
+            None => Ok(z_sp),
+        }
     }
 
     /// Node features [B, T, N, F] → the per-frame readout fusion.proj [B, T, D]
     /// (with `norm.fusion` when `norm = layer`).
-    fn frame_readout(&self, tape: &mut Tape, z: Var) -> Result<Var> {
+    fn frame_readout(&self, tape: &mut Tape, readout: &Readout, z: Var) -> Result<Var> {
         let s = tape.shape(z).to_vec();
         let z = tape.reshape(z, &[s[0], s[1], s[2] * s[3]])?;
-        let mut z_sp = self.linear(tape, z, "fusion.proj.weight", Some("fusion.proj.bias"))?;
-        if self.cfg.norm == Norm::Layer {
-            z_sp = self.layer_norm(tape, z_sp, "norm.fusion")?;
-        }
-        Ok(z_sp)
+        self.readout(tape, readout, z)
     }
 
     /// Ablation `gcn-only`: the static GCN branch alone (no dynamic graph, no
     /// calibration, no aggregation): Z_s [B, T, N, F] → per-frame readout
     /// fusion.proj [B, T, D] → mean over valid frames → Z_st.
-    fn encode_gcn_only(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
+    fn encode_gcn_only(
+        &self,
+        tape: &mut Tape,
+        static_gcn: &Gcn,
+        readout: &Readout,
+        x: &Tensor,
+        valid: &Tensor,
+    ) -> Result<Encoded> {
         let t = x.shape()[2];
         let xv = tape.input(x.clone());
         let xt = tape.transpose(xv)?; // [B, T, N]
         let a_static = self.static_adjacency(tape, x)?;
-        let z_s = self.gcn(tape, "static", a_static, xt, t.max(1))?;
-        let z_sp = self.frame_readout(tape, z_s)?; // [B, T, D]
+        let z_s = self.gcn(tape, static_gcn, a_static, xt, t.max(1))?;
+        let z_sp = self.frame_readout(tape, readout, z_s)?; // [B, T, D]
         let (z_st, frame_weights, segment_weights) = self.mean_readout(tape, z_sp, valid)?;
         let z_temporal = tape.transpose(z_sp)?;
         Ok(Encoded {
@@ -342,18 +360,25 @@ impl Model {
     /// one-layer LSTM with hidden size D (zero initial state; padded frames
     /// are zero inputs at the end of the sequence), then the same progressive
     /// aggregation as PSTA (padded frames excluded there).
-    fn encode_lstm(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
+    fn encode_lstm(
+        &self,
+        tape: &mut Tape,
+        lstm: &layers::LstmWeights,
+        agg: &Aggregation,
+        x: &Tensor,
+        valid: &Tensor,
+    ) -> Result<Encoded> {
         let (b, n, t) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let xv = tape.input(x.clone());
         let xt = tape.transpose(xv)?; // [B, T, N]
         let (wi, wh, bi, bh) = (
-            self.p(tape, "lstm.w_ih")?,
-            self.p(tape, "lstm.w_hh")?,
-            self.p(tape, "lstm.b_ih")?,
-            self.p(tape, "lstm.b_hh")?,
+            self.param(tape, lstm.w_ih),
+            self.param(tape, lstm.w_hh),
+            self.param(tape, lstm.b_ih),
+            self.param(tape, lstm.b_hh),
         );
         let hs = tape.lstm(xt, wi, wh, bi, bh)?; // [B, T, D]
-        let (z_st, frame_weights, segment_weights) = self.aggregate(tape, hs, valid)?;
+        let (z_st, frame_weights, segment_weights) = self.aggregate(tape, agg, hs, valid)?;
         let z_temporal = tape.transpose(hs)?;
         let z_fused = tape.reshape(xt, &[b, t, n, 1])?;
         Ok(Encoded {
@@ -372,37 +397,36 @@ impl Model {
     /// then the per-frame readout fusion.proj and the mean over valid frames.
     /// (No residual connections or BatchNorm inside the blocks: kept as
     /// small as the other ablations.)
-    fn encode_stgcn(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
+    fn encode_stgcn(
+        &self,
+        tape: &mut Tape,
+        static_gcn: &Gcn,
+        tcn: &[WeightBias; 2],
+        readout: &Readout,
+        x: &Tensor,
+        valid: &Tensor,
+    ) -> Result<Encoded> {
         let (b, n, t) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let f = self.cfg.node_channels;
         let xv = tape.input(x.clone());
         let xt = tape.transpose(xv)?; // [B, T, N]
         let a_static = self.static_adjacency(tape, x)?;
         let x1 = tape.reshape(xt, &[b, t, n, 1])?;
-        let mut h = self.linear(tape, x1, "static.lift.weight", Some("static.lift.bias"))?;
-        for (layer, tcn) in [("gcn1", "tcn1"), ("gcn2", "tcn2")] {
+        let mut h = self.linear(tape, &static_gcn.lift, x1)?;
+        for (layer, tcn) in static_gcn.layers.iter().zip(tcn) {
             let ah = tape.graph_conv(a_static, h, t.max(1))?;
-            let z = self.linear(
-                tape,
-                ah,
-                &format!("static.{layer}.weight"),
-                Some(&format!("static.{layer}.bias")),
-            )?;
+            let z = self.linear(tape, layer, ah)?;
             h = tape.relu(z)?; // [B, T, N, F]
             let hn = tape.swap_axes(h, 1)?; // [B, N, T, F]
             let hn = tape.reshape(hn, &[b * n, t, f])?;
             let hn = tape.transpose(hn)?; // [B·N, F, T]
-            let (w, bias) = (
-                self.p(tape, &format!("stgcn.{tcn}.weight"))?,
-                self.p(tape, &format!("stgcn.{tcn}.bias"))?,
-            );
-            let c = tape.conv1d(hn, w, bias)?;
+            let c = tcn.conv1d(tape, self.store(), hn)?;
             let c = tape.relu(c)?;
             let c = tape.transpose(c)?; // [B·N, T, F]
             let c = tape.reshape(c, &[b, n, t, f])?;
             h = tape.swap_axes(c, 1)?; // [B, T, N, F]
         }
-        let z_sp = self.frame_readout(tape, h)?; // [B, T, D]
+        let z_sp = self.frame_readout(tape, readout, h)?; // [B, T, D]
         let (z_st, frame_weights, segment_weights) = self.mean_readout(tape, z_sp, valid)?;
         let z_temporal = tape.transpose(z_sp)?;
         Ok(Encoded {
@@ -414,37 +438,49 @@ impl Model {
         })
     }
 
-    fn layer_norm(&self, tape: &mut Tape, x: Var, prefix: &str) -> Result<Var> {
-        let shape = tape.shape(x).to_vec();
-        let cols = *shape.last().unwrap_or(&1);
-        let x2 = tape.reshape(x, &[tape.value(x).len() / cols, cols])?;
-        let (g, bta) = (
-            self.p(tape, &format!("{prefix}.weight"))?,
-            self.p(tape, &format!("{prefix}.bias"))?,
-        );
-        let y = tape.layernorm(x2, g, bta)?;
-        tape.reshape(y, &shape)
+    /// Per-region importance: the L2 norm of the learned fusion weights that
+    /// carry each region's F channels into Z_spatial. `fusion.proj.weight` is
+    /// [N·F, D] with row n·F + f for region n, channel f (the node features
+    /// [B, T, N, F] are flattened region-major), so region n owns rows
+    /// n·F .. (n+1)·F. None for the `lstm` encoder (no fusion projection).
+    pub fn region_importance(&self, gpu: &crate::gpu::Gpu) -> Result<Option<Vec<f64>>> {
+        let Some(proj) = self.layers.fusion_proj() else {
+            return Ok(None);
+        };
+        let w = gpu.read(&self.params.store.get(proj.weight).value)?;
+        let (n, f) = (self.dims.n_regions, self.cfg.node_channels);
+        let cols = w.len() / (n * f).max(1);
+        let norms = (0..n)
+            .map(|r| {
+                w[r * f * cols..(r + 1) * f * cols]
+                    .iter()
+                    .map(|&v| (v as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect();
+        Ok(Some(norms))
     }
 
     /// Logits [B, C] from Z_st.
     pub fn head(&self, tape: &mut Tape, z_st: Var) -> Result<Var> {
-        self.linear(tape, z_st, "head.weight", Some("head.bias"))
+        self.linear(tape, &self.layers.head, z_st)
     }
 
     /// Projector fc2(ReLU(BN(fc1(Z_st)))) [B, J].
     fn project(&self, tape: &mut Tape, z_st: Var) -> Result<Var> {
-        let h = self.linear(tape, z_st, "proj.fc1.weight", Some("proj.fc1.bias"))?;
-        let (g, bta) = (
-            self.p(tape, "proj.bn.weight")?,
-            self.p(tape, "proj.bn.bias")?,
-        );
+        let projector = &self.layers.projector;
+        let h = self.linear(tape, &projector.fc1, z_st)?;
+        let (g, bta) = projector.bn.vars(tape, self.store());
         let h = tape.batchnorm(h, g, bta)?;
         let h = tape.relu(h)?;
-        self.linear(tape, h, "proj.fc2.weight", Some("proj.fc2.bias"))
+        self.linear(tape, &projector.fc2, h)
     }
 
     /// FGCO pretraining loss (eq. 3) from the original view and the SCA and
-    /// TCA views (all [B, N, T]).
+    /// TCA views (all [B, N, T]); `lambda_offdiag` is the Barlow Twins
+    /// off-diagonal weight λ (`pretrain.lambda_offdiag`, 0.0051 in the paper).
+    #[allow(clippy::too_many_arguments)]
     pub fn pretrain_loss(
         &self,
         tape: &mut Tape,
@@ -453,6 +489,7 @@ impl Model {
         x_t: &Tensor,
         valid: &Tensor,
         fgco: Fgco,
+        lambda_offdiag: f32,
     ) -> Result<Var> {
         let e0 = self.encode(tape, x, valid)?;
         let es = self.encode(tape, x_s, valid)?;
@@ -462,8 +499,8 @@ impl Model {
                 let p0 = self.project(tape, e0.z_st)?;
                 let ps = self.project(tape, es.z_st)?;
                 let pt = self.project(tape, et.z_st)?;
-                let ls = tape.barlow(p0, ps, LAMBDA_OFFDIAG)?;
-                let lt = tape.barlow(p0, pt, LAMBDA_OFFDIAG)?;
+                let ls = tape.barlow(p0, ps, lambda_offdiag)?;
+                let lt = tape.barlow(p0, pt, lambda_offdiag)?;
                 tape.add(ls, lt)
             }
             Fgco::Fine => {
@@ -477,10 +514,10 @@ impl Model {
                 }
                 let r0 = self.roi_embedding(tape, e0.z_fused)?;
                 let rs = self.roi_embedding(tape, es.z_fused)?;
-                let ls = tape.barlow(r0, rs, LAMBDA_OFFDIAG)?;
+                let ls = tape.barlow(r0, rs, lambda_offdiag)?;
                 let u0 = self.frame_embedding(tape, e0.z_temporal)?;
                 let ut = self.frame_embedding(tape, et.z_temporal)?;
-                let lt = tape.barlow(u0, ut, LAMBDA_OFFDIAG)?;
+                let lt = tape.barlow(u0, ut, lambda_offdiag)?;
                 tape.add(ls, lt)
             }
         }

@@ -5,11 +5,9 @@
 //! Parameters larger than one storage binding are updated in ranges exactly
 //! like `elementwise::run` (all four tensors split at the same offsets).
 
-use super::chunk::chunk_elems;
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("adamw");
-const WORKGROUP: u64 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -95,11 +93,9 @@ pub fn adamw_step(
         inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
     };
     let kernel = SHADER.kernel("step");
-    let chunk = chunk_elems(gpu);
-    let mut start = 0;
-    while start < n {
-        let len = chunk.min(n - start);
-        gpu.launch_linear(
+    for r in gpu.planner("adamw").flat(n, 1)? {
+        let (start, len) = (r.start, r.len());
+        gpu.launch_threads(
             kernel,
             &[
                 (0, param.range(start, len)),
@@ -111,9 +107,8 @@ pub fn adamw_step(
                 n: len as u32,
                 ..base
             },
-            (len as u64).div_ceil(WORKGROUP),
+            len as u64,
         )?;
-        start += len;
     }
     Ok(())
 }
@@ -174,19 +169,19 @@ mod tests {
             assert_close(
                 &gpu.read(&param).unwrap(),
                 &p64,
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 &what,
             );
             assert_close(
                 &gpu.read(&m).unwrap(),
                 &m64,
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 &format!("{what}: m"),
             );
             assert_close(
                 &gpu.read(&v).unwrap(),
                 &v64,
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 &format!("{what}: v"),
             );
         }
@@ -208,12 +203,12 @@ mod tests {
     #[test]
     fn split_launches_match_reference() {
         // 1000 values under a 256-value binding: four ranges at aligned offsets.
-        run_steps(
-            super::super::chunk::small_binding_gpu(),
-            1000,
-            AdamW::default(),
-            3,
-            9,
+        let gpu = crate::check::gpu_with_binding_limit(1024);
+        let ((), trace) = gpu.traced(|| run_steps(gpu, 1000, AdamW::default(), 3, 9));
+        assert_eq!(
+            crate::check::dispatches(&trace, "adamw::step").len(),
+            4 * 3,
+            "four launches per step"
         );
     }
 

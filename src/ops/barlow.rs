@@ -12,7 +12,6 @@
 
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward};
-use crate::ops::limits::fits_binding;
 use crate::ops::matmul::{matmul_into, Spec};
 
 const SHADER: crate::gpu::Shader = crate::shader!("barlow");
@@ -86,7 +85,10 @@ pub fn barlow_forward(
     let bn1 = batchnorm_forward(gpu, z1, None)?;
     let bn2 = batchnorm_forward(gpu, z2, None)?;
     let c = gpu.empty(&[d, d]);
-    fits_binding(gpu, "barlow", &[&c])?;
+    gpu.planner("barlow").whole(
+        &[&c],
+        "one workgroup reduces the whole D x D cross-correlation to the loss",
+    )?;
     matmul_into(gpu, &bn1.y, &bn2.y, &c, Spec::TN, 1.0 / n as f32)?;
     let loss = gpu.empty(&[1]);
     gpu.launch(
@@ -263,10 +265,10 @@ mod tests {
             assert_close(
                 &gpu.read(&saved.c).unwrap(),
                 &c,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("{what} C"),
             );
-            assert_close(&gpu.read(&loss).unwrap(), &[l], Tolerance::Composite, &what);
+            assert_close(&gpu.read(&loss).unwrap(), &[l], Tolerance::COMPOSITE, &what);
             let (dz1, dz2) = barlow_backward(gpu, &t1, &t2, &saved, &tup, LAMBDA).unwrap();
             let (r1, r2) = reference::backward(
                 &z164,
@@ -280,13 +282,13 @@ mod tests {
             assert_close_scaled(
                 &gpu.read(&dz1).unwrap(),
                 &r1,
-                Tolerance::Composite,
+                Tolerance::COMPOSITE,
                 &format!("{what} dz1"),
             );
             assert_close_scaled(
                 &gpu.read(&dz2).unwrap(),
                 &r2,
-                Tolerance::Composite,
+                Tolerance::COMPOSITE,
                 &format!("{what} dz2"),
             );
         }

@@ -7,10 +7,9 @@
 //! backward recomputes x̂ from x and those, instead of keeping x̂ alive.
 
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
-use crate::ops::limits::{as_matrix, fits_binding};
+use crate::ops::as_matrix;
 
 const SHADER: crate::gpu::Shader = crate::shader!("batchnorm");
-const WORKGROUP: u64 = 64;
 /// BatchNorm's variance epsilon (PyTorch's default, and DESIGN.md §3's).
 pub const EPS: f32 = 1e-5;
 
@@ -54,6 +53,14 @@ fn shape_err(message: String) -> GpuError {
     }
 }
 
+/// Refuses (never splits) an input above one binding.
+fn fits(gpu: &Gpu, x: &Tensor) -> Result<()> {
+    gpu.planner("batchnorm").whole(
+        &[x],
+        "one invocation reduces a column over every row of x [B, C], so rows cannot be split across launches",
+    )
+}
+
 fn check(gpu: &Gpu, x: &Tensor, affine: Option<Affine<'_>>) -> Result<(usize, usize)> {
     if x.shape().len() != 2 {
         return Err(shape_err(format!("input {:?} must be [B, C]", x.shape())));
@@ -68,7 +75,7 @@ fn check(gpu: &Gpu, x: &Tensor, affine: Option<Affine<'_>>) -> Result<(usize, us
             )));
         }
     }
-    fits_binding(gpu, "batchnorm", &[x])?;
+    fits(gpu, x)?;
     Ok((rows, cols))
 }
 
@@ -91,10 +98,11 @@ pub fn batchnorm_forward(
     let (rows, cols) = check(gpu, x, affine)?;
     let y = gpu.empty(x.shape());
     let stats = gpu.empty(&[2, cols]);
-    let groups = (cols as u64).div_ceil(WORKGROUP);
+    // One invocation per column.
+    let threads = cols as u64;
     let p = params(rows, cols);
     match affine {
-        Some(a) => gpu.launch_linear(
+        Some(a) => gpu.launch_threads(
             SHADER.kernel("forward"),
             &[
                 (0, x.arg()),
@@ -104,13 +112,13 @@ pub fn batchnorm_forward(
                 (4, stats.arg()),
             ],
             &p,
-            groups,
+            threads,
         )?,
-        None => gpu.launch_linear(
+        None => gpu.launch_threads(
             SHADER.kernel("forward_plain"),
             &[(0, x.arg()), (3, y.arg()), (4, stats.arg())],
             &p,
-            groups,
+            threads,
         )?,
     }
     Ok(BatchNormForward { y, stats })
@@ -141,15 +149,16 @@ pub fn batchnorm_backward(
     if gamma.is_some_and(|g| g.len() != cols) {
         return Err(shape_err(format!("gamma for {cols} columns")));
     }
-    fits_binding(gpu, "batchnorm", &[x])?;
+    fits(gpu, x)?;
     let dx = gpu.empty(x.shape());
-    let groups = (cols as u64).div_ceil(WORKGROUP);
+    // One invocation per column.
+    let threads = cols as u64;
     let p = params(rows, cols);
     match gamma {
         Some(g) => {
             let dgamma = gpu.empty(&[cols]);
             let dbeta = gpu.empty(&[cols]);
-            gpu.launch_linear(
+            gpu.launch_threads(
                 SHADER.kernel("backward"),
                 &[
                     (0, x.arg()),
@@ -161,7 +170,7 @@ pub fn batchnorm_backward(
                     (8, dbeta.arg()),
                 ],
                 &p,
-                groups,
+                threads,
             )?;
             Ok(BatchNormGrads {
                 dx,
@@ -170,11 +179,11 @@ pub fn batchnorm_backward(
             })
         }
         None => {
-            gpu.launch_linear(
+            gpu.launch_threads(
                 SHADER.kernel("backward_plain"),
                 &[(0, x.arg()), (4, stats.arg()), (5, dy.arg()), (6, dx.arg())],
                 &p,
-                groups,
+                threads,
             )?;
             Ok(BatchNormGrads {
                 dx,
@@ -289,14 +298,14 @@ mod tests {
                 assert_close(
                     &gpu.read(&fwd.y).unwrap(),
                     &y,
-                    Tolerance::Accumulation,
+                    Tolerance::ACCUMULATION,
                     &what,
                 );
                 let stats: Vec<f64> = mean.iter().chain(&inv).copied().collect();
                 assert_close(
                     &gpu.read(&fwd.stats).unwrap(),
                     &stats,
-                    Tolerance::Accumulation,
+                    Tolerance::ACCUMULATION,
                     &format!("{what} stats"),
                 );
                 let grads =
@@ -306,20 +315,20 @@ mod tests {
                 assert_close(
                     &gpu.read(&grads.dx).unwrap(),
                     &dx,
-                    Tolerance::Composite,
+                    Tolerance::COMPOSITE,
                     &format!("{what} dx"),
                 );
                 if affine {
                     assert_close(
                         &gpu.read(grads.dgamma.as_ref().unwrap()).unwrap(),
                         &dg,
-                        Tolerance::Accumulation,
+                        Tolerance::ACCUMULATION,
                         &format!("{what} dgamma"),
                     );
                     assert_close(
                         &gpu.read(grads.dbeta.as_ref().unwrap()).unwrap(),
                         &db,
-                        Tolerance::Accumulation,
+                        Tolerance::ACCUMULATION,
                         &format!("{what} dbeta"),
                     );
                 } else {

@@ -7,11 +7,9 @@
 //! over 128 MiB at the paper's sizes) are split over batch items; the weight
 //! and bias gradients then add up the launches' parts on the GPU.
 
-use super::chunk::rows_per_launch;
 use crate::gpu::{Gpu, GpuError, Result, Tensor, MAX_GROUPS_PER_DIM};
 
 const SHADER: crate::gpu::Shader = crate::shader!("conv1d");
-const TILE: u32 = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -85,20 +83,28 @@ fn params(d: Dims, batch: usize, accumulate: bool) -> Params {
     }
 }
 
-/// Batch items per launch: what fits in a binding, at most one grid's z.
-fn items_per_launch(gpu: &Gpu, d: Dims) -> Result<usize> {
-    let n = rows_per_launch(gpu, "conv1d", d.batch, &[d.cin * d.t, d.cout * d.t])?;
-    Ok(n.min(MAX_GROUPS_PER_DIM as usize))
+/// The side of the square output tile one workgroup of a tiled entry point
+/// computes, from the shader's own `@workgroup_size` and `PER_INVOCATION`.
+fn tile(gpu: &Gpu, kernel: crate::gpu::Kernel) -> Result<u32> {
+    let compiled = gpu.kernel(kernel)?;
+    match compiled.workgroup_size {
+        [x, y, 1] if x == y => Ok(x * compiled.constant("PER_INVOCATION")?),
+        size => Err(GpuError::Launch {
+            kernel: compiled.name.clone(),
+            message: format!("expected a square 2-D workgroup, the shader has {size:?}"),
+        }),
+    }
 }
 
-/// Calls `f(first item, items)` for each launch's range of batch items.
+/// Calls `f(first item, items)` for each launch's range of batch items:
+/// what fits in a binding at aligned offsets, at most one grid's z.
 fn for_each_chunk(gpu: &Gpu, d: Dims, mut f: impl FnMut(usize, usize) -> Result<()>) -> Result<()> {
-    let per = items_per_launch(gpu, d)?;
-    let mut b0 = 0;
-    while b0 < d.batch {
-        let n = per.min(d.batch - b0);
-        f(b0, n)?;
-        b0 += n;
+    let plan = gpu
+        .planner("conv1d")
+        .aligned_rows(d.batch, &[d.cin * d.t, d.cout * d.t])?
+        .at_most(MAX_GROUPS_PER_DIM as usize);
+    for items in plan {
+        f(items.start, items.len())?;
     }
     Ok(())
 }
@@ -114,6 +120,7 @@ pub fn conv1d(gpu: &Gpu, x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor
     }
     let y = gpu.empty(&[d.batch, d.cout, d.t]);
     let kernel = SHADER.kernel("forward");
+    let tile = tile(gpu, kernel)?;
     let (xi, yi) = (d.cin * d.t, d.cout * d.t);
     for_each_chunk(gpu, d, |b0, n| {
         gpu.launch(
@@ -126,8 +133,8 @@ pub fn conv1d(gpu: &Gpu, x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor
             ],
             &params(d, n, false),
             [
-                (d.t as u32).div_ceil(TILE),
-                (d.cout as u32).div_ceil(TILE),
+                (d.t as u32).div_ceil(tile),
+                (d.cout as u32).div_ceil(tile),
                 n as u32,
             ],
         )
@@ -155,6 +162,7 @@ pub fn conv1d_backward_input(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor) -> 
     check_dy(d, dy)?;
     let dx = gpu.empty(x.shape());
     let kernel = SHADER.kernel("backward_input");
+    let tile = tile(gpu, kernel)?;
     let (xi, yi) = (d.cin * d.t, d.cout * d.t);
     for_each_chunk(gpu, d, |b0, n| {
         gpu.launch(
@@ -166,8 +174,8 @@ pub fn conv1d_backward_input(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor) -> 
             ],
             &params(d, n, false),
             [
-                (d.t as u32).div_ceil(TILE),
-                (d.cin as u32).div_ceil(TILE),
+                (d.t as u32).div_ceil(tile),
+                (d.cin as u32).div_ceil(tile),
                 n as u32,
             ],
         )
@@ -181,6 +189,7 @@ pub fn conv1d_backward_weight(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor) ->
     check_dy(d, dy)?;
     let dw = gpu.empty(w.shape());
     let kernel = SHADER.kernel("backward_weight");
+    let tile = tile(gpu, kernel)?;
     let (xi, yi) = (d.cin * d.t, d.cout * d.t);
     for_each_chunk(gpu, d, |b0, n| {
         gpu.launch(
@@ -193,8 +202,8 @@ pub fn conv1d_backward_weight(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor) ->
             // Launches after the first add their items' sums to the first's.
             &params(d, n, b0 > 0),
             [
-                (d.cin as u32).div_ceil(TILE),
-                (d.cout as u32).div_ceil(TILE),
+                (d.cin as u32).div_ceil(tile),
+                (d.cout as u32).div_ceil(tile),
                 d.k as u32,
             ],
         )
@@ -337,7 +346,7 @@ mod tests {
         assert_close(
             &gpu.read(&y).unwrap(),
             &reference::conv1d(&x64, &w64, &to_f64(&bv), d),
-            Tolerance::Accumulation,
+            Tolerance::ACCUMULATION,
             &what,
         );
         let (dx, dw, db) = reference::conv1d_backward(&x64, &w64, &g64, d);
@@ -349,7 +358,7 @@ mod tests {
             assert_close(
                 &gpu.read(got).unwrap(),
                 &want,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("{what}: {name}"),
             );
         }
@@ -391,10 +400,12 @@ mod tests {
         // 256-value bindings: 8 items of 2×8 inputs / 3×8 outputs per launch
         // (offsets 128 and 192: aligned), 20 items in three launches, so the
         // weight and bias gradients accumulate across launches.
-        check_case(
-            super::super::chunk::small_binding_gpu(),
-            dims_of(20, 2, 3, 8, 3),
-            77,
+        let gpu = crate::check::gpu_with_binding_limit(1024);
+        let ((), trace) = gpu.traced(|| check_case(gpu, dims_of(20, 2, 3, 8, 3), 77));
+        assert_eq!(
+            crate::check::dispatches(&trace, "conv1d::forward").len(),
+            3,
+            "{trace:?}"
         );
     }
 

@@ -16,7 +16,6 @@
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("correlation");
-const WORKGROUP: u64 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -54,24 +53,6 @@ pub fn window_count(t: usize, window: usize, stride: usize) -> Result<usize> {
 
 /// Pearson correlation per window: x [B, N, T] → [B, W, N, N].
 pub fn correlation(gpu: &Gpu, x: &Tensor, window: usize, stride: usize) -> Result<Tensor> {
-    correlation_with_limit(gpu, x, window, stride, gpu.max_binding_bytes())
-}
-
-/// Pearson correlation of the whole crop: x [B, N, T] → [B, 1, N, N].
-pub fn correlation_whole(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-    let t = x.shape().last().copied().unwrap_or(0);
-    correlation(gpu, x, t, 1)
-}
-
-/// As [`correlation`], planning launches for a binding limit of
-/// `limit_bytes` (tests pass a small one to exercise the split).
-fn correlation_with_limit(
-    gpu: &Gpu,
-    x: &Tensor,
-    window: usize,
-    stride: usize,
-    limit_bytes: u64,
-) -> Result<Tensor> {
     let &[b, n, t] = x.shape() else {
         return Err(shape_err(format!(
             "input {:?} must be [B, N, T]",
@@ -83,27 +64,14 @@ fn correlation_with_limit(
     if out.is_empty() {
         return Ok(out);
     }
-    let limit = (limit_bytes.min(gpu.max_binding_bytes()) / 4) as usize;
-    if x.len() > limit {
-        return Err(shape_err(format!(
-            "input {:?} exceeds one storage binding",
-            x.shape()
-        )));
-    }
+    let planner = gpu.planner("correlation");
+    planner.whole(
+        &[x],
+        "x is bound whole and indexed by `first`; it is far smaller than the [B, W, N, N] output, which is what splits",
+    )?;
     let per_item = w * n * n;
-    // Items per launch: as many as fit in a binding, a multiple of the count
-    // that keeps each range's offset on the storage offset alignment.
-    let align = (gpu.report.limits.min_storage_buffer_offset_alignment / 4).max(1) as usize;
-    let step = align / gcd(per_item, align);
-    let items = (limit / per_item / step) * step;
-    if items == 0 {
-        return Err(shape_err(format!(
-            "{step} batch item(s) of {w}x{n}x{n} correlations exceed one storage binding"
-        )));
-    }
-    let mut first = 0;
-    while first < b {
-        let count = items.min(b - first);
+    for items in planner.aligned_rows(b, &[per_item])? {
+        let (first, count) = (items.start, items.len());
         let stats = gpu.empty(&[count, w, n, 2]);
         let p = Params {
             n: n as u32,
@@ -114,13 +82,13 @@ fn correlation_with_limit(
             items: count as u32,
             first: first as u32,
         };
-        gpu.launch_linear(
+        gpu.launch_threads(
             SHADER.kernel("window_stats"),
             &[(0, x.arg()), (1, stats.arg())],
             &p,
-            ((count * w * n) as u64).div_ceil(WORKGROUP),
+            (count * w * n) as u64,
         )?;
-        gpu.launch_linear(
+        gpu.launch_threads(
             SHADER.kernel("correlation"),
             &[
                 (0, x.arg()),
@@ -128,19 +96,16 @@ fn correlation_with_limit(
                 (2, out.range(first * per_item, count * per_item)),
             ],
             &p,
-            ((count * per_item) as u64).div_ceil(WORKGROUP),
+            (count * per_item) as u64,
         )?;
-        first += count;
     }
     Ok(out)
 }
 
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
+/// Pearson correlation of the whole crop: x [B, N, T] → [B, 1, N, N].
+pub fn correlation_whole(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    let t = x.shape().last().copied().unwrap_or(0);
+    correlation(gpu, x, t, 1)
 }
 
 /// f64 CPU reference.
@@ -202,7 +167,9 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::{assert_close, gpu, random_vec, to_f64, Tolerance};
+    use crate::check::{
+        assert_close, dispatches, gpu, gpu_with_binding_limit, random_vec, to_f64, Tolerance,
+    };
 
     /// Series with shared structure (so correlations are far from 0), a
     /// constant region and an all-zero region.
@@ -250,7 +217,7 @@ mod tests {
             assert_close(
                 &got,
                 &want,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("correlation B={b} N={n} T={t} L={l} S={s}"),
             );
             if n >= 3 {
@@ -277,25 +244,32 @@ mod tests {
         assert_eq!(whole.shape(), &[b, 1, n, n]);
         let whole = gpu.read(&whole).unwrap();
         let want = reference::correlation(&to_f64(&x), b, n, t, t, 1);
-        assert_close(&whole, &want, Tolerance::Accumulation, "whole crop");
+        assert_close(&whole, &want, Tolerance::ACCUMULATION, "whole crop");
         // 2 windows x 9 x 9 = 162 values per item. An aligned range needs at
         // most 32 items (256-byte alignment, the largest WebGPU allows), so a
         // limit of 64 items splits 70 items into 64 + 6; a limit below one
         // item is a clear error.
         let (b2, t2) = (70, 12);
         let x2 = series(b2, n, t2, 78);
-        let tx2 = gpu.upload(&x2, &[b2, n, t2]).unwrap();
         let want2 = reference::correlation(&to_f64(&x2), b2, n, t2, 6, 6);
-        let limit = 64 * 162 * 4;
-        let split = correlation_with_limit(gpu, &tx2, 6, 6, limit).unwrap();
+        let small = gpu_with_binding_limit(64 * 162 * 4);
+        let tx2 = small.upload(&x2, &[b2, n, t2]).unwrap();
+        let (split, trace) = small.traced(|| correlation(small, &tx2, 6, 6).unwrap());
+        assert_eq!(
+            dispatches(&trace, "correlation::correlation").len(),
+            2,
+            "70 items split as 64 + 6: {trace:?}"
+        );
         assert_close(
-            &gpu.read(&split).unwrap(),
+            &small.read(&split).unwrap(),
             &want2,
-            Tolerance::Accumulation,
+            Tolerance::ACCUMULATION,
             "split launches",
         );
-        let e = correlation_with_limit(gpu, &tx2, 6, 6, 161 * 4).unwrap_err();
-        assert!(matches!(e, GpuError::Shape { .. }), "{e}");
+        let tiny = gpu_with_binding_limit(161 * 4);
+        let tx2 = tiny.upload(&x2, &[b2, n, t2]).unwrap();
+        let e = correlation(tiny, &tx2, 6, 6).unwrap_err();
+        assert!(matches!(e, GpuError::BindingLimit { .. }), "{e}");
     }
 
     #[test]

@@ -12,7 +12,6 @@
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("cross_entropy");
-const WORKGROUP: u64 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -70,7 +69,7 @@ pub fn cross_entropy_backward(
         });
     }
     let d = gpu.empty(logits.shape());
-    gpu.launch_linear(
+    gpu.launch_threads(
         SHADER.kernel("backward"),
         &[
             (0, logits.arg()),
@@ -79,7 +78,7 @@ pub fn cross_entropy_backward(
             (3, d.arg()),
         ],
         &p,
-        (p.batch as u64).div_ceil(WORKGROUP),
+        p.batch as u64,
     )?;
     Ok(d)
 }
@@ -169,13 +168,13 @@ mod tests {
             assert_close(
                 &gpu.read(&loss).unwrap(),
                 &[reference::cross_entropy(&z64, &yv, c)],
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &what,
             );
             assert_close(
                 &gpu.read(&dz).unwrap(),
                 &reference::cross_entropy_backward(&z64, &yv, c, up as f64),
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("{what}, backward"),
             );
         }

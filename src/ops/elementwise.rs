@@ -7,8 +7,12 @@
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("elementwise");
-/// Elements per workgroup: 256 invocations x ELEMS_PER_THREAD (8) in the shader.
-const WORKGROUP: u64 = 256 * 8;
+
+/// Invocations for `n` elements: each handles the shader's `ELEMS_PER_THREAD`.
+fn threads(gpu: &Gpu, kernel: crate::gpu::Kernel, n: usize) -> Result<u64> {
+    let per_thread = gpu.kernel(kernel)?.constant("ELEMS_PER_THREAD")?;
+    Ok((n as u64).div_ceil(per_thread as u64))
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -39,12 +43,6 @@ fn same_len(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Largest element count per launch: the binding limit, rounded down to the
-/// 64-element (256-byte) offset alignment.
-fn chunk_elems(gpu: &Gpu) -> usize {
-    (((gpu.max_binding_bytes() / 4) / 64) * 64).max(64) as usize
-}
-
 /// Runs `entry` over `n` elements in binding-sized ranges. `x`, `y` are
 /// read at the same range as `out`; `y_whole` binds y entirely (bias).
 fn run(
@@ -58,10 +56,8 @@ fn run(
     params: Params,
 ) -> Result<()> {
     let kernel = SHADER.kernel(entry);
-    let chunk = chunk_elems(gpu);
-    let mut start = 0;
-    while start < n {
-        let len = chunk.min(n - start);
+    for r in gpu.planner(entry).flat(n, 1)? {
+        let (start, len) = (r.start, r.len());
         let mut args = vec![(2, out.range(start, len))];
         if let Some(x) = x {
             args.push((0, x.range(start, len)));
@@ -81,8 +77,7 @@ fn run(
             base: start as u32,
             ..params
         };
-        gpu.launch_linear(kernel, &args, &p, (len as u64).div_ceil(WORKGROUP))?;
-        start += len;
+        gpu.launch_threads(kernel, &args, &p, threads(gpu, kernel, len)?)?;
     }
     Ok(())
 }
@@ -98,17 +93,10 @@ fn params(alpha: f32, beta: f32, channels: u32) -> Params {
     }
 }
 
+/// `out[..] = value`: the runtime's own fill ([`Gpu::fill`]), here so the
+/// elementwise family reads complete.
 pub fn fill(gpu: &Gpu, out: &Tensor, value: f32) -> Result<()> {
-    run(
-        gpu,
-        "fill",
-        out.len(),
-        None,
-        None,
-        false,
-        out,
-        params(value, 0.0, 1),
-    )
+    gpu.fill(out, value)
 }
 
 pub fn add(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Tensor> {
@@ -300,11 +288,12 @@ pub fn copy_from(gpu: &Gpu, src: &Tensor, offset: usize, out: &Tensor) -> Result
         base: offset as u32,
         ..params(0.0, 0.0, 1)
     };
-    gpu.launch_linear(
-        SHADER.kernel("copy_from"),
+    let kernel = SHADER.kernel("copy_from");
+    gpu.launch_threads(
+        kernel,
         &[(0, src.arg()), (2, out.arg())],
         &p,
-        (out.len() as u64).div_ceil(WORKGROUP),
+        threads(gpu, kernel, out.len())?,
     )
 }
 
@@ -382,12 +371,12 @@ mod tests {
                     .map(|(&x, &y)| g(x as f64, y as f64))
                     .collect()
             };
-            assert_close(&sum, &f(&|x, y| x + y), Tolerance::Elementwise, "add");
-            assert_close(&prod, &f(&|x, y| x * y), Tolerance::Elementwise, "mul");
+            assert_close(&sum, &f(&|x, y| x + y), Tolerance::ELEMENTWISE, "add");
+            assert_close(&prod, &f(&|x, y| x * y), Tolerance::ELEMENTWISE, "mul");
             assert_close(
                 &sc,
                 &f(&|x, _| -1.5 * x + 0.25),
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 "scale",
             );
             let acc = gpu.upload(&b, shape).unwrap();
@@ -395,7 +384,7 @@ mod tests {
             assert_close(
                 &gpu.read(&acc).unwrap(),
                 &f(&|x, y| y + 0.5 * x),
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 "axpy",
             );
         }
@@ -418,13 +407,13 @@ mod tests {
                 assert_close(
                     &gpu.read(&y).unwrap(),
                     &reference::unary(op, &x64),
-                    Tolerance::Elementwise,
+                    Tolerance::ELEMENTWISE,
                     &format!("{op:?}"),
                 );
                 assert_close(
                     &gpu.read(&dx).unwrap(),
                     &reference::unary_backward(op, &g64, &x64),
-                    Tolerance::Elementwise,
+                    Tolerance::ELEMENTWISE,
                     &format!("{op:?} backward"),
                 );
             }
@@ -482,7 +471,7 @@ mod tests {
             assert_close(
                 &gpu.read(&out).unwrap(),
                 &want,
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 "bias_add",
             );
         }
@@ -502,7 +491,7 @@ mod tests {
             assert_close(
                 &gpu.read(&out).unwrap(),
                 &want,
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 "mul_broadcast",
             );
         }

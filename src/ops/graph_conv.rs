@@ -14,10 +14,9 @@
 //! F = 32 is 210 MB, over lavapipe's 128 MiB) are split over batch items,
 //! bound from aligned offsets with the remainders passed to the shader.
 
-use crate::gpu::{Gpu, GpuError, Result, Tensor};
+use crate::gpu::{Gpu, GpuError, Planner, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("graph_conv");
-const WORKGROUP: u64 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -75,36 +74,18 @@ impl Dims {
     }
 }
 
-/// Binds `t[offset..offset+len]` from the aligned offset at or below `offset`;
-/// returns the argument and the element remainder the shader adds.
-fn aligned(t: &Tensor, offset: usize, len: usize, align: usize) -> (crate::gpu::Arg<'_>, u32) {
-    let base = offset / align * align;
-    (t.range(base, len + (offset - base)), (offset - base) as u32)
-}
-
 /// Splits the batch into runs of items whose adjacency and activation ranges
 /// (plus the alignment remainder) fit in one storage binding, and calls
-/// `launch(first, count, adj_arg_range, h_arg_range)` for each.
+/// `launch(planner, first, count)` for each; the launch binds its ranges
+/// with `planner.bind`.
 fn for_batch_chunks(
     gpu: &Gpu,
     d: &Dims,
-    mut launch: impl FnMut(usize, usize, usize) -> Result<()>,
+    mut launch: impl FnMut(&Planner, usize, usize) -> Result<()>,
 ) -> Result<()> {
-    let align = (gpu.report.limits.min_storage_buffer_offset_alignment / 4).max(1) as usize;
-    let capacity = ((gpu.max_binding_bytes() / 4) as usize).saturating_sub(align);
-    let per_item = d.adj_item().max(d.h_item()).max(1);
-    let items = capacity / per_item;
-    if items == 0 {
-        return Err(shape_error(format!(
-            "one batch item ({per_item} values) exceeds the {}-byte storage binding limit",
-            gpu.max_binding_bytes()
-        )));
-    }
-    let mut first = 0;
-    while first < d.batch {
-        let count = items.min(d.batch - first);
-        launch(first, count, align)?;
-        first += count;
+    let planner = gpu.planner("graph_conv");
+    for items in planner.offset_rows(d.batch, &[d.adj_item(), d.h_item()])? {
+        launch(&planner, items.start, items.len())?;
     }
     Ok(())
 }
@@ -160,13 +141,14 @@ fn run_propagate(gpu: &Gpu, adj: &Tensor, h: &Tensor, d: Dims, transposed: bool)
     let vec4 = d.nodes % 4 == 0 && d.feats % 4 == 0;
     let per_frame = d.nodes.div_ceil(4) * d.feats.div_ceil(4);
     let entry = if vec4 { "propagate_vec4" } else { "propagate" };
-    for_batch_chunks(gpu, &d, |first, count, align| {
-        let (a_arg, a_off) = aligned(adj, first * d.adj_item(), count * d.adj_item(), align);
-        let (h_arg, h_off) = aligned(h, first * d.h_item(), count * d.h_item(), align);
-        let (o_arg, _) = aligned(&out, first * d.h_item(), count * d.h_item(), align);
+    for_batch_chunks(gpu, &d, |planner, first, count| {
+        let (a_arg, a_off) =
+            planner.bind(adj, first * d.adj_item()..(first + count) * d.adj_item());
+        let (h_arg, h_off) = planner.bind(h, first * d.h_item()..(first + count) * d.h_item());
+        let (o_arg, _) = planner.bind(&out, first * d.h_item()..(first + count) * d.h_item());
         let total = count * d.frames * per_frame;
         let chunk = Dims { batch: count, ..d };
-        gpu.launch_linear(
+        gpu.launch_threads(
             SHADER.kernel(entry),
             &[(0, a_arg), (1, h_arg), (2, o_arg)],
             &Params {
@@ -174,7 +156,7 @@ fn run_propagate(gpu: &Gpu, adj: &Tensor, h: &Tensor, d: Dims, transposed: bool)
                 h_off,
                 ..chunk.params(transposed as u32, total)
             },
-            (total as u64).div_ceil(WORKGROUP),
+            total as u64,
         )
     })?;
     Ok(out)
@@ -217,13 +199,14 @@ pub fn propagate_backward(
     } else {
         "adjacency_grad"
     };
-    for_batch_chunks(gpu, &d, |first, count, align| {
-        let (a_arg, a_off) = aligned(&da, first * d.adj_item(), count * d.adj_item(), align);
-        let (h_arg, h_off) = aligned(h, first * d.h_item(), count * d.h_item(), align);
-        let (g_arg, _) = aligned(grad, first * d.h_item(), count * d.h_item(), align);
+    for_batch_chunks(gpu, &d, |planner, first, count| {
+        let (a_arg, a_off) =
+            planner.bind(&da, first * d.adj_item()..(first + count) * d.adj_item());
+        let (h_arg, h_off) = planner.bind(h, first * d.h_item()..(first + count) * d.h_item());
+        let (g_arg, _) = planner.bind(grad, first * d.h_item()..(first + count) * d.h_item());
         let total = count * d.windows * d.nodes.div_ceil(4).pow(2);
         let chunk = Dims { batch: count, ..d };
-        gpu.launch_linear(
+        gpu.launch_threads(
             SHADER.kernel(entry),
             &[(1, h_arg), (2, a_arg), (3, g_arg)],
             &Params {
@@ -231,7 +214,7 @@ pub fn propagate_backward(
                 h_off,
                 ..chunk.params(0, total)
             },
-            (total as u64).div_ceil(WORKGROUP),
+            total as u64,
         )
     })?;
     Ok((dh, Some(da)))
@@ -259,17 +242,17 @@ pub fn normalize_adjacency(gpu: &Gpu, p: &Tensor) -> Result<Tensor> {
         stride: 1,
     };
     let dinv = gpu.empty(&[b, n]);
-    gpu.launch_linear(
+    gpu.launch_threads(
         SHADER.kernel("degree"),
         &[(0, p.arg()), (2, dinv.arg())],
         &d.params(0, b * n),
-        ((b * n) as u64).div_ceil(WORKGROUP),
+        (b * n) as u64,
     )?;
-    gpu.launch_linear(
+    gpu.launch_threads(
         SHADER.kernel("normalize"),
         &[(0, p.arg()), (1, dinv.arg()), (2, out.arg())],
         &d.params(0, b * n * n),
-        ((b * n * n) as u64).div_ceil(WORKGROUP),
+        (b * n * n) as u64,
     )?;
     Ok(out)
 }
@@ -351,7 +334,8 @@ pub mod reference {
 mod tests {
     use super::*;
     use crate::check::{
-        assert_close, assert_gradient, finite_difference, gpu, random_vec, to_f64, Tolerance,
+        assert_close, assert_gradient, dispatches, finite_difference, gpu, gpu_with_binding_limit,
+        random_vec, to_f64, Tolerance,
     };
 
     /// (B, T, N, F, W, S): scalar and vec4 paths, dimensions of 1, sizes not
@@ -410,7 +394,7 @@ mod tests {
             assert_close(
                 &gpu.read(&out).unwrap(),
                 &reference::propagate(&a64, &h64, &d),
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("forward {what}"),
             );
             let (dh, da) = propagate_backward(gpu, &a, &h, &g, d.stride, true).unwrap();
@@ -418,13 +402,13 @@ mod tests {
             assert_close(
                 &gpu.read(&dh).unwrap(),
                 &want_dh,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("dH {what}"),
             );
             assert_close(
                 &gpu.read(&da.unwrap()).unwrap(),
                 &want_da,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("dA {what}"),
             );
             let (_, none) = propagate_backward(gpu, &a, &h, &g, d.stride, false).unwrap();
@@ -436,14 +420,11 @@ mod tests {
     fn split_batches_match_reference() {
         // A device of its own: lowering the shared one's binding limit would
         // disturb tests running in parallel.
-        let own = Gpu::new().expect("adapter");
-        let gpu = &own;
-        gpu.set_poison_new_tensors(true);
         // Items of 3·7·7 = 147 / 5·7·3 = 105 (scalar) and 2·8·8 = 128 / 3·8·4 = 96
         // (vec4) values, so chunks start at unaligned offsets.
         for (k, case) in [(5, 5, 7, 3, 3, 2), (6, 3, 8, 4, 2, 2)].iter().enumerate() {
             let d = dims_of(case);
-            gpu.set_max_binding_bytes(4 * (2 * d.adj_item().max(d.h_item()) + 64) as u64);
+            let gpu = gpu_with_binding_limit(4 * (2 * d.adj_item().max(d.h_item()) + 64) as u64);
             let av = random_vec(d.batch * d.adj_item(), 660 + k as u64);
             let hv = random_vec(d.batch * d.h_item(), 670 + k as u64);
             let gv = random_vec(d.batch * d.h_item(), 680 + k as u64);
@@ -454,36 +435,53 @@ mod tests {
                 .upload(&hv, &[d.batch, d.frames, d.nodes, d.feats])
                 .unwrap();
             let g = gpu.upload(&gv, h.shape()).unwrap();
-            let out = propagate(gpu, &a, &h, d.stride).unwrap();
-            let (dh, da) = propagate_backward(gpu, &a, &h, &g, d.stride, true).unwrap();
+            let ((out, (dh, da)), trace) = gpu.traced(|| {
+                (
+                    propagate(gpu, &a, &h, d.stride).unwrap(),
+                    propagate_backward(gpu, &a, &h, &g, d.stride, true).unwrap(),
+                )
+            });
             let (a64, h64, g64) = (to_f64(&av), to_f64(&hv), to_f64(&gv));
             let (want_dh, want_da) = reference::propagate_backward(&a64, &h64, &g64, &d);
             let what = format!("split {case:?}");
+            let entry = if d.nodes % 4 == 0 && d.feats % 4 == 0 {
+                "graph_conv::propagate_vec4"
+            } else {
+                "graph_conv::propagate"
+            };
+            // Two items per launch, forward and dH: 2 · ceil(B / 2) launches.
+            assert_eq!(
+                dispatches(&trace, entry).len(),
+                2 * d.batch.div_ceil(2),
+                "{what}: {trace:?}"
+            );
             assert_close(
                 &gpu.read(&out).unwrap(),
                 &reference::propagate(&a64, &h64, &d),
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &what,
             );
             assert_close(
                 &gpu.read(&dh).unwrap(),
                 &want_dh,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &what,
             );
             assert_close(
                 &gpu.read(&da.unwrap()).unwrap(),
                 &want_da,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &what,
             );
         }
+        let gpu = gpu_with_binding_limit(64);
         let a = gpu.zeros(&[1, 1, 8, 8]).unwrap();
         let h = gpu.zeros(&[1, 2, 8, 4]).unwrap();
-        gpu.set_poison_new_tensors(false);
-        gpu.set_max_binding_bytes(64);
         let e = propagate(gpu, &a, &h, 1).unwrap_err().to_string();
-        assert!(e.contains("storage binding limit"), "{e}");
+        assert!(
+            e.contains("graph_conv") && e.contains("64-byte storage binding limit"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -500,7 +498,7 @@ mod tests {
         assert_close(
             &gpu.read(&out).unwrap(),
             &reference::propagate(&to_f64(&av), &to_f64(&hv), &d),
-            Tolerance::Accumulation,
+            Tolerance::ACCUMULATION,
             "static",
         );
     }
@@ -533,7 +531,7 @@ mod tests {
             assert_close(
                 &gpu.read(&out).unwrap(),
                 &reference::normalize_adjacency(&to_f64(&pv), b, n),
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("normalize {b}x{n}"),
             );
         }

@@ -7,10 +7,9 @@
 //! backward recomputes x̂ from x and those.
 
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
-use crate::ops::limits::{as_matrix, fits_binding};
+use crate::ops::as_matrix;
 
 const SHADER: crate::gpu::Shader = crate::shader!("layernorm");
-const WORKGROUP: u64 = 64;
 /// LayerNorm's variance epsilon (PyTorch's default).
 pub const EPS: f32 = 1e-5;
 
@@ -65,7 +64,10 @@ fn check(gpu: &Gpu, x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>) -> Result
             x.shape()
         )));
     }
-    fits_binding(gpu, "layernorm", &[x])?;
+    gpu.planner("layernorm").whole(
+        &[x],
+        "the γ and β gradients sum every row in one launch, so rows are not split",
+    )?;
     Ok((rows, cols))
 }
 
@@ -79,7 +81,7 @@ pub fn layernorm_forward(
     let (rows, cols) = check(gpu, x, gamma, Some(beta))?;
     let y = gpu.empty(x.shape());
     let stats = gpu.empty(&[rows, 2]);
-    gpu.launch_linear(
+    gpu.launch_threads(
         SHADER.kernel("forward"),
         &[
             (0, x.arg()),
@@ -89,7 +91,7 @@ pub fn layernorm_forward(
             (4, stats.arg()),
         ],
         &params(rows, cols),
-        (rows as u64).div_ceil(WORKGROUP),
+        rows as u64,
     )?;
     Ok(LayerNormForward { y, stats })
 }
@@ -116,7 +118,7 @@ pub fn layernorm_backward(
     let dgamma = gpu.empty(&[cols]);
     let dbeta = gpu.empty(&[cols]);
     let p = params(rows, cols);
-    gpu.launch_linear(
+    gpu.launch_threads(
         SHADER.kernel("backward_input"),
         &[
             (0, x.arg()),
@@ -126,9 +128,9 @@ pub fn layernorm_backward(
             (6, dx.arg()),
         ],
         &p,
-        (rows as u64).div_ceil(WORKGROUP),
+        rows as u64,
     )?;
-    gpu.launch_linear(
+    gpu.launch_threads(
         SHADER.kernel("backward_params"),
         &[
             (0, x.arg()),
@@ -138,7 +140,7 @@ pub fn layernorm_backward(
             (8, dbeta.arg()),
         ],
         &p,
-        (cols as u64).div_ceil(WORKGROUP),
+        cols as u64,
     )?;
     Ok(LayerNormGrads { dx, dgamma, dbeta })
 }
@@ -233,13 +235,13 @@ mod tests {
             assert_close(
                 &gpu.read(&fwd.y).unwrap(),
                 &y,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &what,
             );
             assert_close(
                 &gpu.read(&fwd.stats).unwrap(),
                 &stats,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("{what} stats"),
             );
             let grads = layernorm_backward(gpu, &tx, &tg, &fwd.stats, &tdy).unwrap();
@@ -247,20 +249,20 @@ mod tests {
             assert_close(
                 &gpu.read(&grads.dx).unwrap(),
                 &dx,
-                Tolerance::Composite,
+                Tolerance::COMPOSITE,
                 &format!("{what} dx"),
             );
             // Sums over up to 200 rows.
             assert_close(
                 &gpu.read(&grads.dgamma).unwrap(),
                 &dg,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("{what} dgamma"),
             );
             assert_close(
                 &gpu.read(&grads.dbeta).unwrap(),
                 &db,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("{what} dbeta"),
             );
         }

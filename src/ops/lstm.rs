@@ -15,12 +15,14 @@
 //! lavapipe one dispatch per time step is the faster, and the default.
 
 use super::elementwise;
-use super::limits::fits_binding;
 use super::matmul::{self, Spec};
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("lstm");
-const WORKGROUP: u64 = 64;
+
+/// Why the recurrence refuses rather than splits a tensor above one binding.
+const RECURRENCE_IS_WHOLE: &str =
+    "one launch runs every step of the recurrence over the whole batch's h, c and gates";
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -177,10 +179,10 @@ fn recur(
             [d.batch as u32, 1, 1],
         ),
         Schedule::PerStep => {
-            let groups = ((d.batch * d.hidden) as u64).div_ceil(WORKGROUP);
+            let threads = (d.batch * d.hidden) as u64;
             for s in 0..d.steps {
                 let t = if reverse { d.steps - 1 - s } else { s };
-                gpu.launch_linear(SHADER.kernel(entries.1), args, &params(d, t), groups)?;
+                gpu.launch_threads(SHADER.kernel(entries.1), args, &params(d, t), threads)?;
             }
             Ok(())
         }
@@ -230,7 +232,8 @@ pub fn lstm_forward_with(
     let h = gpu.empty(&[d.batch, d.steps, d.hidden]);
     let c = gpu.empty(&[d.batch, d.steps, d.hidden]);
     let gates = gpu.empty(&[d.batch, d.steps, h4]);
-    fits_binding(gpu, "lstm", &[&xp, w_hh, &h, &gates])?;
+    gpu.planner("lstm")
+        .whole(&[&xp, w_hh, &h, &gates], RECURRENCE_IS_WHOLE)?;
     recur(
         gpu,
         d,
@@ -317,7 +320,8 @@ pub fn lstm_backward_with(
     let dgates = gpu.empty(&[bt, h4]);
     let h_prev = gpu.empty(&[bt, hidden]);
     let dc = gpu.empty(&[batch, hidden]);
-    fits_binding(gpu, "lstm_backward", &[&dgates, w_hh, x])?;
+    gpu.planner("lstm_backward")
+        .whole(&[&dgates, w_hh, x], RECURRENCE_IS_WHOLE)?;
     recur(
         gpu,
         d,
@@ -608,7 +612,7 @@ mod tests {
                 let what = format!("lstm {d:?} {schedule:?}");
                 let fw = lstm_forward_with(gpu, &t.x, &t.w_ih, &t.w_hh, &t.b_ih, &t.b_hh, schedule)
                     .unwrap();
-                let tol = Tolerance::Accumulation;
+                let tol = Tolerance::ACCUMULATION;
                 assert_close(
                     &gpu.read(&fw.h).unwrap(),
                     &want.h,
@@ -629,7 +633,7 @@ mod tests {
                 );
                 let g =
                     lstm_backward_with(gpu, &t.x, &t.w_ih, &t.w_hh, &fw, &dh, schedule).unwrap();
-                let tol = Tolerance::Composite;
+                let tol = Tolerance::COMPOSITE;
                 for (name, got, want) in [
                     ("dx", &g.dx, &grads.dx),
                     ("dW_ih", &g.dw_ih, &grads.dw_ih),
@@ -667,7 +671,7 @@ mod tests {
         assert_close(
             &gpu.read(&h).unwrap(),
             &want.h,
-            Tolerance::Accumulation,
+            Tolerance::ACCUMULATION,
             "lstm h",
         );
     }
@@ -704,16 +708,19 @@ mod tests {
         }
     }
 
-    /// Tensors over one storage binding are refused with a shape error (the
+    /// Tensors over one storage binding are refused by the planner (the
     /// ablation's largest, [B·T, 4H] = 2 Mi values, is far below lavapipe's
     /// 128 MiB), not a wgpu validation failure.
     #[test]
-    fn tensors_over_the_binding_limit_are_a_shape_error() {
-        let gpu = super::super::chunk::small_binding_gpu();
+    fn tensors_over_the_binding_limit_are_refused() {
+        let gpu = crate::check::gpu_with_binding_limit(1024);
         let d = dims_of(2, 5, 3, 8); // gates: 2·5·32 = 320 values > 256
         let t = upload(gpu, d, &operands(d, 5));
         let e = lstm(gpu, &t.x, &t.w_ih, &t.w_hh, &t.b_ih, &t.b_hh).unwrap_err();
-        assert!(matches!(e, GpuError::Shape { op: "lstm", .. }), "{e}");
+        assert!(
+            matches!(e, GpuError::BindingLimit { op: "lstm", .. }),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,7 +12,6 @@
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("matmul");
-const TILE: u32 = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -164,31 +163,43 @@ pub fn matmul_into(
     let b_stride = if b.shape().len() == 2 { 0 } else { k * n };
     let c_stride = m * n;
     let flags = spec.trans_a as u32 | (spec.trans_b as u32) << 1 | (spec.accumulate as u32) << 2;
-    let limit = (gpu.max_binding_bytes() / 4) as usize;
-    let align = (gpu.report.limits.min_storage_buffer_offset_alignment / 4).max(1) as usize;
-    // Room for the misalignment remainder of a split range (see `aligned`).
-    let capacity = limit.saturating_sub(align).max(1);
+    let planner = gpu.planner("matmul");
     // The vec4 fast path needs 16-byte-aligned rows and offsets; every range
     // offset below is a multiple of k or n (or of the batch strides), so
     // K, N divisible by 4 is enough.
     let vec4 = !spec.trans_a && !spec.trans_b && k % 4 == 0 && n % 4 == 0;
     let kernel = SHADER.kernel(if vec4 { "matmul_nn_vec4" } else { "matmul" });
-    let b_item = k * n;
-    if b_item > capacity {
-        return Err(GpuError::Shape {
-            op: "matmul",
-            message: format!("one B matrix ({k}x{n}) exceeds the storage binding limit"),
-        });
-    }
+    // The output tile one workgroup computes, from the shader's own sizes.
+    let compiled = gpu.kernel(kernel)?;
+    let [wg_x, wg_y, _] = compiled.workgroup_size;
+    let tile_cols = wg_x * compiled.constant("COLS_PER_INVOCATION")?;
+    let tile_rows = wg_y
+        * compiled.constant(if vec4 {
+            "VEC4_ROWS_PER_INVOCATION"
+        } else {
+            "ROWS_PER_INVOCATION"
+        })?;
+    // B is never split inside a matrix: each launch binds one of its
+    // matrices (plus the alignment remainder) or the broadcast one whole.
+    let b_whole = if b_stride > 0 {
+        k * n + planner.align_elems() - 1
+    } else {
+        b.len()
+    };
+    planner.fits(
+        &format!("one B matrix ({k}x{n})"),
+        b_whole,
+        "B is bound whole per launch; only the batch and A's rows are split",
+    )?;
     let launch = |a_rng: (usize, usize),
                   b_rng: (usize, usize),
                   c_rng: (usize, usize),
                   m: usize,
                   batched: bool,
                   count: usize| {
-        let (a_arg, a_off) = aligned(a, a_rng, align);
-        let (b_arg, b_off) = aligned(b, b_rng, align);
-        let (c_arg, c_off) = aligned(c, c_rng, align);
+        let (a_arg, a_off) = planner.bind(a, a_rng.0..a_rng.0 + a_rng.1);
+        let (b_arg, b_off) = planner.bind(b, b_rng.0..b_rng.0 + b_rng.1);
+        let (c_arg, c_off) = planner.bind(c, c_rng.0..c_rng.0 + c_rng.1);
         let p = Params {
             m: m as u32,
             n: n as u32,
@@ -207,8 +218,8 @@ pub fn matmul_into(
             &[(0, a_arg), (1, b_arg), (2, c_arg)],
             &p,
             [
-                (n as u32).div_ceil(TILE),
-                (m as u32).div_ceil(if vec4 { 2 * TILE } else { TILE }),
+                (n as u32).div_ceil(tile_cols),
+                (m as u32).div_ceil(tile_rows),
                 count as u32,
             ],
         )
@@ -222,14 +233,29 @@ pub fn matmul_into(
         }
     };
 
-    let per_item = a_stride.max(c_stride).max(b_stride).max(1);
-    let items = capacity / per_item;
-    if items > 0 {
-        let mut start = 0;
-        while start < batch {
-            let count = items
-                .min(batch - start)
-                .min(crate::gpu::MAX_GROUPS_PER_DIM as usize);
+    // A grid dimension holds at most 65,535 workgroups: columns cannot be
+    // split, rows can (below), the batch is capped per launch.
+    let max_groups = crate::gpu::MAX_GROUPS_PER_DIM as usize;
+    if n.div_ceil(tile_cols as usize) > max_groups {
+        return Err(GpuError::Shape {
+            op: "matmul",
+            message: format!(
+                "N = {n} columns need more than {max_groups} workgroups of {tile_cols} columns"
+            ),
+        });
+    }
+    let rows_fit_grid = m.div_ceil(tile_rows as usize) <= max_groups;
+    // Over batch items first, when one item of every batched operand (and
+    // every broadcast operand whole) fits in a binding, and M in one grid.
+    let broadcast_fits = (a_stride > 0 || a.len() <= planner.limit_elems())
+        && (b_stride > 0 || b.len() <= planner.limit_elems());
+    let batches = planner
+        .offset_rows(batch, &[a_stride, b_stride, c_stride])
+        .ok()
+        .filter(|_| broadcast_fits && rows_fit_grid);
+    if let Some(batches) = batches {
+        for items in batches.at_most(crate::gpu::MAX_GROUPS_PER_DIM as usize) {
+            let (start, count) = (items.start, items.len());
             launch(
                 span(a_stride, a.len(), start, count),
                 span(b_stride, b.len(), start, count),
@@ -238,26 +264,27 @@ pub fn matmul_into(
                 true,
                 count,
             )?;
-            start += count;
         }
         return Ok(());
     }
 
-    // One matrix is larger than a binding: split its rows (A must be stored
-    // row-major, i.e. not transposed, so a row block is contiguous).
+    // One matrix is larger than a binding, or taller than one grid: split
+    // its rows (A must be stored row-major, i.e. not transposed, so a row
+    // block is contiguous).
     if spec.trans_a {
         return Err(GpuError::Shape {
             op: "matmul",
             message: format!(
-                "a transposed A of {m}x{k} exceeds the storage binding limit; transpose it first"
+                "a transposed A of {m}x{k} is too large for one launch and cannot be split by rows; transpose it first"
             ),
         });
     }
-    let rows = (capacity / k.max(n)).max(1);
+    let rows = planner
+        .offset_rows(m, &[k, n])?
+        .at_most(max_groups * tile_rows as usize);
     for item in 0..batch {
-        let mut r0 = 0;
-        while r0 < m {
-            let mr = rows.min(m - r0);
+        for block in rows.clone() {
+            let (r0, mr) = (block.start, block.len());
             let a_rng = (
                 if a_stride > 0 { item * a_stride } else { 0 } + r0 * k,
                 mr * k,
@@ -270,17 +297,9 @@ pub fn matmul_into(
                 false,
                 1,
             )?;
-            r0 += mr;
         }
     }
     Ok(())
-}
-
-/// Binds `t[offset..offset+len]` from the aligned offset at or below `offset`;
-/// returns the argument and the element remainder the shader must add.
-fn aligned(t: &Tensor, (offset, len): (usize, usize), align: usize) -> (crate::gpu::Arg<'_>, u32) {
-    let base = offset / align * align;
-    (t.range(base, len + (offset - base)), (offset - base) as u32)
 }
 
 /// Gradients of `c = op(a)·op(b)` given `dc`. A broadcast (2-D) operand's
@@ -461,7 +480,7 @@ mod tests {
                 assert_close(
                     &gpu.read(&c).unwrap(),
                     want.as_slice().unwrap(),
-                    Tolerance::Accumulation,
+                    Tolerance::ACCUMULATION,
                     &format!("matmul case {ci} ta={ta} tb={tb}"),
                 );
             }
@@ -494,7 +513,7 @@ mod tests {
             assert_close(
                 &gpu.read(&c).unwrap(),
                 &want,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 "accumulate",
             );
         }
@@ -550,13 +569,13 @@ mod tests {
             assert_close(
                 &da,
                 &fd_a,
-                Tolerance::Composite,
+                Tolerance::COMPOSITE,
                 &format!("dA ta={ta} tb={tb}"),
             );
             assert_close(
                 &db,
                 &fd_b,
-                Tolerance::Composite,
+                Tolerance::COMPOSITE,
                 &format!("dB ta={ta} tb={tb}"),
             );
             // The analytic reference (dA = G·op(B)ᵀ) against finite differences, in f64.
@@ -614,7 +633,31 @@ mod tests {
             ) * &g64)
                 .sum()
         });
-        assert_close(&gpu.read(&dw).unwrap(), &fd, Tolerance::Composite, "dW");
+        assert_close(&gpu.read(&dw).unwrap(), &fd, Tolerance::COMPOSITE, "dW");
+    }
+
+    /// M rows needing more than 65,535 workgroups of rows (the input
+    /// projection of B·T frames at a huge crop) are split into row blocks
+    /// whose grids fit, instead of failing with "use launch_linear".
+    #[test]
+    fn a_product_taller_than_one_grid_is_split_by_rows() {
+        let gpu = gpu();
+        // k = n = 1: the scalar kernel, 32 rows per workgroup.
+        let m = 65_536 * 32 + 5;
+        let av = random_vec(m, 90);
+        let a = gpu.upload(&av, &[m, 1]).unwrap();
+        let b = gpu.upload(&[-2.0], &[1, 1]).unwrap();
+        let (c, trace) = gpu.traced(|| matmul(gpu, &a, &b, Spec::NN).unwrap());
+        let grids = crate::check::dispatches(&trace, "matmul::matmul");
+        assert_eq!(grids.len(), 2, "{grids:?}");
+        assert!(grids.iter().all(|g| g[1] <= 65_535), "{grids:?}");
+        let want: Vec<f64> = av.iter().map(|&x| -2.0 * x as f64).collect();
+        assert_close(
+            &gpu.read(&c).unwrap(),
+            &want,
+            Tolerance::ELEMENTWISE,
+            "tall matmul",
+        );
     }
 
     #[test]

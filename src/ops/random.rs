@@ -11,11 +11,9 @@
 //! Use a distinct `stream` per purpose (SCA mask, TCA mask, crops, dropout)
 //! so that purposes never share numbers within a step.
 
-use super::chunk::chunk_elems;
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("random");
-const WORKGROUP: u64 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -74,10 +72,8 @@ fn run(
     params: Params,
 ) -> Result<()> {
     let kernel = SHADER.kernel(entry);
-    let chunk = chunk_elems(gpu);
-    let mut start = 0;
-    while start < n {
-        let len = chunk.min(n - start);
+    for r in gpu.planner(entry).flat(n, 1)? {
+        let (start, len) = (r.start, r.len());
         let mut args = vec![(1, out.range(start, len))];
         if let Some((src, ranged)) = src {
             args.push((
@@ -94,8 +90,7 @@ fn run(
             base: start as u32,
             ..params
         };
-        gpu.launch_linear(kernel, &args, &p, (len as u64).div_ceil(WORKGROUP))?;
-        start += len;
+        gpu.launch_threads(kernel, &args, &p, len as u64)?;
     }
     Ok(())
 }
@@ -131,7 +126,7 @@ pub fn bernoulli_mask(
 ) -> Result<Tensor> {
     let cols = shape.last().copied().unwrap_or(1);
     let n: usize = shape.iter().product();
-    let rows = if cols == 0 { 0 } else { n / cols };
+    let rows = n.checked_div(cols).unwrap_or(0);
     let want = match layout {
         ProbLayout::PerElement => n,
         ProbLayout::PerRow => rows,
@@ -308,10 +303,14 @@ mod tests {
             );
         }
         // Split over bindings: the global index continues across launches.
-        let small = super::super::chunk::small_binding_gpu();
-        let got = small
-            .read(&uniform(small, &[5, 200], KEY).unwrap())
-            .unwrap();
+        let small = crate::check::gpu_with_binding_limit(1024);
+        let (u, trace) = small.traced(|| uniform(small, &[5, 200], KEY).unwrap());
+        assert_eq!(
+            crate::check::dispatches(&trace, "random::uniform").len(),
+            4,
+            "{trace:?}"
+        );
+        let got = small.read(&u).unwrap();
         assert_eq!(
             bits_of(&got),
             bits_of(&reference::uniform(KEY, 1000)),
@@ -408,12 +407,18 @@ mod tests {
             );
         }
         // Split launches with a per-element probability bound in ranges.
-        let small = super::super::chunk::small_binding_gpu();
+        let small = crate::check::gpu_with_binding_limit(1024);
         let pv: Vec<f32> = (0..1000).map(|i| (i % 7) as f32 / 6.0).collect();
         let prob = small.upload(&pv, &[10, 100]).unwrap();
-        let got = small
-            .read(&bernoulli_mask(small, &[10, 100], &prob, ProbLayout::PerElement, KEY).unwrap())
-            .unwrap();
+        let (mask, trace) = small.traced(|| {
+            bernoulli_mask(small, &[10, 100], &prob, ProbLayout::PerElement, KEY).unwrap()
+        });
+        assert_eq!(
+            crate::check::dispatches(&trace, "random::bernoulli").len(),
+            4,
+            "{trace:?}"
+        );
+        let got = small.read(&mask).unwrap();
         assert_eq!(
             bits_of(&got),
             bits_of(&reference::bernoulli_mask(

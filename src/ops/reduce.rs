@@ -6,11 +6,9 @@
 //! one-element tensor of shape [1]). Tensors larger than one storage binding
 //! are split over `outer` slices.
 
-use super::chunk::rows_per_launch;
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("reduce");
-const WORKGROUP: u64 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -77,11 +75,9 @@ fn run(
     scale: f32,
 ) -> Result<()> {
     let slice = len * inner;
-    let rows = rows_per_launch(gpu, "reduce", outer, &[slice, inner])?;
     let kernel = SHADER.kernel(entry);
-    let mut o0 = 0;
-    while o0 < outer {
-        let count = rows.min(outer - o0);
+    for rows in gpu.planner("reduce").aligned_rows(outer, &[slice, inner])? {
+        let (o0, count) = (rows.start, rows.len());
         let mut args = Vec::with_capacity(3);
         if let Some(x) = x {
             args.push((0, x.range(o0 * slice, count * slice)));
@@ -109,8 +105,7 @@ fn run(
             _pad: 0,
             scale,
         };
-        gpu.launch_linear(kernel, &args, &p, (threads as u64).div_ceil(WORKGROUP))?;
-        o0 += count;
+        gpu.launch_threads(kernel, &args, &p, threads as u64)?;
     }
     Ok(())
 }
@@ -276,7 +271,7 @@ mod tests {
                 assert_close(
                     &gpu.read(&y).unwrap(),
                     &want,
-                    Tolerance::Accumulation,
+                    Tolerance::ACCUMULATION,
                     &what,
                 );
 
@@ -286,7 +281,7 @@ mod tests {
                 assert_close(
                     &gpu.read(&dx).unwrap(),
                     &reference::reduce_backward(&x64, shape, axis, op, &to_f64(&gv)),
-                    Tolerance::Elementwise,
+                    Tolerance::ELEMENTWISE,
                     &format!("{what}, backward"),
                 );
             }
@@ -331,11 +326,11 @@ mod tests {
 
     #[test]
     fn split_launches_match_reference() {
-        // 256-value bindings (see chunk::small_binding_gpu). [96, 3, 2] along
+        // 256-value bindings (a 1 KiB binding limit). [96, 3, 2] along
         // axis 1 takes 6 values per outer slice: 32 slices per launch keeps
         // both the input offsets (192·k) and output offsets (64·k) aligned, so
         // this runs as three launches.
-        let gpu = super::super::chunk::small_binding_gpu();
+        let gpu = crate::check::gpu_with_binding_limit(1024);
         let shape = [96usize, 3, 2];
         let n: usize = shape.iter().product();
         let xv = random_vec(n, 77);
@@ -343,11 +338,16 @@ mod tests {
         let x = gpu.upload(&xv, &shape).unwrap();
         for op in OPS {
             let what = format!("split {op:?}");
-            let y = reduce(gpu, &x, 1, op).unwrap();
+            let (y, trace) = gpu.traced(|| reduce(gpu, &x, 1, op).unwrap());
+            let launches = trace
+                .iter()
+                .filter(|r| matches!(r, crate::gpu::Recorded::Dispatch { kernel, .. } if kernel.starts_with("reduce::")))
+                .count();
+            assert_eq!(launches, 3, "{what}: {trace:?}");
             assert_close(
                 &gpu.read(&y).unwrap(),
                 &reference::reduce(&x64, &shape, 1, op),
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &what,
             );
             let gv = random_vec(y.len(), 78);
@@ -356,7 +356,7 @@ mod tests {
             assert_close(
                 &gpu.read(&dx).unwrap(),
                 &reference::reduce_backward(&x64, &shape, 1, op, &to_f64(&gv)),
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 &format!("{what}, backward"),
             );
         }
@@ -364,7 +364,11 @@ mod tests {
         // a validation failure or a wrong answer.
         let big = gpu.upload(&random_vec(640, 79), &[640]).unwrap();
         let e = reduce(gpu, &big, 0, Reduction::Sum).unwrap_err();
-        assert!(e.to_string().contains("cannot be split"), "{e}");
+        assert!(
+            matches!(e, GpuError::BindingLimit { op: "reduce", .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("one row of 640 values"), "{e}");
     }
 
     #[test]

@@ -10,9 +10,6 @@
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("scalar");
-const WORKGROUP: usize = 256;
-/// Elements one partial-reduction workgroup covers (256 invocations × 16).
-const PER_GROUP: usize = 256 * 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -33,13 +30,6 @@ fn check_index(op: &'static str, s: &Tensor, index: usize) -> Result<()> {
     Ok(())
 }
 
-/// Elements per launch: the binding limit rounded down to whole partial
-/// groups (a multiple of 64 elements, so range offsets stay aligned).
-fn chunk_elems(gpu: &Gpu) -> usize {
-    let limit = (gpu.max_binding_bytes() / 4) as usize;
-    (limit / PER_GROUP * PER_GROUP).max(PER_GROUP)
-}
-
 fn elementwise(
     gpu: &Gpu,
     entry: &'static str,
@@ -49,18 +39,15 @@ fn elementwise(
 ) -> Result<Tensor> {
     check_index(entry, s, index)?;
     let out = gpu.empty(x.shape());
-    let n = x.len();
-    let chunk = chunk_elems(gpu);
-    let mut start = 0;
-    while start < n {
-        let len = chunk.min(n - start);
+    for r in gpu.planner(entry).flat(x.len(), 1)? {
+        let (start, len) = (r.start, r.len());
         let p = Params {
             n: len as u32,
             index: index as u32,
             partial_base: 0,
             _pad: 0,
         };
-        gpu.launch_linear(
+        gpu.launch_threads(
             SHADER.kernel(entry),
             &[
                 (0, x.range(start, len)),
@@ -68,9 +55,8 @@ fn elementwise(
                 (2, out.range(start, len)),
             ],
             &p,
-            len.div_ceil(WORKGROUP) as u64,
+            len as u64,
         )?;
-        start += len;
     }
     Ok(out)
 }
@@ -106,34 +92,33 @@ pub fn sum_into(
     if n == 0 {
         return Ok(());
     }
-    let groups = n.div_ceil(PER_GROUP);
-    let partials = gpu.empty(&[groups]);
-    let chunk = chunk_elems(gpu);
     let entry = if y.is_some() {
         "partial_dot"
     } else {
         "partial_sum"
     };
-    let mut start = 0;
-    while start < n {
-        let len = chunk.min(n - start);
+    let kernel = SHADER.kernel(entry);
+    // Elements one partial-reduction workgroup covers: its invocations times
+    // the shader's PER_THREAD.
+    let compiled = gpu.kernel(kernel)?;
+    let per_group = (compiled.linear_size()? * compiled.constant("PER_THREAD")?) as usize;
+    let groups = n.div_ceil(per_group);
+    let partials = gpu.empty(&[groups]);
+    // Whole partial groups per launch, so no group straddles two launches
+    // and each launch's partials start at `start / per_group`.
+    for r in gpu.planner("sum_into").flat(n, per_group)? {
+        let (start, len) = (r.start, r.len());
         let p = Params {
             n: len as u32,
             index: 0,
-            partial_base: (start / PER_GROUP) as u32,
+            partial_base: (start / per_group) as u32,
             _pad: 0,
         };
         let mut args = vec![(0, g.range(start, len)), (4, partials.arg())];
         if let Some(y) = y {
             args.push((3, y.range(start, len)));
         }
-        gpu.launch_linear(
-            SHADER.kernel(entry),
-            &args,
-            &p,
-            len.div_ceil(PER_GROUP) as u64,
-        )?;
-        start += len;
+        gpu.launch_linear(kernel, &args, &p, len.div_ceil(per_group) as u64)?;
     }
     let p = Params {
         n: 0,
@@ -207,7 +192,8 @@ pub mod reference {
 mod tests {
     use super::*;
     use crate::check::{
-        assert_close, assert_gradient, finite_difference, gpu, random_vec, to_f64, Tolerance,
+        assert_close, assert_gradient, dispatches, finite_difference, gpu, gpu_with_binding_limit,
+        random_vec, to_f64, Tolerance,
     };
 
     const SIZES: &[usize] = &[1, 7, 255, 4097, 200 * 33];
@@ -229,7 +215,7 @@ mod tests {
             assert_close(
                 &gpu.read(&y).unwrap(),
                 &reference::mul_scalar(&x64, &s64, index),
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 "mul_scalar",
             );
             let (dx, ds) = mul_scalar_backward(gpu, &x, &s, index, &g).unwrap();
@@ -237,13 +223,13 @@ mod tests {
             assert_close(
                 &gpu.read(&dx).unwrap(),
                 &want_dx,
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 "mul dx",
             );
             assert_close(
                 &gpu.read(&ds).unwrap(),
                 &want_ds,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 "mul ds",
             );
 
@@ -251,7 +237,7 @@ mod tests {
             assert_close(
                 &gpu.read(&y).unwrap(),
                 &reference::add_scalar(&x64, &s64, index),
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 "add_scalar",
             );
             let ds = add_scalar_backward(gpu, &s, index, &g).unwrap();
@@ -259,7 +245,7 @@ mod tests {
             assert_close(
                 &gpu.read(&ds).unwrap(),
                 &want_ds,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 "add ds",
             );
         }
@@ -281,37 +267,38 @@ mod tests {
         assert_close(
             &gpu.read(&acc).unwrap(),
             &[0.5 + sum, -2.0 + dot],
-            Tolerance::Accumulation,
+            Tolerance::ACCUMULATION,
             "sum and dot of 10^7 elements",
         );
     }
 
     #[test]
     fn split_launches_give_the_same_sums() {
-        // A device of its own: lowering the shared one's limit would disturb
-        // tests running in parallel.
-        let own = Gpu::new().expect("adapter");
-        let gpu = &own;
-        gpu.set_poison_new_tensors(true);
-        gpu.set_max_binding_bytes(4 * 4096 * 2); // two partial groups per launch
+        let gpu = gpu_with_binding_limit(4 * 4096 * 2); // two partial groups per launch
         let n = 4096 * 5 + 77;
         let gv = random_vec(n, 540);
         let xv = random_vec(n, 541);
         let g = gpu.upload(&gv, &[n]).unwrap();
         let x = gpu.upload(&xv, &[n]).unwrap();
         let s = gpu.upload(&[1.5], &[1]).unwrap();
-        let y = mul_scalar(gpu, &x, &s, 0).unwrap();
-        let (_, ds) = mul_scalar_backward(gpu, &x, &s, 0, &g).unwrap();
+        let ((y, ds), trace) = gpu.traced(|| {
+            let y = mul_scalar(gpu, &x, &s, 0).unwrap();
+            let (_, ds) = mul_scalar_backward(gpu, &x, &s, 0, &g).unwrap();
+            (y, ds)
+        });
+        let count = |entry: &str| dispatches(&trace, entry).len();
+        assert_eq!(count("scalar::mul_scalar"), 3 + 3, "y and dx: {trace:?}");
+        assert_eq!(count("scalar::partial_dot"), 3, "{trace:?}");
         let (y, ds) = (gpu.read(&y).unwrap(), gpu.read(&ds).unwrap());
         let x64 = to_f64(&xv);
         assert_close(
             &y,
             &reference::mul_scalar(&x64, &[1.5], 0),
-            Tolerance::Elementwise,
+            Tolerance::ELEMENTWISE,
             "split y",
         );
         let (_, want) = reference::mul_scalar_backward(&x64, &[1.5], 0, &to_f64(&gv));
-        assert_close(&ds, &want, Tolerance::Accumulation, "split ds");
+        assert_close(&ds, &want, Tolerance::ACCUMULATION, "split ds");
     }
 
     #[test]

@@ -11,7 +11,6 @@
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("segment_pool");
-const WORKGROUP: u64 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -92,12 +91,12 @@ fn launch(
     if total == 0 {
         return Ok(());
     }
-    gpu.launch_linear(
-        SHADER.kernel(entry),
-        args,
-        &d.params(total),
-        (total as u64).div_ceil(WORKGROUP),
-    )
+    let tensors: Vec<&Tensor> = args.iter().map(|(_, a)| a.tensor).collect();
+    gpu.planner("segment_pool").whole(
+        &tensors,
+        "the kernels index items from 0 over whole tensors; h [B, T, D] is a few MB at the model's sizes",
+    )?;
+    gpu.launch_threads(SHADER.kernel(entry), args, &d.params(total), total as u64)
 }
 
 /// Forward: returns g [B, K, D] and the weights a [B, T] (keep them for the backward).
@@ -315,13 +314,13 @@ mod tests {
             assert_close(
                 &gpu.read(&a).unwrap(),
                 &want_a,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("a {what}"),
             );
             assert_close(
                 &gpu.read(&g).unwrap(),
                 &want_g,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("g {what}"),
             );
             let (dh, de) = segment_pool_backward(gpu, &h, &a, &dg, d.seg).unwrap();
@@ -330,13 +329,13 @@ mod tests {
             assert_close(
                 &gpu.read(&dh).unwrap(),
                 &want_dh,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("dh {what}"),
             );
             assert_close(
                 &gpu.read(&de).unwrap(),
                 &want_de,
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("de {what}"),
             );
         }
@@ -406,13 +405,13 @@ mod tests {
         assert_close(
             &gpu.read(&gamma).unwrap(),
             &want_gamma,
-            Tolerance::Accumulation,
+            Tolerance::ACCUMULATION,
             "gamma",
         );
         assert_close(
             &gpu.read(&z).unwrap(),
             &want_z,
-            Tolerance::Accumulation,
+            Tolerance::ACCUMULATION,
             "Z_st",
         );
     }

@@ -6,11 +6,9 @@
 //! adjacency (rows of N = 200) and the aggregation weights. Tensors larger
 //! than one storage binding are split over rows.
 
-use super::chunk::rows_per_launch;
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("softmax");
-const WORKGROUP: u64 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -44,11 +42,9 @@ fn run(
     out: &Tensor,
     scale: f32,
 ) -> Result<()> {
-    let per_launch = rows_per_launch(gpu, "softmax", rows, &[len])?;
     let kernel = SHADER.kernel(entry);
-    let mut r0 = 0;
-    while r0 < rows {
-        let count = per_launch.min(rows - r0);
+    for launch in gpu.planner("softmax").aligned_rows(rows, &[len])? {
+        let (r0, count) = (launch.start, launch.len());
         let (off, n) = (r0 * len, count * len);
         let mut args = vec![(0, x.range(off, n)), (2, out.range(off, n))];
         if let Some(g) = g {
@@ -60,8 +56,7 @@ fn run(
             scale,
             _pad: 0,
         };
-        gpu.launch_linear(kernel, &args, &p, (count as u64).div_ceil(WORKGROUP))?;
-        r0 += count;
+        gpu.launch_threads(kernel, &args, &p, count as u64)?;
     }
     Ok(())
 }
@@ -158,13 +153,13 @@ mod tests {
             assert_close(
                 &gpu.read(&y).unwrap(),
                 &reference::softmax(&x64, len, scale as f64),
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &what,
             );
             assert_close(
                 &gpu.read(&dx).unwrap(),
                 &reference::softmax_backward(&x64, &g64, len, scale as f64),
-                Tolerance::Accumulation,
+                Tolerance::ACCUMULATION,
                 &format!("{what}, backward"),
             );
         }
@@ -203,25 +198,30 @@ mod tests {
     fn split_launches_match_reference() {
         // 100 rows of 6 under a 256-value binding: 32 rows (192 values, an
         // aligned offset) per launch, four launches.
-        let gpu = super::super::chunk::small_binding_gpu();
+        let gpu = crate::check::gpu_with_binding_limit(1024);
         let (rows, len) = (100, 6);
         let xv = random_vec(rows * len, 21);
         let gv = random_vec(rows * len, 22);
         let x = gpu.upload(&xv, &[rows, len]).unwrap();
         let g = gpu.upload(&gv, &[rows, len]).unwrap();
-        let y = softmax(gpu, &x, 0.5).unwrap();
+        let (y, trace) = gpu.traced(|| softmax(gpu, &x, 0.5).unwrap());
+        assert_eq!(
+            crate::check::dispatches(&trace, "softmax::forward").len(),
+            4,
+            "{trace:?}"
+        );
         let dx = softmax_backward(gpu, &y, &g, 0.5).unwrap();
         let (x64, g64) = (to_f64(&xv), to_f64(&gv));
         assert_close(
             &gpu.read(&y).unwrap(),
             &reference::softmax(&x64, len, 0.5),
-            Tolerance::Accumulation,
+            Tolerance::ACCUMULATION,
             "split softmax",
         );
         assert_close(
             &gpu.read(&dx).unwrap(),
             &reference::softmax_backward(&x64, &g64, len, 0.5),
-            Tolerance::Accumulation,
+            Tolerance::ACCUMULATION,
             "split softmax backward",
         );
     }

@@ -13,7 +13,6 @@
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("stiga");
-const WORKGROUP: u64 = 64;
 /// ε of the degree/rate logarithm and of the w denominator.
 pub const EPS: f32 = 1e-6;
 
@@ -96,12 +95,12 @@ fn launch(
     if p.total == 0 {
         return Ok(());
     }
-    gpu.launch_linear(
-        SHADER.kernel(entry),
-        args,
-        p,
-        (p.total as u64).div_ceil(WORKGROUP),
-    )
+    let tensors: Vec<&Tensor> = args.iter().map(|(_, a)| a.tensor).collect();
+    gpu.planner("stiga").whole(
+        &tensors,
+        "the mapping's statistics (min and mean of w) run over every eligible item of the batch in one launch",
+    )?;
+    gpu.launch_threads(SHADER.kernel(entry), args, p, p.total as u64)
 }
 
 /// Scores [B, M] → probabilities [B, M] (the mapping shared by SCA and TCA).
@@ -362,13 +361,13 @@ mod tests {
         let p = sca_probabilities(gpu, &rt, &zt, m).unwrap();
         let got = gpu.read(&p).unwrap();
         let want = reference::sca(&to_f64(&gpu.read(&rt).unwrap()), &to_f64(&zero), b, n, m);
-        assert_close(&got, &want, Tolerance::Composite, what);
+        assert_close(&got, &want, Tolerance::COMPOSITE, what);
         let eligible: Vec<bool> = zero.iter().map(|&z| z < 0.5).collect();
         let u = uniform_probabilities(gpu, &p, &zt, MaskKind::Excluded).unwrap();
         assert_close(
             &gpu.read(&u).unwrap(),
             &reference::uniform(&to_f64(&got), &eligible, n),
-            Tolerance::Accumulation,
+            Tolerance::ACCUMULATION,
             &format!("{what} uniform"),
         );
         got
@@ -390,13 +389,13 @@ mod tests {
         let p = tca_probabilities(gpu, &xt, &vt, m).unwrap();
         let got = gpu.read(&p).unwrap();
         let want = reference::tca(&to_f64(x), &to_f64(valid), b, n, t, m);
-        assert_close(&got, &want, Tolerance::Composite, what);
+        assert_close(&got, &want, Tolerance::COMPOSITE, what);
         let eligible: Vec<bool> = valid.iter().map(|&v| v > 0.5).collect();
         let u = uniform_probabilities(gpu, &p, &vt, MaskKind::Valid).unwrap();
         assert_close(
             &gpu.read(&u).unwrap(),
             &reference::uniform(&to_f64(&got), &eligible, t),
-            Tolerance::Accumulation,
+            Tolerance::ACCUMULATION,
             &format!("{what} uniform"),
         );
         got

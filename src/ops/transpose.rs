@@ -6,7 +6,6 @@
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("transpose");
-const WORKGROUP: u64 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -40,39 +39,25 @@ pub fn swap_axes(gpu: &Gpu, x: &Tensor, axis: usize) -> Result<Tensor> {
     // [R, C, I] slice is contiguous in both the input and the output.
     let slice = r * c * inner;
     let outer = n / slice;
-    let align = (gpu.report.limits.min_storage_buffer_offset_alignment / 4).max(1) as usize;
-    let capacity = ((gpu.max_binding_bytes() / 4) as usize).saturating_sub(align);
-    let per_launch = capacity / slice;
-    if per_launch == 0 {
-        return Err(GpuError::Shape {
-            op: "swap_axes",
-            message: format!(
-                "one [{r}, {c}, {inner}] slice exceeds the {}-byte storage binding limit",
-                gpu.max_binding_bytes()
-            ),
-        });
-    }
-    let mut first = 0;
-    while first < outer {
-        let count = per_launch.min(outer - first);
-        let start = first * slice;
-        let base = start / align * align;
-        let len = count * slice + (start - base);
-        let elems = count * slice;
+    let planner = gpu.planner("swap_axes");
+    for slices in planner.offset_rows(outer, &[slice])? {
+        let range = slices.start * slice..slices.end * slice;
+        let elems = range.len();
+        let (x_arg, off) = planner.bind(x, range.clone());
+        let (out_arg, _) = planner.bind(&out, range);
         let p = Params {
             n: elems as u32,
             rows: r as u32,
             cols: c as u32,
             inner: inner as u32,
-            off: (start - base) as u32,
+            off,
         };
-        gpu.launch_linear(
+        gpu.launch_threads(
             SHADER.kernel("swap_axes"),
-            &[(0, x.range(base, len)), (2, out.range(base, len))],
+            &[(0, x_arg), (2, out_arg)],
             &p,
-            (elems as u64).div_ceil(WORKGROUP),
+            elems as u64,
         )?;
-        first += count;
     }
     Ok(out)
 }
@@ -111,7 +96,9 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::{assert_close, gpu, random_vec, to_f64, Tolerance};
+    use crate::check::{
+        assert_close, dispatches, gpu, gpu_with_binding_limit, random_vec, to_f64, Tolerance,
+    };
 
     #[test]
     fn transpose_matches_reference() {
@@ -137,7 +124,7 @@ mod tests {
             assert_close(
                 &gpu.read(&y).unwrap(),
                 &want,
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 "transpose",
             );
             // The backward of a transpose is a transpose: applying it twice is the identity.
@@ -162,7 +149,7 @@ mod tests {
             assert_close(
                 &gpu.read(&y).unwrap(),
                 &want,
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 "swap",
             );
         }
@@ -170,21 +157,21 @@ mod tests {
 
     #[test]
     fn split_launches_match_reference() {
-        // A device of its own: lowering the shared one's binding limit would
-        // disturb tests running in parallel.
-        let own = Gpu::new().expect("adapter");
-        let gpu = &own;
-        gpu.set_poison_new_tensors(true);
-        gpu.set_max_binding_bytes(4 * (3 * 5 * 7 * 2 + 64)); // two 105-value slices per launch
+        let gpu = gpu_with_binding_limit(4 * (3 * 5 * 7 * 2 + 64)); // two 105-value slices per launch
         let (b, t, nn, f) = (7, 5, 7, 3);
         let v = random_vec(b * t * nn * f, 320);
         let x = gpu.upload(&v, &[b, t, nn, f]).unwrap();
-        let y = swap_axes(gpu, &x, 1).unwrap();
+        let (y, trace) = gpu.traced(|| swap_axes(gpu, &x, 1).unwrap());
+        assert_eq!(
+            dispatches(&trace, "transpose::swap_axes").len(),
+            4,
+            "7 slices, two per launch: {trace:?}"
+        );
         let want = reference::swap(&to_f64(&v), b, t, nn, f);
         assert_close(
             &gpu.read(&y).unwrap(),
             &want,
-            Tolerance::Elementwise,
+            Tolerance::ELEMENTWISE,
             "split swap",
         );
     }

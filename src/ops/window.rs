@@ -5,7 +5,6 @@
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 const SHADER: crate::gpu::Shader = crate::shader!("window");
-const WORKGROUP: u64 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -45,6 +44,10 @@ pub fn unfold(gpu: &Gpu, x: &Tensor, len: usize, stride: usize) -> Result<Tensor
     if total == 0 {
         return Ok(out);
     }
+    gpu.planner("window").whole(
+        &[x, &out],
+        "the kernel indexes items from 0 over whole tensors; the unfolded [B, W, N, L] is about L/S copies of x, tens of MB at the model's sizes",
+    )?;
     let p = Params {
         n: total as u32,
         nodes: n as u32,
@@ -53,11 +56,11 @@ pub fn unfold(gpu: &Gpu, x: &Tensor, len: usize, stride: usize) -> Result<Tensor
         stride: stride as u32,
         windows: w as u32,
     };
-    gpu.launch_linear(
+    gpu.launch_threads(
         SHADER.kernel("unfold"),
         &[(0, x.arg()), (2, out.arg())],
         &p,
-        (total as u64).div_ceil(WORKGROUP),
+        total as u64,
     )?;
     Ok(out)
 }
@@ -109,7 +112,7 @@ mod tests {
             assert_close(
                 &gpu.read(&y).unwrap(),
                 &want,
-                Tolerance::Elementwise,
+                Tolerance::ELEMENTWISE,
                 "unfold",
             );
         }

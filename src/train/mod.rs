@@ -1,8 +1,12 @@
-//! Training infrastructure that does not touch the GPU: the learning-rate
+//! Training: one step and the epoch loop on the GPU, the experimental
+//! protocol, and the host-side infrastructure around them (the learning-rate
 //! schedule, metrics over folds, checkpoints, run directories, SVG plots and
-//! the functional-connectivity + logistic-regression baseline.
+//! the functional-connectivity + logistic-regression baseline).
 //!
 //! - `schedule`: learning rate as a pure function of the step (warm-up, cosine)
+//! - `protocol`: which scans each phase sees, cross-validation, a run's plots
+//! - `step`: one training step (views, forward, loss, backward, AdamW), recorded once
+//! - `trainer`: the epoch loop of one phase, and K-crop scoring
 //! - `metrics`: accuracy, ROC AUC, recall, ROC curves, mean (std) over folds
 //! - `checkpoint`: weights + AdamW state + metadata, saved crash-safely
 //! - `resume`: refuses a resume whose config or data differ, naming what
@@ -18,7 +22,9 @@ pub mod checkpoint;
 pub mod fault;
 pub mod metrics;
 pub mod plots;
+pub mod protocol;
 pub mod resume;
 pub mod rundir;
 pub mod schedule;
+pub mod step;
 pub mod trainer;

@@ -1,11 +1,11 @@
 //! Pretraining, fine-tuning and scoring on the GPU.
 //!
-//! One training step = upload (double-buffered) → STIGA views → forward of the
-//! three views → FGCO (or cross-entropy) → backward → AdamW, all recorded into
-//! one command encoder and submitted once. The step's loss is copied into a
-//! GPU loss history; the host reads that history every `LOG_EVERY` steps
-//! (one readback for many steps), which also keeps the host from running far
-//! ahead of the GPU.
+//! One training step = upload (double-buffered) → `train::step` (STIGA views →
+//! forward of the three views → FGCO, or cross-entropy → backward → AdamW),
+//! all recorded into one command encoder and submitted once. The step's loss
+//! is copied into a GPU loss history; the host reads that history every
+//! `LOG_EVERY` steps (one readback for many steps), which also keeps the host
+//! from running far ahead of the GPU.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,12 +19,12 @@ use crate::data::batch::{Batcher, HostBatch};
 use crate::data::upload::BatchUploader;
 use crate::data::Dataset;
 use crate::gpu::{Gpu, GpuError};
-use crate::model::augment::make_views;
 use crate::model::{HostTensor, Model};
 use crate::ops::adamw::AdamW;
 use crate::train::checkpoint::{self, Checkpoint, CheckpointMeta, OptimizerState};
 use crate::train::rundir::{self, MetricsRecord, RunDir};
 use crate::train::schedule::Schedule;
+use crate::train::step::{record_finetune_step, record_pretrain_step, PretrainObjective};
 
 /// Steps between loss readbacks.
 pub const LOG_EVERY: usize = 10;
@@ -279,6 +279,7 @@ pub fn train_phase(
         }
     }
     let freeze = phase == Phase::Finetune && cfg.finetune.freeze_encoder;
+    let objective = PretrainObjective::from_config(cfg);
     let data_print = checkpoint::DataPrint::of(dataset);
     let ckpt_dir = opts
         .run
@@ -323,7 +324,7 @@ pub fn train_phase(
                 model,
                 &mut uploader,
                 &host,
-                cfg,
+                &objective,
                 phase,
                 step,
                 &mut opt,
@@ -437,14 +438,15 @@ fn drain(
     Ok(())
 }
 
-/// Records one training step; returns the (1-element) loss tensor.
+/// Uploads one batch and records its training step (`train::step`);
+/// returns the (1-element) loss tensor.
 #[allow(clippy::too_many_arguments)]
 fn record_step(
     gpu: &Gpu,
     model: &Model,
     uploader: &mut BatchUploader,
     host: &HostBatch,
-    cfg: &Config,
+    objective: &PretrainObjective,
     phase: Phase,
     step: u64,
     opt: &mut AdamWState,
@@ -452,35 +454,22 @@ fn record_step(
     freeze: bool,
 ) -> Result<crate::gpu::Tensor> {
     let batch = uploader.upload(gpu, host)?;
-    model.params.store.zero_grads(gpu)?;
-    let mut tape = Tape::new(gpu);
     let loss = match phase {
         Phase::Pretrain => {
-            let views = make_views(gpu, &batch.x, &batch.valid, &cfg.augment, cfg.seed, step)?;
-            model.pretrain_loss(
-                &mut tape,
-                &batch.x,
-                &views.x_s,
-                &views.x_t,
-                &batch.valid,
-                cfg.pretrain.fgco,
-            )?
+            record_pretrain_step(gpu, model, &batch.x, &batch.valid, objective, step, opt, lr)?
         }
-        Phase::Finetune => {
-            model
-                .finetune_loss(&mut tape, &batch.x, &batch.valid, &batch.labels)?
-                .0
-        }
+        Phase::Finetune => record_finetune_step(
+            gpu,
+            model,
+            &batch.x,
+            &batch.valid,
+            &batch.labels,
+            freeze,
+            opt,
+            lr,
+        )?,
     };
-    tape.backward(loss, &model.params.store)?;
-    if freeze {
-        opt.update_where(gpu, &model.params.store, lr, |name| {
-            name.starts_with("head.")
-        })?;
-    } else {
-        opt.update(gpu, &model.params.store, lr)?;
-    }
-    Ok(tape.value(loss).clone())
+    Ok(loss)
 }
 
 /// Class probabilities per scan, from logits averaged over the K fixed crops

@@ -1,0 +1,697 @@
+//! The experimental protocol as a library (the CLI only parses flags and
+//! prints): which scans each phase may see, subject-level cross-validation
+//! with per-fold pretraining on training scans only, fine-tuning, K-crop
+//! scoring and the summary in the paper's form, and the files a run
+//! directory gets (loss curves, region importance, ROC curves).
+//!
+//! Sites: `data.pretrain_sites` restricts pretraining, `data.finetune_sites`
+//! restricts fine-tuning and evaluation (the folds are formed over those
+//! scans only); an empty list means every site. A site name the dataset does
+//! not have is an error listing the sites it has.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{Config, SplitKind};
+use crate::data::split::{leave_site_out, stratified_subject_kfold, subsample_labeled, Fold};
+use crate::data::synth::{generate, SynthConfig};
+use crate::data::{DataError, Dataset, DatasetConfig};
+use crate::gpu::Gpu;
+use crate::model::{DataDims, Model};
+use crate::train::checkpoint;
+use crate::train::metrics::{roc_curve, FoldMetrics, MetricsError, Scores, Summary};
+use crate::train::plots::{importance_svg, loss_curve_svg, roc_svg, RocCurve, Series};
+use crate::train::rundir::{RunDir, RunDirError};
+use crate::train::trainer::{score_scans, train_phase, Phase, PhaseReport, RunOptions, TrainError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// Boxed: data errors carry paths and messages, and this enum is the
+    /// error of every protocol call.
+    #[error(transparent)]
+    Data(Box<DataError>),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+    #[error("scoring fold {fold}")]
+    Metrics {
+        fold: String,
+        #[source]
+        source: MetricsError,
+    },
+    #[error(transparent)]
+    Metric(#[from] MetricsError),
+    #[error("config key \"{key}\": the dataset has no site {site:?}; its sites are: {known}")]
+    UnknownSite {
+        key: &'static str,
+        site: String,
+        known: String,
+    },
+    #[error("config key \"{key}\" selects no scan (sites {sites:?})")]
+    NoScans {
+        key: &'static str,
+        sites: Vec<String>,
+    },
+    #[error(
+        "{path}: this is an experiment config; pass it with --config \
+         (--dataset takes a dataset description, docs/data.md)"
+    )]
+    ExperimentAsDataset { path: String },
+    #[error("cannot load the dataset described by {path}")]
+    LoadDataset {
+        path: String,
+        #[source]
+        source: Box<DataError>,
+    },
+    #[error(
+        "{0}; evaluate would report the metrics of an untrained head. \
+         Set finetune.epochs >= 1 (pretrain.epochs = 0 is fine: supervised from scratch)"
+    )]
+    UntrainedHead(String),
+    #[error("{key} is 0: `{command}` would train nothing and write no checkpoint{hint}")]
+    NothingToTrain {
+        key: &'static str,
+        command: &'static str,
+        hint: &'static str,
+    },
+}
+
+impl From<DataError> for ProtocolError {
+    fn from(e: DataError) -> Self {
+        Self::Data(Box::new(e))
+    }
+}
+
+pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;
+
+/// Reads a dataset description (docs/data.md), saying so when the file is an
+/// experiment config instead; `data_override` replaces its `data_dir`.
+pub fn read_dataset_description(
+    path: &Path,
+    data_override: Option<&Path>,
+) -> Result<DatasetConfig> {
+    let mut description = DatasetConfig::from_file(path).map_err(|source| {
+        let experiment_sections = ["model", "pretrain", "finetune", "augment", "evaluate"];
+        let is_experiment = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+            .is_some_and(|t| experiment_sections.iter().any(|k| t.contains_key(*k)));
+        if is_experiment {
+            ProtocolError::ExperimentAsDataset {
+                path: path.display().to_string(),
+            }
+        } else {
+            ProtocolError::LoadDataset {
+                path: path.display().to_string(),
+                source: Box::new(source),
+            }
+        }
+    })?;
+    if let Some(dir) = data_override {
+        description.data_dir = Some(dir.to_path_buf());
+    }
+    Ok(description)
+}
+
+/// Loads the dataset a description file names ([`read_dataset_description`]).
+pub fn load_dataset_file(path: &Path, data_override: Option<&Path>) -> Result<Dataset> {
+    let description = read_dataset_description(path, data_override)?;
+    Dataset::load(&description).map_err(|source| ProtocolError::LoadDataset {
+        path: path.display().to_string(),
+        source: Box::new(source),
+    })
+}
+
+/// The dataset the config names (`data.dataset`, with `data_override`
+/// replacing its `data_dir`), or, with none, an in-memory synthetic dataset
+/// with planted class differences (the same as `stptf synth --scans 128
+/// --regions 16 --length 96 --difficulty 0.2 --seed <seed>`).
+pub fn load_dataset(
+    cfg: &Config,
+    data_override: Option<&Path>,
+    quiet: bool,
+) -> Result<Arc<Dataset>> {
+    let dataset = match &cfg.data.dataset {
+        Some(path) => load_dataset_file(path, data_override)?,
+        None => {
+            let synth = SynthConfig {
+                scans: 128,
+                regions: 16,
+                length: 96,
+                classes: 2,
+                seed: cfg.seed,
+                difficulty: 0.2,
+            };
+            if !quiet {
+                eprintln!(
+                    "no dataset given (--dataset or data.dataset): using a synthetic one, {} scans x {} regions x {} frames, {} classes (stptf synth writes the same to disk)",
+                    synth.scans, synth.regions, synth.length, synth.classes
+                );
+            }
+            let (arrays, labels) = generate(&synth);
+            let names = (0..synth.classes).map(|c| format!("class{c}")).collect();
+            Dataset::from_arrays(arrays, labels, names, cfg.model.crop)?
+        }
+    };
+    if dataset.crop_length != cfg.model.crop {
+        log::debug!(
+            "crop length: dataset {} frames, model {}; the model's is used",
+            dataset.crop_length,
+            cfg.model.crop
+        );
+    }
+    Ok(Arc::new(dataset))
+}
+
+/// The sizes a model takes from the data.
+pub fn data_dims(dataset: &Dataset) -> DataDims {
+    DataDims {
+        n_regions: dataset.n_regions,
+        n_classes: dataset.num_classes(),
+    }
+}
+
+/// Indices (ascending) of the scans whose site is in `sites`; every scan when
+/// `sites` is empty. `key` names the setting in errors.
+pub fn scans_of_sites(
+    dataset: &Dataset,
+    sites: &[String],
+    key: &'static str,
+) -> Result<Vec<usize>> {
+    if sites.is_empty() {
+        return Ok((0..dataset.scans.len()).collect());
+    }
+    let known: BTreeSet<&str> = dataset.scans.iter().map(|s| s.site.as_str()).collect();
+    if let Some(site) = sites.iter().find(|s| !known.contains(s.as_str())) {
+        return Err(ProtocolError::UnknownSite {
+            key,
+            site: site.clone(),
+            known: known.into_iter().collect::<Vec<_>>().join(", "),
+        });
+    }
+    let scans: Vec<usize> = (0..dataset.scans.len())
+        .filter(|&s| sites.contains(&dataset.scans[s].site))
+        .collect();
+    if scans.is_empty() {
+        return Err(ProtocolError::NoScans {
+            key,
+            sites: sites.to_vec(),
+        });
+    }
+    Ok(scans)
+}
+
+/// The scans `stptf pretrain` trains on: those of `data.pretrain_sites`.
+pub fn pretrain_scans(dataset: &Dataset, cfg: &Config) -> Result<Vec<usize>> {
+    scans_of_sites(dataset, &cfg.data.pretrain_sites, "data.pretrain_sites")
+}
+
+/// The scans `stptf finetune` trains on: those of `data.finetune_sites`,
+/// subsampled to `finetune.label_fraction` of the subjects per class.
+pub fn finetune_scans(dataset: &Dataset, cfg: &Config) -> Result<Vec<usize>> {
+    let pool = scans_of_sites(dataset, &cfg.data.finetune_sites, "data.finetune_sites")?;
+    Ok(subsample_labeled(
+        &pool,
+        &dataset.labels(),
+        &dataset.subjects(),
+        cfg.finetune.label_fraction,
+        cfg.seed,
+    )?)
+}
+
+/// What one cross-validation fold trains and scores on (dataset scan indices).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FoldPlan {
+    pub name: String,
+    /// The fold's seed (initialization, crops, masks): `seed + fold index`.
+    pub seed: u64,
+    /// Pretraining scans: the `data.pretrain_sites` scans outside the test
+    /// fold (plus the test scans, unlabeled, with `evaluate.include_test_unlabeled`).
+    /// Empty when `pretrain.epochs = 0`.
+    pub pretrain: Vec<usize>,
+    /// Fine-tuning scans: `finetune.label_fraction` of the training fold's subjects.
+    pub finetune: Vec<usize>,
+    /// The fold's `data.finetune_sites` training scans (before subsampling).
+    pub train: Vec<usize>,
+    pub test: Vec<usize>,
+}
+
+/// The folds of `evaluate` (host only, no GPU): stratified subject-level
+/// k-fold or leave-site-out over the `data.finetune_sites` scans, and each
+/// fold's pretraining and fine-tuning scans.
+pub fn plan_folds(dataset: &Dataset, cfg: &Config) -> Result<Vec<FoldPlan>> {
+    let population = scans_of_sites(dataset, &cfg.data.finetune_sites, "data.finetune_sites")?;
+    let pretrain_pool = scans_of_sites(dataset, &cfg.data.pretrain_sites, "data.pretrain_sites")?;
+    let labels = dataset.labels();
+    let subjects = dataset.subjects();
+    let pick = |v: &[String]| -> Vec<String> { population.iter().map(|&s| v[s].clone()).collect() };
+    let pop_labels: Vec<u32> = population.iter().map(|&s| labels[s]).collect();
+    let folds: Vec<Fold> = match cfg.evaluate.split {
+        SplitKind::Stratified => {
+            stratified_subject_kfold(&pop_labels, &pick(&subjects), cfg.evaluate.folds, cfg.seed)?
+        }
+        SplitKind::LeaveSiteOut => leave_site_out(&pop_labels, &pick(&dataset.sites()))?,
+    };
+    let to_dataset = |v: &[usize]| -> Vec<usize> { v.iter().map(|&i| population[i]).collect() };
+    folds
+        .iter()
+        .enumerate()
+        .map(|(i, fold)| {
+            let seed = cfg.seed.wrapping_add(i as u64);
+            let (train, test) = (to_dataset(&fold.train), to_dataset(&fold.test));
+            let mut pretrain = Vec::new();
+            if cfg.pretrain.epochs > 0 {
+                pretrain = pretrain_pool
+                    .iter()
+                    .copied()
+                    .filter(|s| test.binary_search(s).is_err())
+                    .collect();
+                if cfg.evaluate.include_test_unlabeled {
+                    pretrain.extend(&test);
+                }
+            }
+            let finetune = subsample_labeled(
+                &train,
+                &labels,
+                &subjects,
+                cfg.finetune.label_fraction,
+                seed,
+            )?;
+            Ok(FoldPlan {
+                name: fold.name.clone(),
+                seed,
+                pretrain,
+                finetune,
+                train,
+                test,
+            })
+        })
+        .collect()
+}
+
+/// What `metrics.json` of one fold records.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FoldRecord {
+    pub fold: String,
+    pub train_scans: usize,
+    pub pretrain_scans: usize,
+    pub finetune_scans: usize,
+    pub test_scans: usize,
+    pub metrics: FoldMetrics,
+    pub pretrain_seconds: f64,
+    pub finetune_seconds: f64,
+    pub eval_seconds: f64,
+}
+
+/// The outcome of [`cross_validate`].
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub folds: Vec<FoldRecord>,
+    pub summary: Summary,
+    pub wall_seconds: f64,
+}
+
+/// Refuses a `pretrain` or `finetune` run of zero epochs (it would print a
+/// checkpoint path and write none).
+pub fn check_phase_trains(cfg: &Config, phase: Phase) -> Result<()> {
+    match phase {
+        Phase::Pretrain if cfg.pretrain.epochs == 0 => Err(ProtocolError::NothingToTrain {
+            key: "pretrain.epochs",
+            command: "pretrain",
+            hint: " (to train from scratch, run `finetune` without --from)",
+        }),
+        Phase::Finetune if cfg.finetune.epochs == 0 => Err(ProtocolError::NothingToTrain {
+            key: "finetune.epochs",
+            command: "finetune",
+            hint: "",
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Rejects protocols that would report an untrained model as if it were one.
+pub fn check_evaluable(cfg: &Config) -> Result<()> {
+    if cfg.finetune.epochs == 0 {
+        let what = if cfg.pretrain.epochs == 0 {
+            "pretrain.epochs and finetune.epochs are both 0"
+        } else {
+            "finetune.epochs is 0"
+        };
+        return Err(ProtocolError::UntrainedHead(what.to_string()));
+    }
+    Ok(())
+}
+
+/// The paper's protocol: for each fold of [`plan_folds`], a fresh model
+/// (seed + fold index) is pretrained on the fold's pretraining scans (when
+/// `pretrain.epochs > 0`), fine-tuned on its fine-tuning scans, and scored on
+/// its test scans with logits averaged over K fixed crops. Writes into `run`:
+/// per fold `fold-<name>/` (metrics.jsonl, loss curves, region importance,
+/// metrics.json, predictions.csv), and `summary.json` and `roc.svg` (two classes).
+pub fn cross_validate(
+    gpu: &Gpu,
+    dataset: &Arc<Dataset>,
+    cfg: &Config,
+    run: &RunDir,
+    quiet: bool,
+) -> Result<Evaluation> {
+    check_evaluable(cfg)?;
+    let started = Instant::now();
+    let labels = dataset.labels();
+    let plans = plan_folds(dataset, cfg)?;
+    let mut records = Vec::new();
+    let mut curves = Vec::new();
+    for plan in &plans {
+        let fold_run = run.fold(&plan.name)?;
+        let model = Model::new(gpu, cfg.model.clone(), data_dims(dataset), plan.seed)?;
+        let mut fold_cfg = cfg.clone();
+        fold_cfg.seed = plan.seed;
+        let opts = RunOptions {
+            quiet,
+            run: Some(fold_run.clone()),
+            stop_after_epochs: None,
+        };
+        let pre = if cfg.pretrain.epochs == 0 {
+            None
+        } else {
+            let r = train_phase(
+                gpu,
+                &model,
+                dataset,
+                &plan.pretrain,
+                &fold_cfg,
+                Phase::Pretrain,
+                None,
+                &opts,
+            )?;
+            write_loss_plot(&fold_run, &r)?;
+            Some(r)
+        };
+        let ft = train_phase(
+            gpu,
+            &model,
+            dataset,
+            &plan.finetune,
+            &fold_cfg,
+            Phase::Finetune,
+            None,
+            &opts,
+        )?;
+        write_loss_plot(&fold_run, &ft)?;
+        write_region_importance(gpu, &model, &fold_run)?;
+        let t0 = Instant::now();
+        let probs = score_scans(gpu, &model, dataset, &plan.test, &fold_cfg)?;
+        let eval_seconds = t0.elapsed().as_secs_f64();
+        fold_run.write_text(
+            "predictions.csv",
+            &predictions_csv(dataset, &plan.test, &probs),
+        )?;
+        let flat: Vec<f64> = probs.iter().flatten().copied().collect();
+        let test_labels: Vec<u32> = plan.test.iter().map(|&s| labels[s]).collect();
+        let metrics = Scores::new(&flat, dataset.num_classes())
+            .and_then(|scores| FoldMetrics::compute(scores, &test_labels))
+            .map_err(|source| ProtocolError::Metrics {
+                fold: plan.name.clone(),
+                source,
+            })?;
+        if dataset.num_classes() == 2 {
+            let pos: Vec<f64> = probs.iter().map(|p| p[1]).collect();
+            let positive: Vec<bool> = test_labels.iter().map(|&l| l == 1).collect();
+            curves.push(RocCurve {
+                label: plan.name.clone(),
+                points: roc_curve(&pos, &positive)?,
+                auc: metrics.auc,
+            });
+        }
+        let record = FoldRecord {
+            fold: plan.name.clone(),
+            train_scans: plan.train.len(),
+            pretrain_scans: plan.pretrain.len(),
+            finetune_scans: plan.finetune.len(),
+            test_scans: plan.test.len(),
+            metrics,
+            pretrain_seconds: pre.as_ref().map_or(0.0, |r| r.seconds),
+            finetune_seconds: ft.seconds,
+            eval_seconds,
+        };
+        fold_run.write_json("metrics.json", &record)?;
+        if !quiet {
+            eprintln!(
+                "fold {}: accuracy {:.1} %, AUC {:.1} %, recall {:.1} %",
+                plan.name,
+                100.0 * metrics.accuracy,
+                100.0 * metrics.auc,
+                100.0 * metrics.recall
+            );
+        }
+        records.push(record);
+    }
+    let summary = Summary::from_folds(&records.iter().map(|r| r.metrics).collect::<Vec<_>>())?;
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let doc = serde_json::json!({
+        "accuracy": summary.accuracy,
+        "auc": summary.auc,
+        "recall": summary.recall,
+        "folds": records,
+        "seed": cfg.seed,
+        "wall_seconds": wall_seconds,
+        "adapter": gpu.report.info.name,
+        "data_fingerprint": checkpoint::data_fingerprint(dataset),
+    });
+    run.write_summary(&doc)?;
+    if !curves.is_empty() {
+        run.write_text("roc.svg", &roc_svg("ROC per fold", &curves))?;
+    }
+    Ok(Evaluation {
+        folds: records,
+        summary,
+        wall_seconds,
+    })
+}
+
+/// The baseline's folds (`stptf baseline`): the folds of [`plan_folds`],
+/// fitted on each fold's fine-tuning scans, so the baseline sees exactly the
+/// labels STPTF's fine-tuning sees.
+pub fn baseline_folds(dataset: &Dataset, cfg: &Config) -> Result<Vec<Fold>> {
+    Ok(plan_folds(dataset, cfg)?
+        .into_iter()
+        .map(|plan| Fold {
+            name: plan.name,
+            train: plan.finetune,
+            test: plan.test,
+        })
+        .collect())
+}
+
+/// One row per scored scan: id, subject, site, label, class probabilities.
+pub fn predictions_csv(dataset: &Dataset, scans: &[usize], probs: &[Vec<f64>]) -> String {
+    let mut csv = String::from("scan_id,subject,site,label");
+    for name in &dataset.class_names {
+        csv.push_str(&format!(",p_{name}"));
+    }
+    csv.push('\n');
+    for (&scan, p) in scans.iter().zip(probs) {
+        let s = &dataset.scans[scan];
+        csv.push_str(&format!("{},{},{},{}", s.id, s.subject, s.site, s.label));
+        for v in p {
+            csv.push_str(&format!(",{v:.6}"));
+        }
+        csv.push('\n');
+    }
+    csv
+}
+
+/// `loss_<phase>.svg`: the phase's loss per step.
+pub fn write_loss_plot(run: &RunDir, report: &PhaseReport) -> Result<()> {
+    let points: Vec<(f64, f64)> = report.losses.iter().map(|&(s, l)| (s as f64, l)).collect();
+    let svg = loss_curve_svg(
+        &format!("{} loss", report.phase),
+        &[Series {
+            label: &report.phase,
+            points: &points,
+        }],
+        false,
+    );
+    run.write_text(&format!("loss_{}.svg", report.phase), &svg)?;
+    Ok(())
+}
+
+/// `region_importance.svg` and `.csv` from [`Model::region_importance`]
+/// (nothing for the encoders without a fusion projection).
+pub fn write_region_importance(gpu: &Gpu, model: &Model, run: &RunDir) -> Result<()> {
+    let Some(norms) = model.region_importance(gpu)? else {
+        return Ok(());
+    };
+    let names: Vec<String> = (1..=norms.len()).map(|r| format!("region {r}")).collect();
+    run.write_text(
+        "region_importance.svg",
+        &importance_svg(
+            "Per-region weight into Z_spatial (L2 norm)",
+            &names,
+            &norms,
+            20,
+        ),
+    )?;
+    let csv: String = std::iter::once("region,importance\n".to_string())
+        .chain(
+            norms
+                .iter()
+                .enumerate()
+                .map(|(r, v)| format!("{},{v:.6}\n", r + 1)),
+        )
+        .collect();
+    run.write_text("region_importance.csv", &csv)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synth::{generate, SynthConfig};
+
+    /// 24 scans (labels alternate), sites A, B, C in pairs: every site holds
+    /// both classes.
+    fn dataset() -> Dataset {
+        let (arrays, labels) = generate(&SynthConfig {
+            scans: 24,
+            regions: 4,
+            length: 20,
+            classes: 2,
+            seed: 5,
+            difficulty: 0.2,
+        });
+        let mut d = Dataset::from_arrays(arrays, labels, vec!["a".into(), "b".into()], 16).unwrap();
+        for (i, scan) in d.scans.iter_mut().enumerate() {
+            scan.site = ["A", "B", "C"][(i / 2) % 3].to_string();
+        }
+        d
+    }
+
+    fn sites(d: &Dataset, scans: &[usize]) -> BTreeSet<String> {
+        scans.iter().map(|&s| d.scans[s].site.clone()).collect()
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn phases_see_only_the_named_sites() {
+        let d = dataset();
+        let mut cfg = Config::default();
+        cfg.evaluate.folds = 2;
+        cfg.data.pretrain_sites = vec!["A".into()];
+        cfg.data.finetune_sites = vec!["B".into(), "C".into()];
+        assert_eq!(sites(&d, &pretrain_scans(&d, &cfg).unwrap()), set(&["A"]));
+        assert_eq!(
+            sites(&d, &finetune_scans(&d, &cfg).unwrap()),
+            set(&["B", "C"])
+        );
+        let plans = plan_folds(&d, &cfg).unwrap();
+        assert_eq!(plans.len(), 2);
+        let mut tested: Vec<usize> = Vec::new();
+        for plan in &plans {
+            assert_eq!(sites(&d, &plan.pretrain), set(&["A"]), "fold {}", plan.name);
+            assert_eq!(plan.pretrain.len(), 8, "every A scan (none is a test scan)");
+            for part in [&plan.train, &plan.finetune, &plan.test] {
+                assert!(
+                    sites(&d, part).is_subset(&set(&["B", "C"])),
+                    "fold {}",
+                    plan.name
+                );
+            }
+            assert!(plan.train.iter().all(|s| !plan.test.contains(s)));
+            tested.extend(&plan.test);
+        }
+        tested.sort_unstable();
+        let bc: Vec<usize> = (0..24).filter(|&s| d.scans[s].site != "A").collect();
+        assert_eq!(
+            tested, bc,
+            "the folds' test scans are exactly the B and C scans"
+        );
+        // Leave-site-out over the fine-tuning sites: one fold per named site.
+        cfg.evaluate.split = SplitKind::LeaveSiteOut;
+        let names: Vec<String> = plan_folds(&d, &cfg)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["B", "C"]);
+    }
+
+    #[test]
+    fn pretraining_on_every_site_still_excludes_the_test_fold() {
+        let d = dataset();
+        let mut cfg = Config::default();
+        cfg.evaluate.folds = 3;
+        for plan in plan_folds(&d, &cfg).unwrap() {
+            assert_eq!(plan.pretrain, plan.train, "fold {}", plan.name);
+        }
+        cfg.evaluate.include_test_unlabeled = true;
+        for plan in plan_folds(&d, &cfg).unwrap() {
+            let mut all = plan.pretrain.clone();
+            all.sort_unstable();
+            assert_eq!(all, (0..24).collect::<Vec<_>>(), "fold {}", plan.name);
+        }
+        cfg.pretrain.epochs = 0;
+        assert!(plan_folds(&d, &cfg)
+            .unwrap()
+            .iter()
+            .all(|p| p.pretrain.is_empty()));
+    }
+
+    #[test]
+    fn unknown_sites_are_rejected_with_the_known_ones() {
+        let d = dataset();
+        let mut cfg = Config::default();
+        cfg.data.finetune_sites = vec!["B".into(), "NYU".into()];
+        let e = plan_folds(&d, &cfg).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config key \"data.finetune_sites\": the dataset has no site \"NYU\"; its sites are: A, B, C"
+        );
+        cfg.data.finetune_sites.clear();
+        cfg.data.pretrain_sites = vec!["a".into()];
+        let e = pretrain_scans(&d, &cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("data.pretrain_sites") && e.contains("\"a\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn zero_epochs_are_refused_before_anything_runs() {
+        let mut cfg = Config::default();
+        cfg.pretrain.epochs = 0;
+        let e = check_phase_trains(&cfg, Phase::Pretrain)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "pretrain.epochs is 0: `pretrain` would train nothing and write no checkpoint"
+            ),
+            "{e}"
+        );
+        assert!(check_phase_trains(&cfg, Phase::Finetune).is_ok());
+        check_evaluable(&cfg).unwrap();
+        cfg.finetune.epochs = 0;
+        let e = check_evaluable(&cfg).unwrap_err().to_string();
+        assert!(
+            e.starts_with("pretrain.epochs and finetune.epochs are both 0"),
+            "{e}"
+        );
+        assert!(e.contains("untrained"), "{e}");
+        let e = check_phase_trains(&cfg, Phase::Finetune)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("finetune.epochs is 0"), "{e}");
+        cfg.pretrain.epochs = 3;
+        let e = check_evaluable(&cfg).unwrap_err().to_string();
+        assert!(e.starts_with("finetune.epochs is 0;"), "{e}");
+    }
+}

@@ -1,0 +1,102 @@
+//! One training step, recorded once: the trainer, the step benchmark
+//! (`src/bench.rs`) and the learning test (tests/model_learning.rs) all call
+//! these functions, so what is timed and tested is what trains.
+//!
+//! A step records, in program order on the GPU: zero the gradients → (views)
+//! → forward → loss → backward → AdamW update. Nothing is submitted here; the
+//! caller decides when to flush, so a step can share one submit with the
+//! copy of its loss into the trainer's loss history.
+
+use crate::autograd::optim::AdamWState;
+use crate::autograd::Tape;
+use crate::config::{AugmentConfig, Config, Fgco};
+use crate::gpu::{Gpu, Result, Tensor};
+use crate::model::augment::make_views;
+use crate::model::Model;
+
+/// What a pretraining step needs beyond the batch: how the views are drawn
+/// and which FGCO loss compares them.
+#[derive(Clone, Debug)]
+pub struct PretrainObjective {
+    pub augment: AugmentConfig,
+    /// Seeds the augmentation masks (with the step index).
+    pub seed: u64,
+    pub fgco: Fgco,
+    /// λ, the Barlow Twins off-diagonal weight (`pretrain.lambda_offdiag`).
+    pub lambda_offdiag: f32,
+}
+
+impl PretrainObjective {
+    /// The objective an experiment config asks for.
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            augment: cfg.augment.clone(),
+            seed: cfg.seed,
+            fgco: cfg.pretrain.fgco,
+            lambda_offdiag: cfg.pretrain.lambda_offdiag as f32,
+        }
+    }
+}
+
+/// Records one pretraining step on x [B, N, T] (valid [B, T]): STIGA (or the
+/// configured) views, the FGCO loss over the three views, backward and one
+/// AdamW update of every parameter. `step` is the global step index (it
+/// seeds this step's masks). Returns the 1-element loss tensor.
+#[allow(clippy::too_many_arguments)]
+pub fn record_pretrain_step(
+    gpu: &Gpu,
+    model: &Model,
+    x: &Tensor,
+    valid: &Tensor,
+    objective: &PretrainObjective,
+    step: u64,
+    opt: &mut AdamWState,
+    lr: f32,
+) -> Result<Tensor> {
+    let views = make_views(gpu, x, valid, &objective.augment, objective.seed, step)?;
+    // Zeroing is recorded after the views and before the forward; the
+    // backward accumulates into the gradients, so it must come first.
+    model.params.store.zero_grads(gpu)?;
+    let mut tape = Tape::new(gpu);
+    let loss = model.pretrain_loss(
+        &mut tape,
+        x,
+        &views.x_s,
+        &views.x_t,
+        valid,
+        objective.fgco,
+        objective.lambda_offdiag,
+    )?;
+    tape.backward(loss, &model.params.store)?;
+    opt.update(gpu, &model.params.store, lr)?;
+    Ok(tape.value(loss).clone())
+}
+
+/// Records one fine-tuning step on x [B, N, T] (valid [B, T], labels [B]):
+/// forward, mean cross-entropy of the head, backward and one AdamW update —
+/// of the head only when `freeze_encoder` (a linear probe), else of every
+/// parameter. Returns the 1-element loss tensor.
+#[allow(clippy::too_many_arguments)]
+pub fn record_finetune_step(
+    gpu: &Gpu,
+    model: &Model,
+    x: &Tensor,
+    valid: &Tensor,
+    labels: &Tensor,
+    freeze_encoder: bool,
+    opt: &mut AdamWState,
+    lr: f32,
+) -> Result<Tensor> {
+    model.params.store.zero_grads(gpu)?;
+    let mut tape = Tape::new(gpu);
+    let (loss, _logits) = model.finetune_loss(&mut tape, x, valid, labels)?;
+    tape.backward(loss, &model.params.store)?;
+    if freeze_encoder {
+        opt.update_where(gpu, &model.params.store, lr, |name| {
+            name.starts_with("head.")
+        })?;
+    } else {
+        opt.update(gpu, &model.params.store, lr)?;
+    }
+    Ok(tape.value(loss).clone())
+}
