@@ -504,6 +504,14 @@ impl Config {
             "an integer >= 2 (the cross-correlation is standardized over the batch; \
              a batch of one has no variance)",
         )?;
+        // FGCO `fine` compares region embeddings, which the LSTM encoder does
+        // not produce: refuse the pair when the config loads, not mid-step.
+        check(
+            !(self.pretrain.fgco == Fgco::Fine && m.encoder == Encoder::Lstm),
+            "pretrain.fgco",
+            "\"fine\"".to_string(),
+            "\"global\" with model.encoder = \"lstm\" (the LSTM has no region embeddings)",
+        )?;
         check(
             m.window <= m.crop,
             "model.window",
@@ -898,5 +906,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("model.window") && e.contains("200"), "{e}");
+    }
+
+    #[test]
+    fn fgco_fine_with_the_lstm_encoder_is_refused_at_load() {
+        let mut c = Config::default();
+        c.apply_override("model.encoder", "lstm").unwrap();
+        c.apply_override("pretrain.fgco", "fine").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("pretrain.fgco") && e.contains("lstm"), "{e}");
+        c.apply_override("pretrain.fgco", "global").unwrap();
+        c.validate().unwrap();
     }
 }

@@ -83,6 +83,10 @@ pub enum GpuError {
     Readback(String),
     #[error("shape mismatch in {op}: {message}")]
     Shape { op: &'static str, message: String },
+    /// A model asked for a parameter the store does not hold (a misspelt or
+    /// missing name): raised when the typed layers are built, before any step.
+    #[error("the model has no parameter `{name}`")]
+    UnknownParameter { name: String },
     /// A launch that cannot be planned within one storage binding.
     #[error(
         "{op}: {what} is {bytes} bytes, over the {limit}-byte storage binding limit ({reason})"

@@ -456,9 +456,8 @@ impl Params {
         self.names
             .get(name)
             .copied()
-            .ok_or_else(|| GpuError::Shape {
-                op: "parameter lookup",
-                message: format!("no parameter `{name}`"),
+            .ok_or_else(|| GpuError::UnknownParameter {
+                name: name.to_string(),
             })
     }
 
