@@ -1,10 +1,18 @@
 //! `stptf evaluate`: the paper's cross-validation protocol
-//! (`train::protocol::cross_validate`), printed in the paper's form.
+//! (`train::protocol::cross_validate`), printed in the paper's form; or one
+//! fold of it (`--fold K`, for a cluster's job array), or the merge of the
+//! finished folds (`--collect RUN`).
 
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
 use clap::Args;
 
 use stptf::train::metrics::format_table;
-use stptf::train::protocol::{check_evaluable, cross_validate, load_dataset};
+use stptf::train::protocol::{
+    check_evaluable, collect, cross_validate, fold_index, load_dataset, plan_folds, run_fold,
+    select_fold, write_fold_index, Evaluation,
+};
 use stptf::train::rundir::RunDir;
 
 use super::common::{default_out, load_config, open_gpu, CommonArgs};
@@ -13,24 +21,87 @@ use super::common::{default_out, load_config, open_gpu, CommonArgs};
 pub struct EvaluateArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Run only fold K (its name, e.g. `3` or a site, or its position from 1)
+    /// into the shared run directory --out, which the other folds' jobs share;
+    /// `--collect` merges them. The folds are those of a full evaluate.
+    #[arg(long, value_name = "K", requires = "out")]
+    pub fold: Option<String>,
+    /// Merge the finished folds of the run directory RUN into summary.json
+    /// and roc.svg, or name the folds still missing. Needs no data and no GPU.
+    #[arg(
+        long,
+        value_name = "RUN",
+        conflicts_with_all = ["fold", "config", "dataset", "data", "out", "seed", "set"]
+    )]
+    pub collect: Option<PathBuf>,
 }
 
 pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.collect {
+        if !path.is_dir() {
+            bail!("{}: no such run directory", path.display());
+        }
+        let evaluation = collect(&RunDir::open(path)?, None)?;
+        print(&evaluation, path.display().to_string());
+        return Ok(());
+    }
     let c = &args.common;
     let cfg = load_config(c)?;
     // Refused before anything is written.
     check_evaluable(&cfg)?;
     let dataset = load_dataset(&cfg, c.data.as_deref(), c.quiet)?;
+    if let Some(key) = &args.fold {
+        let out = c.out.as_ref().expect("clap requires --out with --fold");
+        let plans = plan_folds(&dataset, &cfg)?;
+        // Chosen before the GPU opens or anything is written.
+        let plan = select_fold(&plans, key)?;
+        let run = open_shared_run(out, &cfg)?;
+        write_fold_index(&run, &fold_index(&dataset, &cfg, &plans))?;
+        let gpu = open_gpu(c.quiet)?;
+        let record = run_fold(&gpu, &dataset, &cfg, plan, &run, c.quiet)?;
+        println!(
+            "fold {} of {}: accuracy {:.2} %, AUC {:.2} %, recall {:.2} % ({})",
+            record.fold,
+            plans.len(),
+            100.0 * record.metrics.accuracy,
+            100.0 * record.metrics.auc,
+            100.0 * record.metrics.recall,
+            run.file(&format!("fold-{}", record.fold)).display()
+        );
+        return Ok(());
+    }
     let gpu = open_gpu(c.quiet)?;
     let out = c.out.clone().unwrap_or_else(|| default_out("evaluate"));
     let run = RunDir::create(&out)?;
     run.write_config(&cfg)?;
     let evaluation = cross_validate(&gpu, &dataset, &cfg, &run, c.quiet)?;
-    println!("{}", format_table(&[("STPTF", &evaluation.summary)]));
-    println!(
-        "run directory: {} ({:.0} s)",
-        run.path().display(),
-        evaluation.wall_seconds
-    );
+    print(&evaluation, run.path().display().to_string());
     Ok(())
+}
+
+fn print(evaluation: &Evaluation, run: String) {
+    println!("{}", format_table(&[("STPTF", &evaluation.summary)]));
+    println!("run directory: {run} ({:.0} s)", evaluation.wall_seconds);
+}
+
+/// The run directory a fold job writes into: created by whichever job comes
+/// first; every job checks that its resolved config is the one there.
+fn open_shared_run(out: &std::path::Path, cfg: &stptf::config::Config) -> anyhow::Result<RunDir> {
+    let run = RunDir::open(out)?;
+    let ours = cfg.to_toml_string()?;
+    let path = run.file("config.toml");
+    if path.exists() {
+        let theirs = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if theirs != ours {
+            bail!(
+                "{}: another config than this fold job's (compare it with `--set` and --config); \
+                 every fold of one run directory must share the config",
+                path.display()
+            );
+        }
+    } else {
+        run.write_config(cfg)?;
+    }
+    Ok(run)
 }

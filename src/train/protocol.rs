@@ -76,6 +76,51 @@ pub enum ProtocolError {
          Set finetune.epochs >= 1 (pretrain.epochs = 0 is fine: supervised from scratch)"
     )]
     UntrainedHead(String),
+    #[error("cannot read {path}: {source}")]
+    ReadRunFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: line {line}: not what evaluate writes there: {source}")]
+    BadRunFile {
+        path: String,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path}: belongs to another evaluation ({what}); give this fold job the \
+         same config, seed and data, or another --out"
+    )]
+    OtherRun { path: String, what: String },
+    #[error("no fold {fold:?}: the folds are {known} (or their position, 1 to {count})")]
+    UnknownFold {
+        fold: String,
+        known: String,
+        count: usize,
+    },
+    #[error(
+        "fold {fold}: {path} {}; remove it to run the fold again",
+        if *finished { "is finished already" } else { "holds files of an unfinished attempt" }
+    )]
+    FoldExists {
+        fold: String,
+        path: String,
+        finished: bool,
+    },
+    #[error("{path}: not an evaluate run directory (it has no folds.json)")]
+    NotAnEvaluateRun { path: String },
+    #[error(
+        "{path}: {finished} of {total} folds finished; missing: {missing} \
+         (run `stptf evaluate --fold K --out {path}` for each)"
+    )]
+    MissingFolds {
+        path: String,
+        missing: String,
+        finished: usize,
+        total: usize,
+    },
     #[error("{key} is 0: `{command}` would train nothing and write no checkpoint{hint}")]
     NothingToTrain {
         key: &'static str,
@@ -298,7 +343,7 @@ pub fn plan_folds(dataset: &Dataset, cfg: &Config) -> Result<Vec<FoldPlan>> {
 }
 
 /// What `metrics.json` of one fold records.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FoldRecord {
     pub fold: String,
     pub train_scans: usize,
@@ -309,6 +354,8 @@ pub struct FoldRecord {
     pub pretrain_seconds: f64,
     pub finetune_seconds: f64,
     pub eval_seconds: f64,
+    /// The adapter the fold ran on (fold jobs may run on different machines).
+    pub adapter: String,
 }
 
 /// The outcome of [`cross_validate`].
@@ -350,121 +397,284 @@ pub fn check_evaluable(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// The paper's protocol: for each fold of [`plan_folds`], a fresh model
-/// (seed + fold index) is pretrained on the fold's pretraining scans (when
-/// `pretrain.epochs > 0`), fine-tuned on its fine-tuning scans, and scored on
-/// its test scans with logits averaged over K fixed crops. Writes into `run`:
-/// per fold `fold-<name>/` (metrics.jsonl, loss curves, region importance,
-/// metrics.json, predictions.csv), and `summary.json` and `roc.svg` (two classes).
-pub fn cross_validate(
+/// What `folds.json` of an evaluate run directory records: the folds the
+/// protocol has, so that `--collect` knows which are missing without loading
+/// the data, and what every fold job must agree on.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FoldIndex {
+    pub folds: Vec<String>,
+    pub seed: u64,
+    pub data_fingerprint: String,
+}
+
+/// `fold-<name>/roc.json`: one fold's ROC curve (two classes only), kept so
+/// that `--collect` draws the same `roc.svg` as a full evaluate.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct FoldRoc {
+    auc: f64,
+    points: Vec<(f64, f64)>,
+}
+
+const FOLD_INDEX: &str = "folds.json";
+const FOLD_RECORD: &str = "metrics.json";
+const FOLD_ROC: &str = "roc.json";
+
+/// Writes `folds.json` into `run`, or, when a fold job of the same run wrote
+/// it already, checks that this job has the same folds, seed and data.
+pub fn write_fold_index(run: &RunDir, index: &FoldIndex) -> Result<()> {
+    let path = run.file(FOLD_INDEX);
+    if path.exists() {
+        let found: FoldIndex = read_json(&path)?;
+        if &found != index {
+            return Err(ProtocolError::OtherRun {
+                path: path.display().to_string(),
+                what: describe_index_difference(&found, index),
+            });
+        }
+        return Ok(());
+    }
+    run.write_json(FOLD_INDEX, index)?;
+    Ok(())
+}
+
+fn describe_index_difference(found: &FoldIndex, ours: &FoldIndex) -> String {
+    if found.data_fingerprint != ours.data_fingerprint {
+        format!(
+            "data fingerprint {} there, {} here",
+            found.data_fingerprint, ours.data_fingerprint
+        )
+    } else if found.seed != ours.seed {
+        format!("seed {} there, {} here", found.seed, ours.seed)
+    } else {
+        format!(
+            "folds [{}] there, [{}] here",
+            found.folds.join(", "),
+            ours.folds.join(", ")
+        )
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| ProtocolError::ReadRunFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ProtocolError::BadRunFile {
+        path: path.display().to_string(),
+        line: source.line(),
+        source,
+    })
+}
+
+/// The fold `--fold K` names: the fold called `K`, or else the K-th fold
+/// (1-based, so a Slurm array `--array=1-k` covers leave-site-out folds too).
+pub fn select_fold<'a>(plans: &'a [FoldPlan], key: &str) -> Result<&'a FoldPlan> {
+    if let Some(plan) = plans.iter().find(|p| p.name == key) {
+        return Ok(plan);
+    }
+    match key.parse::<usize>() {
+        Ok(k) if (1..=plans.len()).contains(&k) => Ok(&plans[k - 1]),
+        _ => Err(ProtocolError::UnknownFold {
+            fold: key.to_string(),
+            known: plans
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            count: plans.len(),
+        }),
+    }
+}
+
+/// The folds' index of `plans` on `dataset`.
+pub fn fold_index(dataset: &Dataset, cfg: &Config, plans: &[FoldPlan]) -> FoldIndex {
+    FoldIndex {
+        folds: plans.iter().map(|p| p.name.clone()).collect(),
+        seed: cfg.seed,
+        data_fingerprint: checkpoint::data_fingerprint(dataset),
+    }
+}
+
+/// One fold of the protocol (see [`cross_validate`]): a fresh model (the
+/// fold's seed) pretrained on the fold's pretraining scans (when
+/// `pretrain.epochs > 0`), fine-tuned, and scored on its test scans with
+/// logits averaged over K fixed crops. Writes `fold-<name>/` in `run`
+/// (metrics.jsonl, loss curves, region importance, predictions.csv,
+/// roc.json, and last metrics.json, which marks the fold finished).
+/// Refuses a fold whose folder already holds files, finished or not: a
+/// rerun would mix its files with the earlier attempt's.
+pub fn run_fold(
     gpu: &Gpu,
     dataset: &Arc<Dataset>,
     cfg: &Config,
+    plan: &FoldPlan,
     run: &RunDir,
     quiet: bool,
-) -> Result<Evaluation> {
-    check_evaluable(cfg)?;
-    let started = Instant::now();
+) -> Result<FoldRecord> {
     let labels = dataset.labels();
-    let plans = plan_folds(dataset, cfg)?;
-    let mut records = Vec::new();
-    let mut curves = Vec::new();
-    for plan in &plans {
-        let fold_run = run.fold(&plan.name)?;
-        let model = Model::new(gpu, cfg.model.clone(), data_dims(dataset), plan.seed)?;
-        let mut fold_cfg = cfg.clone();
-        fold_cfg.seed = plan.seed;
-        let opts = RunOptions {
-            quiet,
-            run: Some(fold_run.clone()),
-            stop_after_epochs: None,
-        };
-        let pre = if cfg.pretrain.epochs == 0 {
-            None
-        } else {
-            let r = train_phase(
-                gpu,
-                &model,
-                dataset,
-                &plan.pretrain,
-                &fold_cfg,
-                Phase::Pretrain,
-                None,
-                &opts,
-            )?;
-            write_loss_plot(&fold_run, &r)?;
-            Some(r)
-        };
-        let ft = train_phase(
+    let fold_path = run.file(&format!("fold-{}", plan.name));
+    if fold_path.exists() {
+        let finished = fold_path.join(FOLD_RECORD).exists();
+        let nonempty = std::fs::read_dir(&fold_path)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true);
+        if finished || nonempty {
+            return Err(ProtocolError::FoldExists {
+                fold: plan.name.clone(),
+                path: fold_path.display().to_string(),
+                finished,
+            });
+        }
+    }
+    let fold_run = run.fold(&plan.name)?;
+    let model = Model::new(gpu, cfg.model.clone(), data_dims(dataset), plan.seed)?;
+    let mut fold_cfg = cfg.clone();
+    fold_cfg.seed = plan.seed;
+    let opts = RunOptions {
+        quiet,
+        run: Some(fold_run.clone()),
+        stop_after_epochs: None,
+    };
+    let pre = if cfg.pretrain.epochs == 0 {
+        None
+    } else {
+        let r = train_phase(
             gpu,
             &model,
             dataset,
-            &plan.finetune,
+            &plan.pretrain,
             &fold_cfg,
-            Phase::Finetune,
+            Phase::Pretrain,
             None,
             &opts,
         )?;
-        write_loss_plot(&fold_run, &ft)?;
-        write_region_importance(gpu, &model, &fold_run)?;
-        let t0 = Instant::now();
-        let probs = score_scans(gpu, &model, dataset, &plan.test, &fold_cfg)?;
-        let eval_seconds = t0.elapsed().as_secs_f64();
-        fold_run.write_text(
-            "predictions.csv",
-            &predictions_csv(dataset, &plan.test, &probs),
-        )?;
-        let flat: Vec<f64> = probs.iter().flatten().copied().collect();
-        let test_labels: Vec<u32> = plan.test.iter().map(|&s| labels[s]).collect();
-        let metrics = Scores::new(&flat, dataset.num_classes())
-            .and_then(|scores| FoldMetrics::compute(scores, &test_labels))
-            .map_err(|source| ProtocolError::Metrics {
-                fold: plan.name.clone(),
-                source,
-            })?;
-        if dataset.num_classes() == 2 {
-            let pos: Vec<f64> = probs.iter().map(|p| p[1]).collect();
-            let positive: Vec<bool> = test_labels.iter().map(|&l| l == 1).collect();
-            curves.push(RocCurve {
-                label: plan.name.clone(),
-                points: roc_curve(&pos, &positive)?,
-                auc: metrics.auc,
-            });
-        }
-        let record = FoldRecord {
+        write_loss_plot(&fold_run, &r)?;
+        Some(r)
+    };
+    let ft = train_phase(
+        gpu,
+        &model,
+        dataset,
+        &plan.finetune,
+        &fold_cfg,
+        Phase::Finetune,
+        None,
+        &opts,
+    )?;
+    write_loss_plot(&fold_run, &ft)?;
+    write_region_importance(gpu, &model, &fold_run)?;
+    let t0 = Instant::now();
+    let probs = score_scans(gpu, &model, dataset, &plan.test, &fold_cfg)?;
+    let eval_seconds = t0.elapsed().as_secs_f64();
+    fold_run.write_text(
+        "predictions.csv",
+        &predictions_csv(dataset, &plan.test, &probs),
+    )?;
+    let flat: Vec<f64> = probs.iter().flatten().copied().collect();
+    let test_labels: Vec<u32> = plan.test.iter().map(|&s| labels[s]).collect();
+    let metrics = Scores::new(&flat, dataset.num_classes())
+        .and_then(|scores| FoldMetrics::compute(scores, &test_labels))
+        .map_err(|source| ProtocolError::Metrics {
             fold: plan.name.clone(),
-            train_scans: plan.train.len(),
-            pretrain_scans: plan.pretrain.len(),
-            finetune_scans: plan.finetune.len(),
-            test_scans: plan.test.len(),
-            metrics,
-            pretrain_seconds: pre.as_ref().map_or(0.0, |r| r.seconds),
-            finetune_seconds: ft.seconds,
-            eval_seconds,
+            source,
+        })?;
+    if dataset.num_classes() == 2 {
+        let pos: Vec<f64> = probs.iter().map(|p| p[1]).collect();
+        let positive: Vec<bool> = test_labels.iter().map(|&l| l == 1).collect();
+        let roc = FoldRoc {
+            auc: metrics.auc,
+            points: roc_curve(&pos, &positive)?,
         };
-        fold_run.write_json("metrics.json", &record)?;
-        if !quiet {
-            eprintln!(
-                "fold {}: accuracy {:.1} %, AUC {:.1} %, recall {:.1} %",
-                plan.name,
-                100.0 * metrics.accuracy,
-                100.0 * metrics.auc,
-                100.0 * metrics.recall
-            );
+        fold_run.write_json(FOLD_ROC, &roc)?;
+    }
+    let record = FoldRecord {
+        fold: plan.name.clone(),
+        train_scans: plan.train.len(),
+        pretrain_scans: plan.pretrain.len(),
+        finetune_scans: plan.finetune.len(),
+        test_scans: plan.test.len(),
+        metrics,
+        pretrain_seconds: pre.as_ref().map_or(0.0, |r| r.seconds),
+        finetune_seconds: ft.seconds,
+        eval_seconds,
+        adapter: gpu.report.info.name.clone(),
+    };
+    // Last: its presence is what marks the fold finished for `--collect`.
+    fold_run.write_json(FOLD_RECORD, &record)?;
+    if !quiet {
+        eprintln!(
+            "fold {}: accuracy {:.1} %, AUC {:.1} %, recall {:.1} %",
+            plan.name,
+            100.0 * metrics.accuracy,
+            100.0 * metrics.auc,
+            100.0 * metrics.recall
+        );
+    }
+    Ok(record)
+}
+
+/// Merges the finished folds of an evaluate run directory into
+/// `summary.json` and `roc.svg` (two classes). Needs neither the data nor a
+/// GPU: `folds.json` says which folds there are, each `fold-<name>/metrics.json`
+/// that a fold finished. With any fold unfinished, writes nothing and names
+/// the missing ones. `wall_seconds` is the elapsed time of a full evaluate
+/// when given, else the sum of the folds' seconds.
+pub fn collect(run: &RunDir, wall_seconds: Option<f64>) -> Result<Evaluation> {
+    let index_path = run.file(FOLD_INDEX);
+    if !index_path.exists() {
+        return Err(ProtocolError::NotAnEvaluateRun {
+            path: run.path().display().to_string(),
+        });
+    }
+    let index: FoldIndex = read_json(&index_path)?;
+    let missing: Vec<String> = index
+        .folds
+        .iter()
+        .filter(|name| !run.file(&format!("fold-{name}")).join(FOLD_RECORD).exists())
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(ProtocolError::MissingFolds {
+            path: run.path().display().to_string(),
+            missing: missing.join(", "),
+            finished: index.folds.len() - missing.len(),
+            total: index.folds.len(),
+        });
+    }
+    let mut records = Vec::new();
+    let mut curves = Vec::new();
+    for name in &index.folds {
+        let dir = run.file(&format!("fold-{name}"));
+        let record: FoldRecord = read_json(&dir.join(FOLD_RECORD))?;
+        let roc_path = dir.join(FOLD_ROC);
+        if roc_path.exists() {
+            let roc: FoldRoc = read_json(&roc_path)?;
+            curves.push(RocCurve {
+                label: name.clone(),
+                points: roc.points,
+                auc: roc.auc,
+            });
         }
         records.push(record);
     }
     let summary = Summary::from_folds(&records.iter().map(|r| r.metrics).collect::<Vec<_>>())?;
-    let wall_seconds = started.elapsed().as_secs_f64();
+    let wall_seconds = wall_seconds.unwrap_or_else(|| {
+        records
+            .iter()
+            .map(|r| r.pretrain_seconds + r.finetune_seconds + r.eval_seconds)
+            .sum()
+    });
+    let mut adapters: Vec<&str> = records.iter().map(|r| r.adapter.as_str()).collect();
+    adapters.dedup();
     let doc = serde_json::json!({
         "accuracy": summary.accuracy,
         "auc": summary.auc,
         "recall": summary.recall,
         "folds": records,
-        "seed": cfg.seed,
+        "seed": index.seed,
         "wall_seconds": wall_seconds,
-        "adapter": gpu.report.info.name,
-        "data_fingerprint": checkpoint::data_fingerprint(dataset),
+        "adapter": adapters.join(", "),
+        "data_fingerprint": index.data_fingerprint,
     });
     run.write_summary(&doc)?;
     if !curves.is_empty() {
@@ -475,6 +685,27 @@ pub fn cross_validate(
         summary,
         wall_seconds,
     })
+}
+
+/// The paper's protocol: every fold of [`plan_folds`] by [`run_fold`], one
+/// after another, then [`collect`]. Writes into `run`: `folds.json`, per fold
+/// `fold-<name>/`, and `summary.json` and `roc.svg` (two classes). The same
+/// files as `evaluate --fold K` for each K followed by `evaluate --collect`.
+pub fn cross_validate(
+    gpu: &Gpu,
+    dataset: &Arc<Dataset>,
+    cfg: &Config,
+    run: &RunDir,
+    quiet: bool,
+) -> Result<Evaluation> {
+    check_evaluable(cfg)?;
+    let started = Instant::now();
+    let plans = plan_folds(dataset, cfg)?;
+    write_fold_index(run, &fold_index(dataset, cfg, &plans))?;
+    for plan in &plans {
+        run_fold(gpu, dataset, cfg, plan, run, quiet)?;
+    }
+    collect(run, Some(started.elapsed().as_secs_f64()))
 }
 
 /// The baseline's folds (`stptf baseline`): the folds of [`plan_folds`],
