@@ -10,4 +10,5 @@ pub mod info;
 pub mod inspect;
 pub mod predict;
 pub mod pretrain;
+pub mod profile;
 pub mod synth;

@@ -22,6 +22,7 @@ mod device;
 mod pipeline;
 mod plan;
 mod pool;
+mod profile;
 mod tensor;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,11 +31,13 @@ pub use bind_cache::BindGroupStats;
 pub use device::{AdapterReport, IMMEDIATE_BYTES};
 pub use pipeline::{validate_wgsl, CompiledKernel, Kernel, Shader};
 pub use plan::{Pieces, Planner};
+pub use profile::DispatchTime;
 pub use tensor::{Arg, Tensor};
 
 use bind_cache::{BindGroupCache, BindGroupKey};
 use pipeline::PipelineCache;
 use pool::BufferPool;
+use profile::Profiler;
 
 /// Largest workgroup count per grid dimension that every adapter accepts.
 pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
@@ -125,6 +128,14 @@ pub struct Gpu {
     traces: Mutex<Vec<(std::thread::ThreadId, Vec<Recorded>)>>,
     /// `traces.len()`, read without the lock on every recorded command.
     tracing: std::sync::atomic::AtomicUsize,
+    /// The open profile, if any (see `profile.rs`); `profiling` mirrors
+    /// `profiler.is_some()` so a launch checks it without the lock.
+    profiler: Mutex<Option<Profiler>>,
+    profiling: std::sync::atomic::AtomicBool,
+    /// The stage label the next dispatches get in a profile (`set_stage`).
+    stage: Mutex<&'static str>,
+    /// Submits so far (for `stptf profile`).
+    submits: std::sync::atomic::AtomicU64,
 }
 
 /// One command recorded into the pending encoder (see [`Gpu::traced`]).
@@ -173,6 +184,10 @@ impl Gpu {
             poison_new_tensors: Default::default(),
             traces: Mutex::default(),
             tracing: Default::default(),
+            profiler: Mutex::default(),
+            profiling: Default::default(),
+            stage: Mutex::new("other"),
+            submits: Default::default(),
         })
     }
 
@@ -530,12 +545,32 @@ impl Gpu {
                 entries: &entries,
             })
         });
+        // Profiling on: this dispatch's pass writes a timestamp at its
+        // beginning and end (the profiler lock is taken before the encoder's).
+        let stamps = if self.profiling.load(std::sync::atomic::Ordering::Relaxed) {
+            let stage = *lock(&self.stage);
+            lock(&self.profiler).as_mut().map(|p| {
+                p.next(
+                    &self.device,
+                    format!("{}::{}", kernel.shader.name, kernel.entry),
+                    stage,
+                )
+            })
+        } else {
+            None
+        };
         let mut guard = lock(&self.encoder);
         let encoder = self.pending_encoder(&mut guard);
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(kernel.entry),
-                timestamp_writes: None,
+                timestamp_writes: stamps.as_ref().map(|(set, index)| {
+                    wgpu::ComputePassTimestampWrites {
+                        query_set: set,
+                        beginning_of_pass_write_index: Some(*index),
+                        end_of_pass_write_index: Some(*index + 1),
+                    }
+                }),
             });
             pass.set_pipeline(&compiled.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
@@ -637,6 +672,8 @@ impl Gpu {
             belt.finish();
             self.queue.submit(Some(encoder.finish()));
             belt.recall();
+            self.submits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         lock(&self.pool).after_submit(released);
         drop(guard);
@@ -711,6 +748,104 @@ impl Gpu {
         Ok(Some(
             ticks[1].saturating_sub(ticks[0]) as f64 * period_ns * 1e-9,
         ))
+    }
+
+    /// Submits so far on this device.
+    pub fn submits(&self) -> u64 {
+        self.submits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Labels the dispatches recorded from now on with `stage` in a profile
+    /// (e.g. "static graph"); costs one uncontended lock, profile or not.
+    pub fn set_stage(&self, stage: &'static str) {
+        *lock(&self.stage) = stage;
+    }
+
+    /// The stage label dispatches get now.
+    pub fn stage(&self) -> &'static str {
+        *lock(&self.stage)
+    }
+
+    /// Opens a profile: every dispatch from now until [`Gpu::finish_profile`]
+    /// is timed on the GPU. An error when the adapter has no timestamp
+    /// queries. Flushes first, so earlier work is not in the profile.
+    pub fn start_profile(&self) -> Result<()> {
+        if !self.report.timestamp_queries {
+            return Err(GpuError::MissingCapability {
+                adapter: self.adapter_name().to_string(),
+                what: "timestamp queries (TIMESTAMP_QUERY), which a profile needs".into(),
+            });
+        }
+        self.flush()?;
+        *lock(&self.profiler) = Some(Profiler::new());
+        self.profiling
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Closes the profile: submits, waits, and returns every profiled
+    /// dispatch in recording order with its GPU begin and end (seconds from
+    /// the first one's beginning).
+    pub fn finish_profile(&self) -> Result<Vec<DispatchTime>> {
+        self.profiling
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let Some(profiler) = lock(&self.profiler).take() else {
+            return Ok(Vec::new());
+        };
+        let per_set = (profile::QUERIES_PER_SET / 2) as usize;
+        let mut staging = Vec::new();
+        {
+            let mut guard = lock(&self.encoder);
+            let encoder = self.pending_encoder(&mut guard);
+            for (j, set) in profiler.sets.iter().enumerate() {
+                let used = (profiler.labels.len() - j * per_set).min(per_set) as u32 * 2;
+                let bytes = used as u64 * 8;
+                let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("profile timestamps"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                let read = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("profile readback"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                encoder.resolve_query_set(set, 0..used, &resolved, 0);
+                encoder.copy_buffer_to_buffer(&resolved, 0, &read, 0, bytes);
+                staging.push(read);
+            }
+        }
+        self.flush()?;
+        for read in &staging {
+            read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+        }
+        self.wait()?;
+        let mut ticks: Vec<u64> = Vec::with_capacity(profiler.labels.len() * 2);
+        for read in &staging {
+            let view = read
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| GpuError::Readback(e.to_string()))?;
+            ticks.extend_from_slice(bytemuck::cast_slice::<u8, u64>(&view));
+            drop(view);
+            read.unmap();
+        }
+        let period_s = self.queue.get_timestamp_period() as f64 * 1e-9;
+        let origin = ticks.first().copied().unwrap_or(0);
+        let at = |tick: u64| tick.saturating_sub(origin) as f64 * period_s;
+        Ok(profiler
+            .labels
+            .into_iter()
+            .enumerate()
+            .map(|(i, (kernel, stage))| DispatchTime {
+                kernel,
+                stage,
+                begin_s: at(ticks[2 * i]),
+                end_s: at(ticks[2 * i + 1]),
+            })
+            .collect())
     }
 
     /// Waits until the device is idle.

@@ -101,6 +101,7 @@ impl Model {
     /// `H ← ReLU(Â_t H W + b)`. `adj` is [B, W, N, N] with frame t using
     /// window min(t / stride, W − 1); `xt` is X as [B, T, N].
     fn gcn(&self, tape: &mut Tape, gcn: &Gcn, adj: Var, xt: Var, stride: usize) -> Result<Var> {
+        tape.gpu.set_stage("GCNs");
         let (b, t, n) = (tape.shape(xt)[0], tape.shape(xt)[1], tape.shape(xt)[2]);
         let x1 = tape.reshape(xt, &[b, t, n, 1])?;
         let mut h = self.linear(tape, &gcn.lift, x1)?;
@@ -178,6 +179,8 @@ impl Model {
         let (b, n, t) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let m = &self.cfg;
         let (f, dw) = (m.node_channels, m.width);
+        // Stage labels name the dispatches in a profile (`train::profile`).
+        gpu.set_stage("static graph");
         let xv = tape.input(x.clone());
         let xt = tape.transpose(xv)?; // [B, T, N]
 
@@ -186,6 +189,7 @@ impl Model {
         let z_s = self.gcn(tape, static_gcn, a_static, xt, t.max(1))?;
 
         // Dynamic branch: per-window adaptive adjacency softmax(ReLU(E Eᵀ)/√d).
+        gpu.set_stage("dynamic graph");
         let (l, s, e) = (m.window, m.stride, m.embed_dim);
         let w = window::window_count(t, l, s)?;
         let xw = tape.input(window::unfold(gpu, x, l, s)?); // [B, W, N, L]
@@ -202,6 +206,7 @@ impl Model {
         let z_d = self.gcn(tape, &dynamic.gcn, a_dyn, xt, s)?;
 
         // Fusion (eq. 1): β = softmax(−α), Z = β₀Z_s + β₁Z_d.
+        gpu.set_stage("fusion");
         let alpha = self.param(tape, *fusion_alpha);
         let alpha = tape.reshape(alpha, &[1, 2])?;
         let beta = tape.softmax(alpha, -1.0)?;
@@ -214,6 +219,7 @@ impl Model {
         let z_sp = tape.transpose(z_sp)?; // [B, D, T]
 
         // Continuous brain-state calibration (eq. 2).
+        gpu.set_stage("calibration");
         let gram = tape.matmul(z_sp, z_sp, Spec::TN)?; // [B, T, T]
         let ccm = tape.softmax(gram, 1.0 / (dw as f32).sqrt())?;
         let store = self.store();
@@ -238,6 +244,7 @@ impl Model {
         };
 
         // Progressive temporal aggregation.
+        gpu.set_stage("aggregation");
         let h = tape.transpose(z_temporal)?; // [B, T, D]
         let (z_st, frame_weights, segment_weights) = self.aggregate(tape, agg, h, valid)?;
         Ok(Encoded {
@@ -494,6 +501,7 @@ impl Model {
         let e0 = self.encode(tape, x, valid)?;
         let es = self.encode(tape, x_s, valid)?;
         let et = self.encode(tape, x_t, valid)?;
+        tape.gpu.set_stage("loss");
         match fgco {
             Fgco::Global => {
                 let p0 = self.project(tape, e0.z_st)?;
@@ -547,6 +555,7 @@ impl Model {
         labels: &Tensor,
     ) -> Result<(Var, Var)> {
         let enc = self.encode(tape, x, valid)?;
+        tape.gpu.set_stage("loss");
         let logits = self.head(tape, enc.z_st)?;
         let y = tape.input(labels.clone());
         Ok((tape.cross_entropy(logits, y)?, logits))

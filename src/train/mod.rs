@@ -5,6 +5,7 @@
 //!
 //! - `schedule`: learning rate as a pure function of the step (warm-up, cosine)
 //! - `protocol`: which scans each phase sees, cross-validation, a run's plots
+//! - `profile`: where one step's time goes, by stage and kernel family (`stptf profile`)
 //! - `step`: one training step (views, forward, loss, backward, AdamW), recorded once
 //! - `trainer`: the epoch loop of one phase, and K-crop scoring
 //! - `metrics`: accuracy, ROC AUC, recall, ROC curves, mean (std) over folds
@@ -22,6 +23,7 @@ pub mod checkpoint;
 pub mod fault;
 pub mod metrics;
 pub mod plots;
+pub mod profile;
 pub mod protocol;
 pub mod resume;
 pub mod rundir;

@@ -53,6 +53,8 @@ pub fn record_pretrain_step(
     opt: &mut AdamWState,
     lr: f32,
 ) -> Result<Tensor> {
+    // Stage labels name the dispatches in a profile (`train::profile`).
+    gpu.set_stage("views");
     let views = make_views(gpu, x, valid, &objective.augment, objective.seed, step)?;
     // Zeroing is recorded after the views and before the forward; the
     // backward accumulates into the gradients, so it must come first.
@@ -67,7 +69,9 @@ pub fn record_pretrain_step(
         objective.fgco,
         objective.lambda_offdiag,
     )?;
+    gpu.set_stage("backward");
     tape.backward(loss, &model.params.store)?;
+    gpu.set_stage("optimizer");
     opt.update(gpu, &model.params.store, lr)?;
     Ok(tape.value(loss).clone())
 }
@@ -90,7 +94,9 @@ pub fn record_finetune_step(
     model.params.store.zero_grads(gpu)?;
     let mut tape = Tape::new(gpu);
     let (loss, _logits) = model.finetune_loss(&mut tape, x, valid, labels)?;
+    gpu.set_stage("backward");
     tape.backward(loss, &model.params.store)?;
+    gpu.set_stage("optimizer");
     if freeze_encoder {
         opt.update_where(gpu, &model.params.store, lr, |name| {
             name.starts_with("head.")
