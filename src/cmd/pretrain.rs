@@ -72,6 +72,7 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
         quiet: c.quiet,
         run: Some(run.clone()),
         stop_after_epochs: args.stop_after_epochs,
+        validation: Vec::new(),
     };
     let report = train_phase(
         &gpu,
