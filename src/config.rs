@@ -122,7 +122,7 @@ pub enum Norm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Residual {
-    /// Z_temporal = conv_out(O) + Z_spatial (DESIGN.md's call).
+    /// Z_temporal = conv_out(O) + Z_spatial (docs/design.md's call).
     #[default]
     Spatial,
     /// The paper's literal "+ X" (needs a projection of the input).
@@ -508,6 +508,14 @@ impl Config {
             self.pretrain.batch.to_string(),
             "an integer >= 2 (the cross-correlation is standardized over the batch; \
              a batch of one has no variance)",
+        )?;
+        // FGCO `fine` compares region embeddings, which the LSTM encoder does
+        // not produce: refuse the pair when the config loads, not mid-step.
+        check(
+            !(self.pretrain.fgco == Fgco::Fine && m.encoder == Encoder::Lstm),
+            "pretrain.fgco",
+            "\"fine\"".to_string(),
+            "\"global\" with model.encoder = \"lstm\" (the LSTM has no region embeddings)",
         )?;
         check(
             m.window <= m.crop,
@@ -909,5 +917,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("model.window") && e.contains("200"), "{e}");
+    }
+
+    #[test]
+    fn fgco_fine_with_the_lstm_encoder_is_refused_at_load() {
+        let mut c = Config::default();
+        c.apply_override("model.encoder", "lstm").unwrap();
+        c.apply_override("pretrain.fgco", "fine").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("pretrain.fgco") && e.contains("lstm"), "{e}");
+        c.apply_override("pretrain.fgco", "global").unwrap();
+        c.validate().unwrap();
     }
 }

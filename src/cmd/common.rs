@@ -44,11 +44,16 @@ pub struct CommonArgs {
 
 /// The resolved config, with overrides applied and validated.
 pub fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
-    let mut cfg = match &args.config {
+    let cfg = match &args.config {
         // ConfigError names the file already; a context would repeat it.
         Some(path) => Config::from_file(path)?,
         None => Config::from_toml_str(QUICK_CONFIG, Path::new("assets/synthetic_quick.toml"))?,
     };
+    apply_overrides(cfg, args)
+}
+
+/// `cfg` with `--set`, `--seed` and `--dataset` applied, validated.
+pub fn apply_overrides(mut cfg: Config, args: &CommonArgs) -> anyhow::Result<Config> {
     for assignment in &args.set {
         cfg.apply_assignment(assignment)?;
     }

@@ -13,9 +13,9 @@ use stptf::train::protocol::{
     write_loss_plot, write_region_importance,
 };
 use stptf::train::rundir::RunDir;
-use stptf::train::trainer::{host_tensors, train_phase, Phase, RunOptions};
+use stptf::train::trainer::{train_phase, Phase, RunOptions};
 
-use super::common::{checkpoint_dir, default_out, load_config, open_gpu, print_report, CommonArgs};
+use super::common::{default_out, load_config, open_gpu, print_report, CommonArgs};
 
 #[derive(Args)]
 pub struct FinetuneArgs {
@@ -36,21 +36,19 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
     let gpu = open_gpu(c.quiet)?;
     let model = match &args.from {
         Some(from) => {
-            let dir = checkpoint_dir(from, "pretrain");
-            let ckpt = checkpoint::load(&dir)
-                .with_context(|| format!("loading the pretrained checkpoint {}", dir.display()))?;
-            Model::from_host(
-                &gpu,
-                cfg.model.clone(),
-                data_dims(&dataset),
-                &host_tensors(&ckpt),
-            )
-            .with_context(|| {
+            let ckpt = checkpoint::load_for_phase(from, "pretrain").with_context(|| {
                 format!(
-                    "the checkpoint {} does not fit this config and dataset",
-                    dir.display()
+                    "loading the pretrained checkpoint --from {}",
+                    from.display()
                 )
-            })?
+            })?;
+            Model::from_host(&gpu, cfg.model.clone(), data_dims(&dataset), &ckpt.weights)
+                .with_context(|| {
+                    format!(
+                        "the checkpoint {} does not fit this config and dataset",
+                        from.display()
+                    )
+                })?
         }
         None => Model::new(&gpu, cfg.model.clone(), data_dims(&dataset), cfg.seed)?,
     };

@@ -14,7 +14,7 @@ use stptf::data::Dataset;
 use stptf::model::Model;
 use stptf::train::checkpoint::{self, Checkpoint};
 use stptf::train::protocol::{data_dims, read_dataset_description};
-use stptf::train::trainer::{host_tensors, score_scans};
+use stptf::train::trainer::score_scans;
 
 use super::common::{checkpoint_dir, open_gpu};
 
@@ -146,20 +146,15 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
         )
     })?);
     let gpu = open_gpu(true)?;
-    let model = Model::from_host(
-        &gpu,
-        cfg.model.clone(),
-        data_dims(&dataset),
-        &host_tensors(&ckpt),
-    )
-    .with_context(|| {
-        format!(
-            "the model in {} does not fit this dataset ({} regions, {} classes)",
-            dir.display(),
-            dataset.n_regions,
-            dataset.num_classes()
-        )
-    })?;
+    let model = Model::from_host(&gpu, cfg.model.clone(), data_dims(&dataset), &ckpt.weights)
+        .with_context(|| {
+            format!(
+                "the model in {} does not fit this dataset ({} regions, {} classes)",
+                dir.display(),
+                dataset.n_regions,
+                dataset.num_classes()
+            )
+        })?;
     let scans: Vec<usize> = (0..dataset.scans.len()).collect();
     let probs = score_scans(&gpu, &model, &dataset, &scans, &cfg)?;
     let mut csv = String::from("id,predicted");

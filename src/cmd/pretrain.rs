@@ -2,26 +2,32 @@
 //! `data.pretrain_sites` scans, with `--resume` of an interrupted run.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 
+use stptf::config::Config;
+use stptf::data::Dataset;
 use stptf::model::Model;
-use stptf::train::checkpoint;
 use stptf::train::protocol::{
     check_phase_trains, data_dims, load_dataset, pretrain_scans, write_loss_plot,
 };
 use stptf::train::rundir::RunDir;
-use stptf::train::trainer::{host_tensors, train_phase, Phase, RunOptions};
+use stptf::train::trainer::{train_phase, Phase, RunOptions};
+use stptf::train::{checkpoint, resume};
 
-use super::common::{default_out, load_config, open_gpu, print_report, CommonArgs};
+use super::common::{
+    apply_overrides, default_out, load_config, open_gpu, print_report, CommonArgs,
+};
 
 #[derive(Args)]
 pub struct PretrainArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Continue an interrupted run from its directory's last checkpoint.
-    #[arg(long)]
+    /// Continue an interrupted run from its directory's last checkpoint, with
+    /// the config and data it started with (any difference is refused).
+    #[arg(long, conflicts_with = "out")]
     pub resume: Option<PathBuf>,
     /// Stop after this many epochs, at least 1 (the checkpoint allows `--resume` later).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -30,43 +36,59 @@ pub struct PretrainArgs {
 
 pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
     let c = &args.common;
-    let (cfg, resumed) = match &args.resume {
-        Some(dir) => {
-            let run = RunDir::open(dir)?;
-            let ckpt = checkpoint::load(&run.file("checkpoint-pretrain")).with_context(|| {
-                format!("no pretraining checkpoint to resume in {}", dir.display())
-            })?;
-            (ckpt.meta.config.clone(), Some((run, ckpt)))
+    let Some(dir) = &args.resume else {
+        let cfg = load_config(c)?;
+        // Everything that can be refused is checked before a run directory is created.
+        check_phase_trains(&cfg, Phase::Pretrain)?;
+        let dataset = load_dataset(&cfg, c.data.as_deref(), c.quiet)?;
+        let scans = pretrain_scans(&dataset, &cfg)?;
+        let out = c.out.clone().unwrap_or_else(|| default_out("pretrain"));
+        let run = RunDir::create(&out)?;
+        let result = run
+            .write_config(&cfg)
+            .map_err(anyhow::Error::from)
+            .and_then(|_| train(args, &run, &cfg, &dataset, &scans, None));
+        // A run that failed before its first step leaves nothing behind, so
+        // the same --out can be used again.
+        if result.is_err() && run.remove_if_unstarted() {
+            log::debug!("removed the unstarted run directory {}", out.display());
         }
-        None => (load_config(c)?, None),
+        return result;
     };
-    // Everything that can be refused is checked before a run directory is created.
+    let context = || format!("cannot resume {}", dir.display());
+    let ckpt = checkpoint::load_for_phase(dir, "pretrain").with_context(context)?;
+    let run = RunDir::open(dir)?;
+    // The config the run started with, or the one --config names; either
+    // way with --set, --seed and --dataset applied. `resume::check` refuses
+    // any difference from the checkpoint's.
+    let cfg = match &c.config {
+        Some(_) => load_config(c)?,
+        None => apply_overrides(
+            resume::recorded_config(&run, &ckpt).with_context(context)?,
+            c,
+        )?,
+    };
     check_phase_trains(&cfg, Phase::Pretrain)?;
     let dataset = load_dataset(&cfg, c.data.as_deref(), c.quiet)?;
+    resume::check(run.path(), &ckpt, &cfg, &dataset)?;
     let scans = pretrain_scans(&dataset, &cfg)?;
-    let (run, resume) = match resumed {
-        Some((run, ckpt)) => (run, Some(ckpt)),
-        None => {
-            let out = c.out.clone().unwrap_or_else(|| default_out("pretrain"));
-            let run = RunDir::create(&out)?;
-            run.write_config(&cfg)?;
-            (run, None)
-        }
-    };
+    train(args, &run, &cfg, &dataset, &scans, Some(&ckpt))
+}
+
+fn train(
+    args: &PretrainArgs,
+    run: &RunDir,
+    cfg: &Config,
+    dataset: &Arc<Dataset>,
+    scans: &[usize],
+    resumed: Option<&checkpoint::Checkpoint>,
+) -> anyhow::Result<()> {
+    let c = &args.common;
     let gpu = open_gpu(c.quiet)?;
-    let model = match &resume {
-        Some(ckpt) => {
-            if ckpt.meta.data_fingerprint != checkpoint::data_fingerprint(&dataset) {
-                bail!("the checkpoint in {} was trained on different data (fingerprint mismatch); resume with the same dataset", run.path().display());
-            }
-            Model::from_host(
-                &gpu,
-                cfg.model.clone(),
-                data_dims(&dataset),
-                &host_tensors(ckpt),
-            )?
-        }
-        None => Model::new(&gpu, cfg.model.clone(), data_dims(&dataset), cfg.seed)?,
+    let model = match resumed {
+        Some(ckpt) => Model::from_host(&gpu, cfg.model.clone(), data_dims(dataset), &ckpt.weights)
+            .with_context(|| format!("cannot resume {}", run.path().display()))?,
+        None => Model::new(&gpu, cfg.model.clone(), data_dims(dataset), cfg.seed)?,
     };
     let opts = RunOptions {
         quiet: c.quiet,
@@ -77,14 +99,14 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
     let report = train_phase(
         &gpu,
         &model,
-        &dataset,
-        &scans,
-        &cfg,
+        dataset,
+        scans,
+        cfg,
         Phase::Pretrain,
-        resume.as_ref(),
+        resumed,
         &opts,
     )?;
-    write_loss_plot(&run, &report)?;
+    write_loss_plot(run, &report)?;
     run.write_summary(&report)?;
     print_report(&report, c.quiet);
     let checkpoint = run.file("checkpoint-pretrain");

@@ -83,6 +83,10 @@ pub enum GpuError {
     Readback(String),
     #[error("shape mismatch in {op}: {message}")]
     Shape { op: &'static str, message: String },
+    /// A model asked for a parameter the store does not hold (a misspelt or
+    /// missing name): raised when the typed layers are built, before any step.
+    #[error("the model has no parameter `{name}`")]
+    UnknownParameter { name: String },
     /// A launch that cannot be planned within one storage binding.
     #[error(
         "{op}: {what} is {bytes} bytes, over the {limit}-byte storage binding limit ({reason})"
@@ -986,6 +990,22 @@ mod ordering {
         assert_eq!(kinds(&trace), ["dispatch"; 4], "{trace:?}");
         assert!(gpu.read(&z).unwrap().iter().all(|&v| v == 0.0));
         assert!(gpu.read(&f).unwrap().iter().all(|&v| v == -3.5));
+    }
+
+    /// `empty` returns no Result, so a poison fill it cannot record (here: a
+    /// binding limit below one alignment unit, which no fill can be planned
+    /// in) is reported by the next flush instead of being dropped.
+    #[test]
+    fn a_failed_poison_fill_is_reported_at_the_next_flush() {
+        let gpu = gpu_with_binding_limit(128); // 32 values; the alignment is 64
+        let t = gpu.empty(&[100]);
+        assert_eq!(t.shape(), [100]);
+        let e = gpu.flush().unwrap_err().to_string();
+        assert!(
+            e.contains("poisoning a new tensor") && e.contains("128-byte"),
+            "{e}"
+        );
+        gpu.flush().expect("the error is reported once");
     }
 
     /// A trace holds only its own thread's commands.

@@ -18,7 +18,7 @@ use crate::ops::matmul::Spec;
 use crate::ops::{graph_conv, partial_correlation, segment_pool, window};
 
 pub use augment::{make_views, Views};
-pub use params::{DataDims, HostTensor, Params};
+pub use params::{DataDims, HostTensor, Params, ParamsError};
 
 use layers::{Aggregation, EncoderLayers, Gcn, Layers, Linear, Readout, WeightBias};
 
@@ -70,9 +70,9 @@ impl Model {
         cfg: ModelConfig,
         dims: DataDims,
         tensors: &[HostTensor],
-    ) -> Result<Self> {
+    ) -> std::result::Result<Self, ParamsError> {
         let params = Params::from_host(gpu, &cfg, dims, tensors)?;
-        Self::with_params(cfg, dims, params)
+        Ok(Self::with_params(cfg, dims, params)?)
     }
 
     fn with_params(cfg: ModelConfig, dims: DataDims, params: Params) -> Result<Self> {

@@ -1,8 +1,12 @@
 //! The model's parameters: names, shapes and initialization (docs/model.md),
 //! and conversion to and from named host tensors (safetensors).
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
 use crate::autograd::{ParamId, ParamStore};
 use crate::config::{Encoder, ModelConfig, Norm};
@@ -202,7 +206,9 @@ fn ablation_layout(m: &ModelConfig, d: DataDims) -> Vec<(String, Vec<usize>, Ini
     v
 }
 
-/// A host copy of one named tensor.
+/// A host copy of one named f32 tensor, row-major: the one host-side
+/// weights type (parameters, gradients, AdamW moments, checkpoint files,
+/// parity fixtures).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
     pub name: String,
@@ -210,10 +216,166 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
+impl HostTensor {
+    /// A tensor whose data length matches its shape.
+    pub fn new(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    ) -> std::result::Result<Self, TensorFileError> {
+        let name = name.into();
+        let expected: usize = shape.iter().product();
+        if expected != data.len() {
+            return Err(TensorFileError::Shape {
+                name,
+                shape,
+                expected,
+                found: data.len(),
+            });
+        }
+        Ok(HostTensor { name, shape, data })
+    }
+}
+
+/// Why a set of host tensors could not be encoded or decoded as safetensors.
+/// Each variant's message stands alone; the underlying error, where there is
+/// one, is the `source` (printed once by the caller's error chain).
+#[derive(Debug, thiserror::Error)]
+pub enum TensorFileError {
+    #[error("{path}: cannot read")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file (truncated or corrupt?)")]
+    Corrupt {
+        path: String,
+        #[source]
+        source: SafeTensorError,
+    },
+    #[error("{path}: tensor \"{name}\" is {dtype}; only F32 tensors are read")]
+    Dtype {
+        path: String,
+        name: String,
+        dtype: String,
+    },
+    #[error("tensor \"{name}\": shape {shape:?} holds {expected} values but {found} were given")]
+    Shape {
+        name: String,
+        shape: Vec<usize>,
+        expected: usize,
+        found: usize,
+    },
+    #[error("tensor \"{name}\" appears twice")]
+    Duplicate { name: String },
+    #[error("tensor \"{name}\" cannot be encoded as safetensors")]
+    Encode {
+        name: String,
+        #[source]
+        source: SafeTensorError,
+    },
+}
+
+/// Free-form string metadata of a safetensors file (`__metadata__`).
+pub type TensorFileMetadata = HashMap<String, String>;
+
+/// Encodes f32 tensors as safetensors (readable by PyTorch and numpy). The
+/// file lists tensors by name, so the bytes do not depend on their order.
+pub fn encode_safetensors(
+    tensors: &[HostTensor],
+    metadata: Option<TensorFileMetadata>,
+) -> std::result::Result<Vec<u8>, TensorFileError> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let mut views = BTreeMap::new();
+    for (t, data) in tensors.iter().zip(&bytes) {
+        let view = TensorView::new(Dtype::F32, t.shape.clone(), data).map_err(|source| {
+            TensorFileError::Encode {
+                name: t.name.clone(),
+                source,
+            }
+        })?;
+        if views.insert(t.name.clone(), view).is_some() {
+            return Err(TensorFileError::Duplicate {
+                name: t.name.clone(),
+            });
+        }
+    }
+    safetensors::serialize(views, metadata).map_err(|source| TensorFileError::Encode {
+        name: tensors.first().map(|t| t.name.clone()).unwrap_or_default(),
+        source,
+    })
+}
+
+/// Decodes the safetensors bytes read from `path` (named in errors): the
+/// tensors sorted by name, and the file's metadata.
+pub fn decode_safetensors(
+    path: &Path,
+    bytes: &[u8],
+) -> std::result::Result<(Vec<HostTensor>, TensorFileMetadata), TensorFileError> {
+    let shown = || path.display().to_string();
+    let corrupt = |source| TensorFileError::Corrupt {
+        path: shown(),
+        source,
+    };
+    let file = SafeTensors::deserialize(bytes).map_err(corrupt)?;
+    let mut names: Vec<&str> = file.names();
+    names.sort_unstable();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let view = file.tensor(name).map_err(corrupt)?;
+        if view.dtype() != Dtype::F32 {
+            return Err(TensorFileError::Dtype {
+                path: shown(),
+                name: name.to_string(),
+                dtype: view.dtype().to_string(),
+            });
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        tensors.push(HostTensor::new(name, view.shape().to_vec(), data)?);
+    }
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    Ok((tensors, metadata))
+}
+
+/// Reads a safetensors file of f32 tensors, sorted by name.
+pub fn read_safetensors(path: &Path) -> std::result::Result<Vec<HostTensor>, TensorFileError> {
+    let bytes = std::fs::read(path).map_err(|source| TensorFileError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(decode_safetensors(path, &bytes)?.0)
+}
+
+/// Why host tensors do not fit the parameters a config expects.
+#[derive(Debug, thiserror::Error)]
+pub enum ParamsError {
+    #[error("the weights have no tensor `{name}` (the model needs it, shape {shape:?})")]
+    Missing { name: String, shape: Vec<usize> },
+    #[error("parameter `{name}` has shape {found:?}; the config expects {expected:?}")]
+    WrongShape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("unexpected parameter `{name}` (weights of a different model configuration?)")]
+    Unexpected { name: String },
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+}
+
 /// The model's parameters on the GPU, addressable by name.
 pub struct Params {
     pub store: ParamStore,
-    names: std::collections::HashMap<String, ParamId>,
+    names: HashMap<String, ParamId>,
 }
 
 impl Params {
@@ -242,7 +404,7 @@ impl Params {
                 HostTensor { name, shape, data }
             })
             .collect::<Vec<_>>();
-        Self::from_host(gpu, m, d, &tensors)
+        Self::upload(gpu, &tensors)
     }
 
     /// Loads parameters from host tensors, checking that every expected name
@@ -252,38 +414,40 @@ impl Params {
         m: &ModelConfig,
         d: DataDims,
         tensors: &[HostTensor],
-    ) -> Result<Self> {
+    ) -> std::result::Result<Self, ParamsError> {
         let expected = layout(m, d);
-        let mut store = ParamStore::default();
-        let mut names = std::collections::HashMap::new();
-        for (name, shape, _) in &expected {
-            let t = tensors
-                .iter()
-                .find(|t| &t.name == name)
-                .ok_or_else(|| GpuError::Shape {
-                    op: "load parameters",
-                    message: format!("parameter `{name}` {shape:?} is missing"),
-                })?;
-            if &t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
-                return Err(GpuError::Shape {
-                    op: "load parameters",
-                    message: format!(
-                        "parameter `{name}` has shape {:?}, the config expects {shape:?}",
-                        t.shape
-                    ),
+        let mut ordered = Vec::with_capacity(expected.len());
+        for (name, shape, _) in expected {
+            let Some(t) = tensors.iter().find(|t| t.name == name) else {
+                return Err(ParamsError::Missing { name, shape });
+            };
+            if t.shape != shape || t.data.len() != shape.iter().product::<usize>() {
+                return Err(ParamsError::WrongShape {
+                    name,
+                    found: t.shape.clone(),
+                    expected: shape,
                 });
             }
-            let id = store.add(gpu, name, &t.data, shape)?;
-            names.insert(name.clone(), id);
+            ordered.push(t.clone());
         }
-        if let Some(extra) = tensors.iter().find(|t| !names.contains_key(&t.name)) {
-            return Err(GpuError::Shape {
-                op: "load parameters",
-                message: format!(
-                    "unexpected parameter `{}` (a checkpoint of a different model configuration?)",
-                    extra.name
-                ),
+        if let Some(extra) = tensors
+            .iter()
+            .find(|t| !ordered.iter().any(|o| o.name == t.name))
+        {
+            return Err(ParamsError::Unexpected {
+                name: extra.name.clone(),
             });
+        }
+        Ok(Self::upload(gpu, &ordered)?)
+    }
+
+    /// Uploads tensors already in layout order.
+    fn upload(gpu: &Gpu, tensors: &[HostTensor]) -> Result<Self> {
+        let mut store = ParamStore::default();
+        let mut names = HashMap::new();
+        for t in tensors {
+            let id = store.add(gpu, &t.name, &t.data, &t.shape)?;
+            names.insert(t.name.clone(), id);
         }
         Ok(Self { store, names })
     }
@@ -292,9 +456,8 @@ impl Params {
         self.names
             .get(name)
             .copied()
-            .ok_or_else(|| GpuError::Shape {
-                op: "parameter lookup",
-                message: format!("no parameter `{name}`"),
+            .ok_or_else(|| GpuError::UnknownParameter {
+                name: name.to_string(),
             })
     }
 
@@ -327,51 +490,4 @@ impl Params {
             })
             .collect()
     }
-}
-
-/// Reads a safetensors file of f32 tensors.
-pub fn read_safetensors(path: &std::path::Path) -> std::result::Result<Vec<HostTensor>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| format!("{}: not a safetensors file ({e})", path.display()))?;
-    let mut out = Vec::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::Dtype::F32 {
-            return Err(format!(
-                "{}: tensor `{name}` is {:?}, expected F32",
-                path.display(),
-                view.dtype()
-            ));
-        }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        out.push(HostTensor {
-            name,
-            shape: view.shape().to_vec(),
-            data,
-        });
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-/// Writes f32 tensors as safetensors (readable by PyTorch and numpy).
-pub fn safetensors_bytes(tensors: &[HostTensor]) -> std::result::Result<Vec<u8>, String> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|(t, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), b)
-                .map(|v| (t.name.clone(), v))
-                .map_err(|e| format!("tensor `{}`: {e}", t.name))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    safetensors::serialize(views, None).map_err(|e| e.to_string())
 }

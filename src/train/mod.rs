@@ -9,17 +9,21 @@
 //! - `trainer`: the epoch loop of one phase, and K-crop scoring
 //! - `metrics`: accuracy, ROC AUC, recall, ROC curves, mean (std) over folds
 //! - `checkpoint`: weights + AdamW state + metadata, saved crash-safely
+//! - `resume`: refuses a resume whose config or data differ, naming what
 //! - `rundir`: a run's resolved config, metrics log, summary, per-fold folders
 //! - `plots`: dependency-free SVG loss curves, ROC curves, region bar charts
 //! - `baseline`: FC features + L2 logistic regression, the honest floor
 //! - `atomic`: write-to-temp, fsync, rename
+//! - `fault`: fault injection for the crash-safety tests (`STPTF_FAULT`)
 
 pub mod atomic;
 pub mod baseline;
 pub mod checkpoint;
+pub mod fault;
 pub mod metrics;
 pub mod plots;
 pub mod protocol;
+pub mod resume;
 pub mod rundir;
 pub mod schedule;
 pub mod step;

@@ -11,7 +11,7 @@
 //! flushed line by line, so a killed run keeps every line it logged.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigError};
 
 #[derive(Debug, Error)]
 pub enum RunDirError {
-    #[error("{path}: {action}: {source}")]
+    #[error("{path}: {action}")]
     Io {
         path: String,
         action: &'static str,
@@ -33,7 +33,7 @@ pub enum RunDirError {
     #[error("{path}: already exists and is not empty; choose another --out or remove it")]
     NotEmpty { path: String },
 
-    #[error("{path}: line {line}: not a metrics record: {source}")]
+    #[error("{path}: line {line}: not a metrics record")]
     BadRecord {
         path: String,
         line: usize,
@@ -41,7 +41,7 @@ pub enum RunDirError {
         source: serde_json::Error,
     },
 
-    #[error("cannot encode {what} as JSON: {source}")]
+    #[error("cannot encode {what} as JSON")]
     Encode {
         what: &'static str,
         #[source]
@@ -87,13 +87,21 @@ pub struct MetricsRecord {
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,
+    /// Whether `create` made the folder itself (so `remove_if_unstarted`
+    /// may remove it).
+    created: bool,
 }
+
+/// Files a run writes before its first training step: nothing of value
+/// (`config.toml` restates the resolved config; the metrics log is empty).
+const SETUP_FILES: [&str; 2] = ["config.toml", "metrics.jsonl"];
 
 impl RunDir {
     /// Creates a new run directory; refuses one that exists and holds files,
     /// so a run never mixes its output with another's.
     pub fn create(root: &Path) -> Result<Self> {
-        if root.exists() {
+        let existed = root.exists();
+        if existed {
             let mut entries = fs::read_dir(root).map_err(io(root, "cannot list"))?;
             if entries.next().is_some() {
                 return Err(RunDirError::NotEmpty {
@@ -104,15 +112,81 @@ impl RunDir {
         fs::create_dir_all(root).map_err(io(root, "cannot create"))?;
         Ok(RunDir {
             root: root.to_path_buf(),
+            created: !existed,
         })
     }
 
     /// Opens (or creates) a run directory to add to, e.g. when resuming.
+    /// Removes the temporary files of atomic writes a killed run left in it
+    /// (`.NAME.tmp-PID`; never read, see `atomic::write`).
     pub fn open(root: &Path) -> Result<Self> {
         fs::create_dir_all(root).map_err(io(root, "cannot create"))?;
+        for entry in fs::read_dir(root)
+            .map_err(io(root, "cannot list"))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = name.starts_with('.')
+                && name.contains(".tmp-")
+                && entry.file_type().is_ok_and(|t| t.is_file());
+            if stale {
+                let path = entry.path();
+                fs::remove_file(&path)
+                    .map_err(io(&path, "cannot remove a stale temporary file"))?;
+            }
+        }
         Ok(RunDir {
             root: root.to_path_buf(),
+            created: false,
         })
+    }
+
+    /// After a run created by `create` failed: if it never got as far as a
+    /// training step (only `config.toml` and empty metrics logs, here or in
+    /// fold folders), removes those and the folders, so the same `--out`
+    /// can be used again. A run that trained keeps everything (its metrics
+    /// and checkpoints tell what happened). Returns whether it removed.
+    pub fn remove_if_unstarted(&self) -> bool {
+        fn unstarted(dir: &Path, files: &mut Vec<PathBuf>, dirs: &mut Vec<PathBuf>) -> bool {
+            let Ok(entries) = fs::read_dir(dir) else {
+                return false;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Ok(meta) = fs::symlink_metadata(&path) else {
+                    return false;
+                };
+                let setup = SETUP_FILES.contains(&name.as_str())
+                    && meta.is_file()
+                    && (name != "metrics.jsonl" || meta.len() == 0);
+                if setup {
+                    files.push(path);
+                } else if meta.is_dir() && name.starts_with("fold-") {
+                    if !unstarted(&path, files, dirs) {
+                        return false;
+                    }
+                    dirs.push(path);
+                } else {
+                    return false;
+                }
+            }
+            true
+        }
+        let (mut files, mut dirs) = (Vec::new(), Vec::new());
+        if !unstarted(&self.root, &mut files, &mut dirs) {
+            return false;
+        }
+        for f in &files {
+            let _ = fs::remove_file(f);
+        }
+        for d in &dirs {
+            let _ = fs::remove_dir(d);
+        }
+        if self.created {
+            let _ = fs::remove_dir(&self.root);
+        }
+        true
     }
 
     pub fn path(&self) -> &Path {
@@ -210,33 +284,65 @@ impl MetricsLog {
     }
 }
 
-/// Reads `metrics.jsonl` back (for plots). A torn last line (a kill mid-write)
-/// is skipped; a bad line elsewhere is an error naming it.
-pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>> {
-    let file = File::open(path).map_err(io(path, "cannot open"))?;
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<std::io::Result<_>>()
-        .map_err(io(path, "cannot read"))?;
-    let mut records = Vec::with_capacity(lines.len());
-    let last = lines.len();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+/// Prepares `metrics.jsonl` for resuming `phase` from a checkpoint taken
+/// after `step` steps: drops the rows of `phase` at or past `step` (logged
+/// after the checkpoint by the run that was stopped, and logged again by the
+/// resumed one) and a torn last line, rewriting the file atomically when it
+/// drops anything. Returns the kept rows of `phase`, in order; a missing log
+/// is an empty one.
+pub fn rewind_metrics(path: &Path, phase: &str, step: u64) -> Result<Vec<MetricsRecord>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(path, "cannot read")(e)),
+    };
+    let records = parse_metrics(path, &text)?;
+    let mut kept_text = String::with_capacity(text.len());
+    let mut kept = Vec::new();
+    for (line, record) in text.lines().zip(records) {
+        let Some(record) = record else { continue };
+        if record.phase == phase {
+            if record.step >= step {
+                continue;
+            }
+            kept.push(record);
         }
-        match serde_json::from_str(line) {
-            Ok(record) => records.push(record),
-            Err(_) if i + 1 == last => break,
-            Err(source) => {
-                return Err(RunDirError::BadRecord {
+        kept_text.push_str(line);
+        kept_text.push('\n');
+    }
+    if kept_text != text {
+        atomic::write(path, kept_text.as_bytes()).map_err(io(path, "cannot rewrite"))?;
+    }
+    Ok(kept)
+}
+
+/// One entry per line: the record, or `None` for a blank or torn last line.
+fn parse_metrics(path: &Path, text: &str) -> Result<Vec<Option<MetricsRecord>>> {
+    let last = text.lines().count();
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            if line.trim().is_empty() {
+                return Ok(None);
+            }
+            match serde_json::from_str(line) {
+                Ok(record) => Ok(Some(record)),
+                Err(_) if i + 1 == last => Ok(None),
+                Err(source) => Err(RunDirError::BadRecord {
                     path: path.display().to_string(),
                     line: i + 1,
                     source,
-                })
+                }),
             }
-        }
-    }
-    Ok(records)
+        })
+        .collect()
+}
+
+/// Reads `metrics.jsonl` back (for plots). A torn last line (a kill mid-write)
+/// is skipped; a bad line elsewhere is an error naming it.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>> {
+    let text = fs::read_to_string(path).map_err(io(path, "cannot read"))?;
+    Ok(parse_metrics(path, &text)?.into_iter().flatten().collect())
 }
 
 #[cfg(test)]
@@ -288,7 +394,12 @@ mod tests {
         // A second run cannot reuse the folder.
         let e = RunDir::create(run.path()).unwrap_err().to_string();
         assert!(e.contains("already exists"), "{e}");
+        // Reopening removes what a killed atomic write left, nothing else.
+        fs::write(run.file(".summary.json.tmp-12345"), b"{").unwrap();
+        fs::write(run.file(".notes"), b"mine").unwrap();
         assert!(RunDir::open(run.path()).is_ok());
+        assert!(!run.file(".summary.json.tmp-12345").exists());
+        assert!(run.file(".notes").exists() && run.file("summary.json").exists());
     }
 
     #[test]
@@ -301,5 +412,61 @@ mod tests {
         fs::write(&path, format!("{good}\nnot json\n{good}\n")).unwrap();
         let e = read_metrics(&path).unwrap_err().to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn rewinding_drops_rows_past_the_checkpoint_and_a_torn_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("metrics.jsonl");
+        assert!(rewind_metrics(&path, "pretrain", 3).unwrap().is_empty());
+        let line = |r: &MetricsRecord| serde_json::to_string(r).unwrap() + "\n";
+        let mut other = record(9);
+        other.phase = "finetune".into();
+        let text: String = (0..6).map(|s| line(&record(s))).collect::<String>()
+            + &line(&other)
+            + "{\"phase\": \"pre";
+        fs::write(&path, &text).unwrap();
+        let kept = rewind_metrics(&path, "pretrain", 4).unwrap();
+        assert_eq!(kept, (0..4).map(record).collect::<Vec<_>>());
+        let want: String = (0..4).map(|s| line(&record(s))).collect::<String>() + &line(&other);
+        assert_eq!(fs::read_to_string(&path).unwrap(), want);
+        // Nothing to drop: the file is left as it is.
+        assert_eq!(rewind_metrics(&path, "pretrain", 4).unwrap().len(), 4);
+        assert_eq!(fs::read_to_string(&path).unwrap(), want);
+    }
+
+    #[test]
+    fn a_run_that_never_started_is_removed_and_one_that_did_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("run");
+        let run = RunDir::create(&root).unwrap();
+        run.write_config(&Config::default()).unwrap();
+        drop(run.metrics_log().unwrap());
+        run.fold("1").unwrap().metrics_log().unwrap();
+        assert!(run.remove_if_unstarted());
+        assert!(!root.exists());
+        assert!(
+            RunDir::create(&root).is_ok(),
+            "the same --out can be used again"
+        );
+
+        // A folder the user made is kept (emptied of what the run wrote).
+        let mine = tmp.path().join("mine");
+        fs::create_dir(&mine).unwrap();
+        let run = RunDir::create(&mine).unwrap();
+        run.write_config(&Config::default()).unwrap();
+        assert!(run.remove_if_unstarted());
+        assert!(mine.is_dir() && fs::read_dir(&mine).unwrap().next().is_none());
+
+        // A run that logged a step keeps everything.
+        let run = RunDir::create(&tmp.path().join("trained")).unwrap();
+        run.write_config(&Config::default()).unwrap();
+        run.metrics_log().unwrap().append(&record(0)).unwrap();
+        assert!(!run.remove_if_unstarted());
+        assert!(run.file("config.toml").exists() && run.file("metrics.jsonl").exists());
+        // So does a run with any file it does not know.
+        let run = RunDir::create(&tmp.path().join("other")).unwrap();
+        run.write_text("notes.txt", "mine").unwrap();
+        assert!(!run.remove_if_unstarted());
     }
 }

@@ -23,9 +23,9 @@ use crate::model::{HostTensor, Model};
 use crate::ops::adamw::AdamW;
 use crate::ops::elementwise::{add, mul};
 use crate::ops::reduce::{reduce, Reduction};
-use crate::train::checkpoint::{self, Checkpoint, CheckpointMeta, NamedTensor, OptimizerState};
+use crate::train::checkpoint::{self, Checkpoint, CheckpointMeta, OptimizerState};
 use crate::train::metrics::{EpochDiagnostics, MetricsError, SplitDiagnostics};
-use crate::train::rundir::{MetricsRecord, RunDir};
+use crate::train::rundir::{self, MetricsRecord, RunDir};
 use crate::train::schedule::Schedule;
 use crate::train::step::{record_finetune_step, record_pretrain_step, PretrainObjective};
 
@@ -137,16 +137,6 @@ fn batcher(cfg: &Config, phase: Phase) -> Batcher {
     }
 }
 
-fn names_to_host(tensors: &[HostTensor]) -> Result<Vec<NamedTensor>> {
-    tensors
-        .iter()
-        .map(|t| {
-            NamedTensor::new(t.name.clone(), t.shape.clone(), t.data.clone())
-                .map_err(TrainError::from)
-        })
-        .collect()
-}
-
 /// Saves model, optimizer state and metadata atomically.
 fn save_checkpoint(
     gpu: &Gpu,
@@ -155,20 +145,20 @@ fn save_checkpoint(
     opt: &AdamWState,
     meta: CheckpointMeta,
 ) -> Result<()> {
-    let weights = names_to_host(&model.params.to_host(gpu)?)?;
+    let weights = model.params.to_host(gpu)?;
     let mut m = Vec::new();
     let mut v = Vec::new();
     for (p, (tm, tv)) in model.params.store.params.iter().zip(&opt.moments) {
-        m.push(NamedTensor::new(
-            p.name.clone(),
-            tm.shape().to_vec(),
-            gpu.read(tm)?,
-        )?);
-        v.push(NamedTensor::new(
-            p.name.clone(),
-            tv.shape().to_vec(),
-            gpu.read(tv)?,
-        )?);
+        m.push(HostTensor {
+            name: p.name.clone(),
+            shape: tm.shape().to_vec(),
+            data: gpu.read(tm)?,
+        });
+        v.push(HostTensor {
+            name: p.name.clone(),
+            shape: tv.shape().to_vec(),
+            data: gpu.read(tv)?,
+        });
     }
     let ckpt = Checkpoint {
         meta,
@@ -191,7 +181,7 @@ pub fn restore_optimizer(
     state: &OptimizerState,
 ) -> Result<()> {
     for (p, (tm, tv)) in model.params.store.params.iter().zip(&opt.moments) {
-        let find = |list: &[NamedTensor]| {
+        let find = |list: &[HostTensor]| {
             list.iter()
                 .find(|t| t.name == p.name)
                 .map(|t| t.data.clone())
@@ -207,18 +197,6 @@ pub fn restore_optimizer(
     }
     opt.step = state.step as u32;
     Ok(())
-}
-
-/// A model's weights from checkpoint tensors.
-pub fn host_tensors(ckpt: &Checkpoint) -> Vec<HostTensor> {
-    ckpt.weights
-        .iter()
-        .map(|t| HostTensor {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            data: t.data.clone(),
-        })
-        .collect()
 }
 
 /// Runs one phase (pretraining with FGCO, or fine-tuning with cross-entropy)
@@ -278,19 +256,48 @@ pub fn train_phase(
         },
     )?;
     let mut first_epoch = 0u64;
+    // What the run before the checkpoint did, so the report (summary.json,
+    // the loss plot) covers the whole run, as an uninterrupted run's does.
+    let mut losses = Vec::new();
+    let mut seconds_before = 0.0;
     if let Some(ckpt) = resume {
-        if let Some(state) = &ckpt.optimizer {
-            restore_optimizer(gpu, model, &mut opt, state)?;
-        }
+        // Without the AdamW moments the resumed run would silently differ
+        // from the uninterrupted one.
+        let Some(state) = &ckpt.optimizer else {
+            return Err(TrainError::Invalid(format!(
+                "the {} checkpoint holds no optimizer state ({}), so the run cannot be resumed exactly; start a new run",
+                phase.name(),
+                checkpoint::OPTIMIZER_FILE
+            )));
+        };
+        restore_optimizer(gpu, model, &mut opt, state)?;
         first_epoch = ckpt.meta.epoch;
+        if let Some(run) = &opts.run {
+            let earlier =
+                rundir::rewind_metrics(&run.file("metrics.jsonl"), phase.name(), ckpt.meta.step)?;
+            if earlier.len() as u64 != ckpt.meta.step {
+                log::warn!(
+                    "{}: holds {} of the {} {} steps before the checkpoint; the loss plot and summary lack the others",
+                    run.file("metrics.jsonl").display(),
+                    earlier.len(),
+                    ckpt.meta.step,
+                    phase.name()
+                );
+            }
+            seconds_before = earlier.last().map_or(0.0, |r| r.elapsed_s);
+            losses = earlier.iter().map(|r| (r.step, r.loss)).collect();
+        }
     }
     let freeze = phase == Phase::Finetune && cfg.finetune.freeze_encoder;
     let objective = PretrainObjective::from_config(cfg);
-    let fingerprint = checkpoint::data_fingerprint(dataset);
+    let data_print = checkpoint::DataPrint::of(dataset);
     let ckpt_dir = opts
         .run
         .as_ref()
         .map(|r| r.file(&format!("checkpoint-{}", phase.name())));
+    if let (Some(dir), Some(_)) = (&ckpt_dir, resume) {
+        checkpoint::remove_debris(dir)?;
+    }
     let mut log = match &opts.run {
         Some(r) => Some(r.metrics_log()?),
         None => None,
@@ -302,10 +309,18 @@ pub fn train_phase(
     let mut uploader = BatchUploader::new();
     let history = gpu.zeros(&[LOG_EVERY])?;
     let mut pending: Vec<(u64, u64, f64)> = Vec::new(); // (step, epoch, lr) awaiting their loss
-    let mut losses = Vec::new();
     let mut diagnostics = Vec::new();
     let mut last_finite = (f64::NAN, 0u64);
-    let mut scans_done = 0usize;
+    let scans_before: usize = (0..first_epoch)
+        .map(|e| {
+            batcher
+                .training_plan(dataset, scans, e)
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>()
+        })
+        .sum();
+    let mut scans_done = scans_before;
     let mut step = first_epoch * steps_per_epoch;
     let last_epoch = opts
         .stop_after_epochs
@@ -343,6 +358,7 @@ pub fn train_phase(
                     phase,
                     &mut log,
                     scans_done,
+                    seconds_before,
                     started,
                     &bar,
                 )?;
@@ -357,6 +373,7 @@ pub fn train_phase(
             phase,
             &mut log,
             scans_done,
+            seconds_before,
             started,
             &bar,
         )?;
@@ -380,24 +397,17 @@ pub fn train_phase(
             diagnostics.push(diag);
         }
         if let Some(dir) = &ckpt_dir {
-            let meta = CheckpointMeta {
-                format: 1,
-                phase: phase.name().to_string(),
-                seed: cfg.seed,
-                step,
-                epoch: epoch + 1,
-                data_fingerprint: fingerprint.clone(),
-                config: cfg.clone(),
-            };
+            let meta = CheckpointMeta::new(phase.name(), step, epoch + 1, &data_print, cfg);
             save_checkpoint(gpu, dir, model, &opt, meta)?;
         }
     }
     bar.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
+    // Whole-run totals: a resumed run reports what an uninterrupted one would.
+    let seconds = seconds_before + started.elapsed().as_secs_f64();
     Ok(PhaseReport {
         phase: phase.name().to_string(),
-        steps: step - first_epoch * steps_per_epoch,
-        epochs: last_epoch - first_epoch,
+        steps: step,
+        epochs: last_epoch,
         seconds,
         scans_per_s: scans_done as f64 / seconds.max(1e-9),
         losses,
@@ -548,6 +558,7 @@ fn drain(
     phase: Phase,
     log: &mut Option<crate::train::rundir::MetricsLog>,
     scans_done: usize,
+    seconds_before: f64,
     started: Instant,
     bar: &ProgressBar,
 ) -> Result<()> {
@@ -555,7 +566,7 @@ fn drain(
         return Ok(());
     }
     let values = gpu.read(history)?;
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = seconds_before + started.elapsed().as_secs_f64();
     for (i, &(step, epoch, lr)) in pending.iter().enumerate() {
         let loss = values[i] as f64;
         if !loss.is_finite() {
@@ -625,7 +636,7 @@ fn record_step(
 }
 
 /// Class probabilities per scan, from logits averaged over the K fixed crops
-/// of each scan (DESIGN.md §3). Returns [scans][classes] in `scans` order.
+/// of each scan (docs/design.md §3). Returns [scans][classes] in `scans` order.
 pub fn score_scans(
     gpu: &Gpu,
     model: &Model,
