@@ -209,6 +209,10 @@ pub struct FinetuneConfig {
     pub label_fraction: f64,
     /// K: fixed crops per scan whose logits are averaged at evaluation.
     pub eval_crops: usize,
+    /// Share of each fine-tuning set's subjects (per class, stratified,
+    /// seeded) held out as a validation split: never trained on, scored
+    /// every epoch for the learning diagnostics. 0 = no validation split.
+    pub validation_fraction: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,6 +301,7 @@ impl Default for FinetuneConfig {
             weight_decay: 1e-4,
             freeze_encoder: false,
             label_fraction: 1.0,
+            validation_fraction: 0.0,
             eval_crops: 8,
         }
     }
@@ -584,6 +589,12 @@ impl Config {
             "finetune.label_fraction",
             self.finetune.label_fraction.to_string(),
             "a fraction in (0, 1]",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.finetune.validation_fraction),
+            "finetune.validation_fraction",
+            self.finetune.validation_fraction.to_string(),
+            "a fraction in [0, 1)",
         )?;
         check(
             self.evaluate.folds >= 2,

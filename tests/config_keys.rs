@@ -88,6 +88,7 @@ const CHANGES: &[(&str, &str)] = &[
     ("finetune.freeze_encoder", "true"),
     ("finetune.label_fraction", "0.5"),
     ("finetune.eval_crops", "3"),
+    ("finetune.validation_fraction", "0.25"),
     ("evaluate.folds", "3"),
     ("evaluate.split", "leave-site-out"),
     ("evaluate.include_test_unlabeled", "true"),

@@ -9,8 +9,8 @@ use clap::Args;
 use stptf::model::Model;
 use stptf::train::checkpoint;
 use stptf::train::protocol::{
-    check_phase_trains, data_dims, finetune_scans, load_dataset, write_loss_plot,
-    write_region_importance,
+    check_phase_trains, data_dims, finetune_scans, load_dataset, write_diagnostics_plots,
+    write_loss_plot, write_region_importance,
 };
 use stptf::train::rundir::RunDir;
 use stptf::train::trainer::{train_phase, Phase, RunOptions};
@@ -59,6 +59,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
         quiet: c.quiet,
         run: Some(run.clone()),
         stop_after_epochs: None,
+        validation: Vec::new(),
     };
     let report = train_phase(
         &gpu,
@@ -71,6 +72,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
         &opts,
     )?;
     write_loss_plot(&run, &report)?;
+    write_diagnostics_plots(&run, &report)?;
     write_region_importance(&gpu, &model, &run)?;
     run.write_summary(&report)?;
     print_report(&report, c.quiet);

@@ -94,6 +94,7 @@ fn train(
         quiet: c.quiet,
         run: Some(run.clone()),
         stop_after_epochs: args.stop_after_epochs,
+        validation: Vec::new(),
     };
     let report = train_phase(
         &gpu,

@@ -389,6 +389,126 @@ pub fn format_table(rows: &[(&str, &Summary)]) -> String {
     out
 }
 
+/// What one split (training or validation scans) looks like to the model at
+/// the end of a fine-tuning epoch (issue 9 item 1): whether it fits, and
+/// whether the embedding and the logits vary across subjects at all (at
+/// initialization Z_st varied by ~3 % of its norm and the logits by ~1e-3,
+/// which is why the literal head could not learn).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitDiagnostics {
+    pub scans: usize,
+    /// Mean cross-entropy of the K-crop-averaged logits.
+    pub loss: f64,
+    /// Fraction of argmax predictions equal to the label.
+    pub accuracy: f64,
+    /// sqrt(Σ_d var_d(Z_st)) over scans, divided by the mean ‖Z_st‖: how much
+    /// the embedding differs between subjects relative to its size.
+    pub embedding_spread: f64,
+    /// The standard deviation across scans of each class's logit, averaged
+    /// over the classes.
+    pub logit_spread: f64,
+    /// Classes predicted for at least one scan.
+    pub predicted_classes: usize,
+}
+
+impl SplitDiagnostics {
+    /// From per-scan K-crop-averaged logits [scans][classes], embeddings
+    /// [scans][D] and labels.
+    pub fn compute(logits: &[Vec<f64>], embeddings: &[Vec<f64>], labels: &[u32]) -> Result<Self> {
+        let n = logits.len();
+        if n == 0 {
+            return Err(MetricsError::Empty);
+        }
+        if labels.len() != n || embeddings.len() != n {
+            return Err(MetricsError::LengthMismatch {
+                scores: n,
+                labels: labels.len(),
+            });
+        }
+        let classes = logits[0].len();
+        check_labels(n, labels, classes)?;
+        let mut loss = 0.0;
+        let mut correct = 0usize;
+        let mut predicted = vec![false; classes];
+        for (row, &label) in logits.iter().zip(labels) {
+            let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let log_z = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            loss += log_z - row[label as usize];
+            let best = first_argmax(row);
+            predicted[best] = true;
+            correct += usize::from(best == label as usize);
+        }
+        let column_std = |rows: &[Vec<f64>], j: usize| {
+            let column: Vec<f64> = rows.iter().map(|r| r[j]).collect();
+            population_var(&column).sqrt()
+        };
+        let logit_spread =
+            (0..classes).map(|k| column_std(logits, k)).sum::<f64>() / classes as f64;
+        let dim = embeddings[0].len();
+        let spread = (0..dim)
+            .map(|j| column_std(embeddings, j).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let mean_norm = embeddings
+            .iter()
+            .map(|z| z.iter().map(|v| v * v).sum::<f64>().sqrt())
+            .sum::<f64>()
+            / n as f64;
+        Ok(Self {
+            scans: n,
+            loss: loss / n as f64,
+            accuracy: correct as f64 / n as f64,
+            embedding_spread: if mean_norm > 0.0 {
+                spread / mean_norm
+            } else {
+                0.0
+            },
+            logit_spread,
+            predicted_classes: predicted.iter().filter(|&&p| p).count(),
+        })
+    }
+}
+
+/// One fine-tuning epoch's diagnostics: the training and (when
+/// `finetune.validation_fraction > 0`) validation splits, and the L2 norm of
+/// the gradient per parameter group (the name before the first `.`) at the
+/// epoch's last step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochDiagnostics {
+    pub train: SplitDiagnostics,
+    pub validation: Option<SplitDiagnostics>,
+    pub grad_norms: Vec<(String, f64)>,
+}
+
+/// The class every test scan is predicted as, when the predictions hold a
+/// single class (a fold that only reports its majority rate): the name
+/// from `class_names`.
+pub fn single_predicted_class(predictions: &[u32], class_names: &[String]) -> Option<String> {
+    let first = *predictions.first()?;
+    predictions.iter().all(|&p| p == first).then(|| {
+        class_names
+            .get(first as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("class {first}"))
+    })
+}
+
+fn first_argmax(row: &[f64]) -> usize {
+    let mut best = 0;
+    for (c, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = c;
+        }
+    }
+    best
+}
+
+fn population_var(values: &[f64]) -> f64 {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,5 +648,31 @@ mod tests {
             "{table}"
         );
         assert_eq!(mean_std(&[3.0]), (3.0, 0.0));
+    }
+
+    #[test]
+    fn split_diagnostics_are_the_hand_computed_values() {
+        // Two scans, two classes: logits (0, ln 3) and (0, 0).
+        let logits = vec![vec![0.0, 3f64.ln()], vec![0.0, 0.0]];
+        let z = vec![vec![3.0, 4.0], vec![3.0, -4.0]];
+        let d = SplitDiagnostics::compute(&logits, &z, &[1, 0]).unwrap();
+        let expected_loss = ((4f64 / 3.0).ln() + 2f64.ln()) / 2.0;
+        assert!((d.loss - expected_loss).abs() < 1e-12, "{}", d.loss);
+        assert_eq!(d.accuracy, 1.0, "ties go to the first class");
+        // std over scans: dim 0 = 0, dim 1 = 4; mean norm 5.
+        assert!((d.embedding_spread - 0.8).abs() < 1e-12);
+        assert!((d.logit_spread - 3f64.ln() / 4.0).abs() < 1e-12);
+        assert_eq!(d.predicted_classes, 2);
+    }
+
+    #[test]
+    fn a_single_predicted_class_is_named() {
+        let names = vec!["control".to_string(), "autism".to_string()];
+        assert_eq!(
+            single_predicted_class(&[1, 1, 1], &names).as_deref(),
+            Some("autism")
+        );
+        assert_eq!(single_predicted_class(&[1, 0, 1], &names), None);
+        assert_eq!(single_predicted_class(&[], &names), None);
     }
 }

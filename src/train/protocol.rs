@@ -22,7 +22,9 @@ use crate::gpu::Gpu;
 use crate::model::{DataDims, Model};
 use crate::train::baseline::{evaluate_connectivity, BaselineError, BaselineFold, Connectivity};
 use crate::train::checkpoint;
-use crate::train::metrics::{roc_curve, FoldMetrics, MetricsError, Scores, Summary};
+use crate::train::metrics::{
+    roc_curve, single_predicted_class, FoldMetrics, MetricsError, Scores, Summary,
+};
 use crate::train::plots::{importance_svg, loss_curve_svg, roc_svg, RocCurve, Series};
 use crate::train::rundir::{RunDir, RunDirError};
 use crate::train::trainer::{score_scans, train_phase, Phase, PhaseReport, RunOptions, TrainError};
@@ -76,13 +78,13 @@ pub enum ProtocolError {
          Set finetune.epochs >= 1 (pretrain.epochs = 0 is fine: supervised from scratch)"
     )]
     UntrainedHead(String),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     ReadRunFile {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: line {line}: not what evaluate writes there: {source}")]
+    #[error("{path}: line {line}: not what evaluate writes there")]
     BadRunFile {
         path: String,
         line: usize,
@@ -121,6 +123,11 @@ pub enum ProtocolError {
         finished: usize,
         total: usize,
     },
+    #[error(
+        "fold {fold}: finetune.validation_fraction = {fraction} leaves a class with no training \
+         subject; lower it or use more labels"
+    )]
+    ValidationTakesClass { fold: String, fraction: f64 },
     #[error("{key} is 0: `{command}` would train nothing and write no checkpoint{hint}")]
     NothingToTrain {
         key: &'static str,
@@ -282,8 +289,12 @@ pub struct FoldPlan {
     /// fold (plus the test scans, unlabeled, with `evaluate.include_test_unlabeled`).
     /// Empty when `pretrain.epochs = 0`.
     pub pretrain: Vec<usize>,
-    /// Fine-tuning scans: `finetune.label_fraction` of the training fold's subjects.
+    /// Fine-tuning scans: `finetune.label_fraction` of the training fold's
+    /// subjects, less the validation split.
     pub finetune: Vec<usize>,
+    /// `finetune.validation_fraction` of the fine-tuning subjects (per class),
+    /// held out of training and scored every epoch; empty when the fraction is 0.
+    pub validation: Vec<usize>,
     /// The fold's `data.finetune_sites` training scans (before subsampling).
     pub train: Vec<usize>,
     pub test: Vec<usize>,
@@ -323,23 +334,59 @@ pub fn plan_folds(dataset: &Dataset, cfg: &Config) -> Result<Vec<FoldPlan>> {
                     pretrain.extend(&test);
                 }
             }
-            let finetune = subsample_labeled(
+            let mut finetune = subsample_labeled(
                 &train,
                 &labels,
                 &subjects,
                 cfg.finetune.label_fraction,
                 seed,
             )?;
+            let validation = validation_split(dataset, &mut finetune, cfg, seed, &fold.name)?;
             Ok(FoldPlan {
                 name: fold.name.clone(),
                 seed,
                 pretrain,
                 finetune,
+                validation,
                 train,
                 test,
             })
         })
         .collect()
+}
+
+/// Moves `finetune.validation_fraction` of `finetune`'s subjects (per class,
+/// seeded) into the returned validation split. Refuses a split that would
+/// leave a class with no training subject.
+fn validation_split(
+    dataset: &Dataset,
+    finetune: &mut Vec<usize>,
+    cfg: &Config,
+    seed: u64,
+    fold: &str,
+) -> Result<Vec<usize>> {
+    let fraction = cfg.finetune.validation_fraction;
+    if fraction == 0.0 {
+        return Ok(Vec::new());
+    }
+    let labels = dataset.labels();
+    let validation = subsample_labeled(
+        finetune,
+        &labels,
+        &dataset.subjects(),
+        fraction,
+        seed ^ 0x5641_4c49_4441_5445,
+    )?;
+    let classes = |scans: &[usize]| -> BTreeSet<u32> { scans.iter().map(|&s| labels[s]).collect() };
+    let before = classes(finetune);
+    finetune.retain(|s| validation.binary_search(s).is_err());
+    if classes(finetune) != before {
+        return Err(ProtocolError::ValidationTakesClass {
+            fold: fold.to_string(),
+            fraction,
+        });
+    }
+    Ok(validation)
 }
 
 /// What `metrics.json` of one fold records.
@@ -350,7 +397,11 @@ pub struct FoldRecord {
     pub pretrain_scans: usize,
     pub finetune_scans: usize,
     pub test_scans: usize,
+    pub validation_scans: usize,
     pub metrics: FoldMetrics,
+    /// The class every test scan was predicted as, when there is only one:
+    /// the fold's accuracy is then its majority rate, not decoding.
+    pub single_predicted_class: Option<String>,
     pub pretrain_seconds: f64,
     pub finetune_seconds: f64,
     pub eval_seconds: f64,
@@ -534,6 +585,7 @@ pub fn run_fold(
         quiet,
         run: Some(fold_run.clone()),
         stop_after_epochs: None,
+        validation: plan.validation.clone(),
     };
     let pre = if cfg.pretrain.epochs == 0 {
         None
@@ -562,6 +614,7 @@ pub fn run_fold(
         &opts,
     )?;
     write_loss_plot(&fold_run, &ft)?;
+    write_diagnostics_plots(&fold_run, &ft)?;
     write_region_importance(gpu, &model, &fold_run)?;
     let t0 = Instant::now();
     let probs = score_scans(gpu, &model, dataset, &plan.test, &fold_cfg)?;
@@ -587,13 +640,25 @@ pub fn run_fold(
         };
         fold_run.write_json(FOLD_ROC, &roc)?;
     }
+    let predictions = Scores::new(&flat, dataset.num_classes())?.predictions();
+    let single_predicted_class = single_predicted_class(&predictions, &dataset.class_names);
+    if let Some(class) = &single_predicted_class {
+        // A warning, printed even with --quiet: the fold's accuracy is
+        // its majority rate.
+        eprintln!(
+            "warning: fold {}: every test scan is predicted \"{class}\"; its accuracy is the class's share, not decoding",
+            plan.name
+        );
+    }
     let record = FoldRecord {
         fold: plan.name.clone(),
         train_scans: plan.train.len(),
         pretrain_scans: plan.pretrain.len(),
         finetune_scans: plan.finetune.len(),
         test_scans: plan.test.len(),
+        validation_scans: plan.validation.len(),
         metrics,
+        single_predicted_class,
         pretrain_seconds: pre.as_ref().map_or(0.0, |r| r.seconds),
         finetune_seconds: ft.seconds,
         eval_seconds,
@@ -671,6 +736,11 @@ pub fn collect(run: &RunDir, wall_seconds: Option<f64>) -> Result<Evaluation> {
         "auc": summary.auc,
         "recall": summary.recall,
         "folds": records,
+        "single_class_folds": records
+            .iter()
+            .filter(|r| r.single_predicted_class.is_some())
+            .map(|r| r.fold.clone())
+            .collect::<Vec<_>>(),
         "seed": index.seed,
         "wall_seconds": wall_seconds,
         "adapter": adapters.join(", "),
@@ -781,6 +851,89 @@ pub fn write_loss_plot(run: &RunDir, report: &PhaseReport) -> Result<()> {
         false,
     );
     run.write_text(&format!("loss_{}.svg", report.phase), &svg)?;
+    Ok(())
+}
+
+/// `diagnostics_finetune.svg` (training and validation loss and accuracy per
+/// epoch), `spread_finetune.svg` (Z_st spread across subjects relative to its
+/// norm, logit spread) and `grad_norms_finetune.svg` (per parameter group,
+/// log scale); nothing for a phase without diagnostics.
+pub fn write_diagnostics_plots(run: &RunDir, report: &PhaseReport) -> Result<()> {
+    let d = &report.diagnostics;
+    if d.is_empty() {
+        return Ok(());
+    }
+    let per_epoch =
+        |f: &dyn Fn(&crate::train::metrics::EpochDiagnostics) -> Option<f64>| -> Vec<(f64, f64)> {
+            d.iter()
+                .enumerate()
+                .filter_map(|(e, x)| f(x).map(|v| ((e + 1) as f64, v)))
+                .collect()
+        };
+    let train_loss = per_epoch(&|x| Some(x.train.loss));
+    let train_acc = per_epoch(&|x| Some(x.train.accuracy));
+    let val_loss = per_epoch(&|x| x.validation.as_ref().map(|v| v.loss));
+    let val_acc = per_epoch(&|x| x.validation.as_ref().map(|v| v.accuracy));
+    let mut series = vec![
+        Series {
+            label: "train loss",
+            points: &train_loss,
+        },
+        Series {
+            label: "train accuracy",
+            points: &train_acc,
+        },
+    ];
+    if !val_loss.is_empty() {
+        series.push(Series {
+            label: "validation loss",
+            points: &val_loss,
+        });
+        series.push(Series {
+            label: "validation accuracy",
+            points: &val_acc,
+        });
+    }
+    run.write_text(
+        "diagnostics_finetune.svg",
+        &loss_curve_svg("fine-tuning per epoch (K-crop scores)", &series, false),
+    )?;
+    let z_spread = per_epoch(&|x| Some(x.train.embedding_spread));
+    let logit_spread = per_epoch(&|x| Some(x.train.logit_spread));
+    run.write_text(
+        "spread_finetune.svg",
+        &loss_curve_svg(
+            "training scans: spread across subjects",
+            &[
+                Series {
+                    label: "Z_st spread / norm",
+                    points: &z_spread,
+                },
+                Series {
+                    label: "logit std",
+                    points: &logit_spread,
+                },
+            ],
+            true,
+        ),
+    )?;
+    let groups: Vec<&str> = d[0].grad_norms.iter().map(|(g, _)| g.as_str()).collect();
+    let norms: Vec<Vec<(f64, f64)>> = (0..groups.len())
+        .map(|i| per_epoch(&|x| x.grad_norms.get(i).map(|(_, v)| *v)))
+        .collect();
+    let series: Vec<Series> = groups
+        .iter()
+        .zip(&norms)
+        .map(|(g, points)| Series { label: g, points })
+        .collect();
+    run.write_text(
+        "grad_norms_finetune.svg",
+        &loss_curve_svg(
+            "gradient norm per parameter group (last step of each epoch)",
+            &series,
+            true,
+        ),
+    )?;
     Ok(())
 }
 

@@ -78,6 +78,10 @@ pub struct MetricsRecord {
     pub scans_per_s: f64,
     /// Seconds since the phase started.
     pub elapsed_s: f64,
+    /// Only on the one row per fine-tuning epoch (phase "finetune-epoch",
+    /// loss = the training split's K-crop loss): the learning diagnostics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnostics: Option<crate::train::metrics::EpochDiagnostics>,
 }
 
 #[derive(Debug, Clone)]
@@ -354,6 +358,7 @@ mod tests {
             lr: 1e-3,
             scans_per_s: 12.5,
             elapsed_s: step as f64 * 0.5,
+            diagnostics: None,
         }
     }
 

@@ -21,7 +21,10 @@ use crate::data::Dataset;
 use crate::gpu::{Gpu, GpuError};
 use crate::model::{HostTensor, Model};
 use crate::ops::adamw::AdamW;
+use crate::ops::elementwise::{add, mul};
+use crate::ops::reduce::{reduce, Reduction};
 use crate::train::checkpoint::{self, Checkpoint, CheckpointMeta, OptimizerState};
+use crate::train::metrics::{EpochDiagnostics, MetricsError, SplitDiagnostics};
 use crate::train::rundir::{self, MetricsRecord, RunDir};
 use crate::train::schedule::Schedule;
 use crate::train::step::{record_finetune_step, record_pretrain_step, PretrainObjective};
@@ -50,6 +53,8 @@ pub enum TrainError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("learning diagnostics: {0}")]
+    Diagnostics(#[from] MetricsError),
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
@@ -80,6 +85,8 @@ pub struct PhaseReport {
     pub scans_per_s: f64,
     /// (step, loss) for every step, read back from the GPU history.
     pub losses: Vec<(u64, f64)>,
+    /// Fine-tuning only: one entry per epoch run (also in metrics.jsonl).
+    pub diagnostics: Vec<EpochDiagnostics>,
 }
 
 /// Options that are not part of the experiment config.
@@ -90,6 +97,9 @@ pub struct RunOptions {
     pub run: Option<RunDir>,
     /// Stop after this many epochs of the phase (tests of `--resume`).
     pub stop_after_epochs: Option<u64>,
+    /// Fine-tuning: the held-out validation scans, scored after every epoch
+    /// for the diagnostics (never trained on); empty = none.
+    pub validation: Vec<usize>,
 }
 
 fn progress(quiet: bool, total: u64, phase: &str) -> ProgressBar {
@@ -299,6 +309,7 @@ pub fn train_phase(
     let mut uploader = BatchUploader::new();
     let history = gpu.zeros(&[LOG_EVERY])?;
     let mut pending: Vec<(u64, u64, f64)> = Vec::new(); // (step, epoch, lr) awaiting their loss
+    let mut diagnostics = Vec::new();
     let mut last_finite = (f64::NAN, 0u64);
     let scans_before: usize = (0..first_epoch)
         .map(|e| {
@@ -366,6 +377,25 @@ pub fn train_phase(
             started,
             &bar,
         )?;
+        if phase == Phase::Finetune {
+            // After the epoch's last step: its gradients are still in the
+            // parameters' gradient buffers (the next step zeroes them).
+            let diag = epoch_diagnostics(gpu, model, dataset, scans, &opts.validation, cfg)?;
+            if let Some(log) = log.as_mut() {
+                let elapsed = started.elapsed().as_secs_f64();
+                log.append(&MetricsRecord {
+                    phase: "finetune-epoch".to_string(),
+                    step,
+                    epoch,
+                    loss: diag.train.loss,
+                    lr: schedule.at(step.saturating_sub(1)),
+                    scans_per_s: scans_done as f64 / elapsed.max(1e-9),
+                    elapsed_s: elapsed,
+                    diagnostics: Some(diag.clone()),
+                })?;
+            }
+            diagnostics.push(diag);
+        }
         if let Some(dir) = &ckpt_dir {
             let meta = CheckpointMeta::new(phase.name(), step, epoch + 1, &data_print, cfg);
             save_checkpoint(gpu, dir, model, &opt, meta)?;
@@ -381,7 +411,139 @@ pub fn train_phase(
         seconds,
         scans_per_s: scans_done as f64 / seconds.max(1e-9),
         losses,
+        diagnostics,
     })
+}
+
+/// The learning diagnostics of one fine-tuning epoch: the training and
+/// validation splits scored like test scans (K fixed crops, logits
+/// averaged), and the gradient norm per parameter group.
+fn epoch_diagnostics(
+    gpu: &Gpu,
+    model: &Model,
+    dataset: &Arc<Dataset>,
+    train: &[usize],
+    validation: &[usize],
+    cfg: &Config,
+) -> Result<EpochDiagnostics> {
+    let grad_norms = grad_norms_by_group(gpu, model)?;
+    let labels = dataset.labels();
+    let split = |scans: &[usize]| -> Result<SplitDiagnostics> {
+        let out = scan_outputs(gpu, model, dataset, scans, cfg, true)?;
+        let split_labels: Vec<u32> = scans.iter().map(|&s| labels[s]).collect();
+        Ok(SplitDiagnostics::compute(
+            &out.logits,
+            &out.embeddings,
+            &split_labels,
+        )?)
+    };
+    Ok(EpochDiagnostics {
+        train: split(train)?,
+        validation: if validation.is_empty() {
+            None
+        } else {
+            Some(split(validation)?)
+        },
+        grad_norms,
+    })
+}
+
+/// ‖gradient‖₂ per parameter group (the name before the first `.`), summed
+/// on the GPU and read back in one transfer.
+fn grad_norms_by_group(gpu: &Gpu, model: &Model) -> Result<Vec<(String, f64)>> {
+    let mut groups: Vec<(String, crate::gpu::Tensor)> = Vec::new();
+    for p in &model.params.store.params {
+        let group = p.name.split('.').next().unwrap_or(&p.name).to_string();
+        let flat = p.grad.reshape(&[1, p.grad.len()])?;
+        let squares = reduce(gpu, &mul(gpu, &flat, &flat)?, 1, Reduction::Sum)?;
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, acc)) => *acc = add(gpu, acc, &squares)?,
+            None => groups.push((group, squares)),
+        }
+    }
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = gpu.zeros(&[groups.len()])?;
+    for (i, (_, squares)) in groups.iter().enumerate() {
+        gpu.copy_region(squares, 0, &all, i, 1)?;
+    }
+    let values = gpu.read(&all)?;
+    Ok(groups
+        .into_iter()
+        .zip(values)
+        .map(|((g, _), v)| (g, (v as f64).sqrt()))
+        .collect())
+}
+
+/// Per-scan outputs averaged over the K fixed crops of each scan, in `scans`
+/// order: logits [scans][classes] and, when asked, Z_st [scans][D].
+struct ScanOutputs {
+    logits: Vec<Vec<f64>>,
+    embeddings: Vec<Vec<f64>>,
+}
+
+fn scan_outputs(
+    gpu: &Gpu,
+    model: &Model,
+    dataset: &Arc<Dataset>,
+    scans: &[usize],
+    cfg: &Config,
+    with_embeddings: bool,
+) -> Result<ScanOutputs> {
+    let batcher = batcher(cfg, Phase::Finetune);
+    let c = model.dims.n_classes;
+    let mut sums = vec![vec![0.0f64; c]; dataset.scans.len()];
+    let mut z_sums: Vec<Vec<f64>> = vec![Vec::new(); dataset.scans.len()];
+    let mut counts = vec![0usize; dataset.scans.len()];
+    let mut uploader = BatchUploader::new();
+    let plan = batcher.evaluation_plan(dataset, scans);
+    for host in batcher.prefetch(dataset.clone(), plan) {
+        let batch = uploader.upload(gpu, &host)?;
+        let mut tape = Tape::new(gpu);
+        let enc = model.encode(&mut tape, &batch.x, &batch.valid)?;
+        let logits = model.head(&mut tape, enc.z_st)?;
+        let values = gpu.read(tape.value(logits))?;
+        // Z_st is [rows, D].
+        let d = tape.value(enc.z_st).shape().last().copied().unwrap_or(0);
+        let z = if with_embeddings {
+            Some(gpu.read(tape.value(enc.z_st))?)
+        } else {
+            None
+        };
+        for (row, &scan) in host.scan_index.iter().enumerate() {
+            for k in 0..c {
+                sums[scan][k] += values[row * c + k] as f64;
+            }
+            if let Some(z) = &z {
+                let acc = &mut z_sums[scan];
+                acc.resize(d, 0.0);
+                for (a, v) in acc.iter_mut().zip(&z[row * d..(row + 1) * d]) {
+                    *a += *v as f64;
+                }
+            }
+            counts[scan] += 1;
+        }
+    }
+    let mut out = ScanOutputs {
+        logits: Vec::with_capacity(scans.len()),
+        embeddings: Vec::new(),
+    };
+    for &s in scans {
+        if counts[s] == 0 {
+            return Err(TrainError::Invalid(format!(
+                "scan {} got no evaluation crop",
+                dataset.scans[s].id
+            )));
+        }
+        let k = counts[s] as f64;
+        out.logits.push(sums[s].iter().map(|v| v / k).collect());
+        if with_embeddings {
+            out.embeddings
+                .push(z_sums[s].iter().map(|v| v / k).collect());
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the losses of the pending steps (one readback), logs them, and
@@ -427,6 +589,7 @@ fn drain(
                 lr,
                 scans_per_s: scans_done as f64 / elapsed.max(1e-9),
                 elapsed_s: elapsed,
+                diagnostics: None,
             })?;
         }
         bar.set_message(format!(
@@ -481,39 +644,15 @@ pub fn score_scans(
     scans: &[usize],
     cfg: &Config,
 ) -> Result<Vec<Vec<f64>>> {
-    let batcher = batcher(cfg, Phase::Finetune);
-    let c = model.dims.n_classes;
-    let mut sums = vec![vec![0.0f64; c]; dataset.scans.len()];
-    let mut counts = vec![0usize; dataset.scans.len()];
-    let mut uploader = BatchUploader::new();
-    let plan = batcher.evaluation_plan(dataset, scans);
-    for host in batcher.prefetch(dataset.clone(), plan) {
-        let batch = uploader.upload(gpu, &host)?;
-        let mut tape = Tape::new(gpu);
-        let enc = model.encode(&mut tape, &batch.x, &batch.valid)?;
-        let logits = model.head(&mut tape, enc.z_st)?;
-        let values = gpu.read(tape.value(logits))?;
-        for (row, &scan) in host.scan_index.iter().enumerate() {
-            for k in 0..c {
-                sums[scan][k] += values[row * c + k] as f64;
-            }
-            counts[scan] += 1;
-        }
-    }
-    scans
+    let out = scan_outputs(gpu, model, dataset, scans, cfg, false)?;
+    Ok(out
+        .logits
         .iter()
-        .map(|&s| {
-            if counts[s] == 0 {
-                return Err(TrainError::Invalid(format!(
-                    "scan {} got no evaluation crop",
-                    dataset.scans[s].id
-                )));
-            }
-            let mean: Vec<f64> = sums[s].iter().map(|v| v / counts[s] as f64).collect();
+        .map(|mean| {
             let m = mean.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let exp: Vec<f64> = mean.iter().map(|v| (v - m).exp()).collect();
             let z: f64 = exp.iter().sum();
-            Ok(exp.iter().map(|e| e / z).collect())
+            exp.iter().map(|e| e / z).collect()
         })
-        .collect()
+        .collect())
 }
