@@ -32,6 +32,8 @@ enum Command {
     Evaluate(cmd::evaluate::EvaluateArgs),
     /// Label scans with a fine-tuned model (CSV: id, predicted class, probabilities).
     Predict(cmd::predict::PredictArgs),
+    /// Which regions and which segments of time decided (occlusion importance per class).
+    Explain(cmd::explain::ExplainArgs),
     /// Show the GPU adapter, its limits and optional features.
     Info,
     /// Load a dataset and print what is in it (scans, regions, lengths, classes, sites, exclusions).
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Finetune(args) => cmd::finetune::run(&args),
         Command::Evaluate(args) => cmd::evaluate::run(&args),
         Command::Predict(args) => cmd::predict::run(&args),
+        Command::Explain(args) => cmd::explain::run(&args),
         Command::Info => cmd::info::run(),
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Synth(args) => cmd::synth::run(&args),

@@ -17,6 +17,7 @@
 pub mod atomic;
 pub mod baseline;
 pub mod checkpoint;
+pub mod explain;
 pub mod metrics;
 pub mod plots;
 pub mod protocol;

@@ -127,6 +127,12 @@ fn batcher(cfg: &Config, phase: Phase) -> Batcher {
     }
 }
 
+/// The batcher `score_scans` uses (the K fixed evaluation crops), for other
+/// passes over the same crops (`train::explain`).
+pub(crate) fn evaluation_batcher(cfg: &Config) -> Batcher {
+    batcher(cfg, Phase::Finetune)
+}
+
 fn names_to_host(tensors: &[HostTensor]) -> Result<Vec<NamedTensor>> {
     tensors
         .iter()
