@@ -1,4 +1,4 @@
-// Barlow Twins cross-correlation loss (FGCO, DESIGN.md §3) on C [d, d], the
+// Barlow Twins cross-correlation loss (FGCO, docs/design.md §3) on C [d, d], the
 // cross-correlation of two standardized embeddings (computed with matmul):
 //   L = Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij².
 // The standardization and the products around C are batchnorm and matmul

@@ -4,7 +4,7 @@
 //
 // Register tiles like matmul.wgsl: each invocation computes 4 channels × 4
 // time steps, an 8×8 workgroup a 32×32 tile, no workgroup memory or barriers
-// (faster on lavapipe, DESIGN.md §6). The input gradient is the same loop with
+// (faster on lavapipe, docs/design.md §6). The input gradient is the same loop with
 // the weight transposed over channels and flipped in time, so `forward` and
 // `backward_input` share `conv_tile`.
 //

@@ -6,7 +6,7 @@
 //   adjacency_grad:   dA[b,w,n,m] = Σ_{t: w(t)=w} Σ_f dOut[b,t,n,f] · H[b,t,m,f]
 //   degree, normalize: Â = D^{-1/2}(|P| with zero diagonal + I)D^{-1/2}.
 //
-// Register tiling (DESIGN.md §6): each invocation computes a 4x4 block of the
+// Register tiling (docs/design.md §6): each invocation computes a 4x4 block of the
 // output in registers, with no workgroup memory and no barriers. Invocations
 // are indexed linearly (64 per workgroup, grid folded by Gpu::launch_linear),
 // the f tile fastest, so every invocation does useful work for any F.

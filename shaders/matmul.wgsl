@@ -5,7 +5,7 @@
 //
 // Register tiling: each invocation computes a 4x4 block of C in registers, an
 // 8x8 workgroup a 32x32 tile. No workgroup memory and no barriers: on lavapipe
-// (a CPU) that is faster than shared-memory tiling (DESIGN.md §6).
+// (a CPU) that is faster than shared-memory tiling (docs/design.md §6).
 // Grid: x = ceil(N/32), y = ceil(M/32), z = batch.
 //
 // The backward of C = A·B is dA = dC·Bᵀ and dB = Aᵀ·dC: the same kernel with

@@ -1,5 +1,5 @@
 // Partial correlation from a Ledoit–Wolf shrunk covariance, batched
-// (DESIGN.md §3, static branch), matching nilearn's
+// (docs/design.md §3, static branch), matching nilearn's
 // ConnectivityMeasure(kind="partial correlation"): sklearn's LedoitWolf on the
 // centered series (no standardization), Θ = Σ̂⁻¹, P_ij = −Θ_ij/√(Θ_ii Θ_jj),
 // diagonal 1.

@@ -4,7 +4,7 @@
 // Forward: one invocation per output element (o, i), looping over the axis.
 // Adjacent invocations read adjacent `inner` elements, so the loads coalesce
 // when inner > 1; on lavapipe a sequential loop per invocation beats a
-// workgroup tree with barriers (DESIGN.md §6).
+// workgroup tree with barriers (docs/design.md §6).
 //
 // Accuracy: a plain f32 running sum over 5000 terms loses up to ~5000 ulps in
 // the worst case. We sum in blocks of BLOCK terms and add each block's

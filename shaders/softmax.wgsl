@@ -4,7 +4,7 @@
 // One invocation per row, looping over the row. Rows are B·T rows of length
 // T or [B,W,N,N] rows of N = 200: many rows, so one invocation each keeps a
 // real GPU busy, and on lavapipe a sequential loop beats a workgroup tree
-// with barriers (DESIGN.md §6).
+// with barriers (docs/design.md §6).
 //
 // Numerics: the row maximum of scale·x is subtracted before exp (so exp never
 // overflows, whatever the sign of scale), and the sums use the same blocked

@@ -1,4 +1,4 @@
-// STIGA masking probabilities (DESIGN.md §3, SCA and TCA). No gradient.
+// STIGA masking probabilities (docs/design.md §3, SCA and TCA). No gradient.
 //   sca_score: s_i = log(d_i + ε), d_i = Σ_{j≠i} |r_ij| over regions j that are
 //              not all zero in the crop (r [B, N, N] |Pearson|, zero [B, N]).
 //   tca_score: s_t = log(r_t + ε), r_t = ‖x[:,t] − x[:,t−1]‖₂, r_0 = r_1

@@ -122,7 +122,7 @@ pub enum Norm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Residual {
-    /// Z_temporal = conv_out(O) + Z_spatial (DESIGN.md's call).
+    /// Z_temporal = conv_out(O) + Z_spatial (docs/design.md's call).
     #[default]
     Spatial,
     /// The paper's literal "+ X" (needs a projection of the input).

@@ -99,3 +99,27 @@ fn data_cli_help_lists_the_data_subcommands() {
         "{text}"
     );
 }
+
+/// Issue 10 item 10: an absurd size is a one-line error naming the setting to
+/// lower, never an abort on a failed allocation, and nothing is written.
+#[test]
+fn data_cli_synth_refuses_a_dataset_larger_than_memory() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("huge");
+    // 10^6 scans of 10^7 frames: far beyond any machine's memory.
+    let synth = stptf()
+        .args(["synth", "--out"])
+        .arg(&out)
+        .args(["--length", "10000000", "--scans", "1000000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&synth.stderr);
+    assert_eq!(synth.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("invalid synthetic-data setting: length = 10000000 makes the dataset")
+            && stderr.trim_end().ends_with("; lower length"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+}

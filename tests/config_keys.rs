@@ -5,8 +5,8 @@
 //! `stptf evaluate`) on a tiny on-disk synthetic dataset: every fold's
 //! per-step loss and learning rate (metrics.jsonl), its scan counts and
 //! metrics (metrics.json), its test-scan probabilities (predictions.csv), and
-//! the FC baseline's probabilities on the same folds (`stptf baseline`,
-//! the only user of `baseline.c_reg`). Timings are left out; the base run is
+//! the connectivity baseline's probabilities on the same folds (`stptf
+//! baseline`, the only user of `baseline.*`). Timings are left out; the base run is
 //! done twice and must repeat exactly, so a difference is the key's doing.
 
 use std::collections::BTreeMap;
@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use stptf::check::gpu;
 use stptf::config::Config;
 use stptf::data::synth::{write_dataset, SynthConfig};
-use stptf::train::baseline::evaluate_baseline;
-use stptf::train::protocol::{baseline_folds, cross_validate, load_dataset};
+use stptf::train::protocol::{baseline_folds, cross_validate, load_dataset, run_baseline};
 use stptf::train::rundir::RunDir;
 
 /// The base experiment: small enough for about a second per evaluation.
@@ -93,6 +92,7 @@ const CHANGES: &[(&str, &str)] = &[
     ("evaluate.split", "leave-site-out"),
     ("evaluate.include_test_unlabeled", "true"),
     ("baseline.c_reg", "0.01"),
+    ("baseline.features", "partial"),
 ];
 
 /// Every dotted key below a TOML table.
@@ -172,7 +172,7 @@ fn observe(cfg: &Config, scratch: &Path) -> BTreeMap<String, String> {
         );
     }
     let folds = baseline_folds(&dataset, cfg).unwrap();
-    let baseline = evaluate_baseline(&dataset, &folds, cfg.baseline.c_reg).unwrap();
+    let baseline = run_baseline(&dataset, cfg, &folds).unwrap().results;
     let probabilities: Vec<String> = baseline
         .iter()
         .flat_map(|r| r.probabilities.iter().map(|p| format!("{p:.9}")))

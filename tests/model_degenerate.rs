@@ -1,4 +1,4 @@
-//! Degenerate inputs (DESIGN.md §3): crops with all-zero regions (outside the
+//! Degenerate inputs (docs/design.md §3): crops with all-zero regions (outside the
 //! field of view) and padded frames (valid = 0) through `make_views`,
 //! `pretrain_loss` (FGCO global and fine) and `finetune_loss`, for every
 //! encoder: every output and every gradient is finite.

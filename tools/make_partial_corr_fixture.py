@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Known-answer fixture for the partial-correlation kernel (DESIGN.md §5.4).
+"""Known-answer fixture for the partial-correlation kernel (docs/design.md §5.4).
 
 Writes tests/fixtures/partial_corr.json: a small seeded input x [B, N, T]
 (B=2, N=7, T=40; region 3 of item 0 and region 5 of item 1 all zero, as

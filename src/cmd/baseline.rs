@@ -6,11 +6,10 @@ use clap::Args;
 use serde::Serialize;
 
 use stptf::config::{Config, SplitKind};
-use stptf::train::baseline::{evaluate_on_features, fc_feature_matrix};
 use stptf::train::checkpoint::data_fingerprint;
 use stptf::train::metrics::{format_table, roc_curve, FoldMetrics, Summary};
 use stptf::train::plots::{roc_svg, RocCurve};
-use stptf::train::protocol::baseline_folds;
+use stptf::train::protocol::{baseline_folds, run_baseline};
 use stptf::train::rundir::RunDir;
 
 #[derive(Args)]
@@ -23,7 +22,7 @@ pub struct BaselineArgs {
     pub data: Option<PathBuf>,
     /// Experiment config (TOML; see assets/default.toml): its `seed`,
     /// `evaluate.folds`, `evaluate.split`, `data.finetune_sites`,
-    /// `finetune.label_fraction` and `baseline.c_reg` are used, so the
+    /// `finetune.label_fraction`, `baseline.c_reg` and `baseline.features` are used, so the
     /// baseline is scored on the same folds and labels as `evaluate`.
     /// Default: assets/default.toml's values.
     #[arg(long)]
@@ -116,7 +115,6 @@ pub fn run(args: &BaselineArgs) -> anyhow::Result<()> {
     let cfg = baseline_config(args)?;
     let dataset = stptf::train::protocol::load_dataset_file(&args.dataset, args.data.as_deref())?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let labels = dataset.labels();
     // The folds and labeled scans of `evaluate`: the baseline fits on exactly
     // the labels STPTF's fine-tuning sees.
     let folds = baseline_folds(&dataset, &cfg).context("cannot split the dataset into folds")?;
@@ -127,34 +125,27 @@ pub fn run(args: &BaselineArgs) -> anyhow::Result<()> {
     let run_dir = RunDir::create(&out)?;
 
     let t = Instant::now();
-    let features = fc_feature_matrix(&dataset);
-    let features_seconds = t.elapsed().as_secs_f64();
+    let outcome = run_baseline(&dataset, &cfg, &folds).context("the baseline failed")?;
+    let results = outcome.results;
+    let features_seconds = outcome.features_seconds;
+    let cv_seconds = t.elapsed().as_secs_f64() - features_seconds;
     log::info!(
-        "{} scans x {} FC features in {:.2} s",
-        features.nrows(),
-        features.ncols(),
+        "{} scans x {} {} features in {:.2} s",
+        dataset.scans.len(),
+        outcome.feature_width,
+        cfg.baseline.features,
         features_seconds
     );
-    let t = Instant::now();
-    let results = evaluate_on_features(
-        &features,
-        &labels,
-        dataset.num_classes(),
-        &folds,
-        cfg.baseline.c_reg,
-    )
-    .context("the baseline failed")?;
-    let cv_seconds = t.elapsed().as_secs_f64();
 
     let config = BaselineRun {
-        method: "FC (Fisher z of Pearson, upper triangle, z-scored on the training fold) + L2 logistic regression (L-BFGS)",
+        method: cfg.baseline.features.describe(),
         dataset_config: args.dataset.display().to_string(),
         data_dir: args.data.as_ref().map(|d| d.display().to_string()),
         dataset: &dataset.name,
         data_fingerprint: data_fingerprint(&dataset),
         scans: dataset.scans.len(),
         regions: dataset.n_regions,
-        features: features.ncols(),
+        features: outcome.feature_width,
         split: match cfg.evaluate.split {
             SplitKind::Stratified => "stratified subject-level k-fold",
             SplitKind::LeaveSiteOut => "leave-site-out",

@@ -1,6 +1,6 @@
 //! Adapter choice and device creation.
 //!
-//! Rules (DESIGN.md §4): prefer a hardware adapter, honour `WGPU_BACKEND` and
+//! Rules (docs/design.md §4): prefer a hardware adapter, honour `WGPU_BACKEND` and
 //! `WGPU_ADAPTER_NAME`, never fall back silently to GL, and request only the
 //! limits and features the kernels need — never `adapter.features()` wholesale,
 //! because Mesa 25 advertises experimental features that make the request fail.

@@ -988,6 +988,22 @@ mod ordering {
         assert!(gpu.read(&f).unwrap().iter().all(|&v| v == -3.5));
     }
 
+    /// `empty` returns no Result, so a poison fill it cannot record (here: a
+    /// binding limit below one alignment unit, which no fill can be planned
+    /// in) is reported by the next flush instead of being dropped.
+    #[test]
+    fn a_failed_poison_fill_is_reported_at_the_next_flush() {
+        let gpu = gpu_with_binding_limit(128); // 32 values; the alignment is 64
+        let t = gpu.empty(&[100]);
+        assert_eq!(t.shape(), [100]);
+        let e = gpu.flush().unwrap_err().to_string();
+        assert!(
+            e.contains("poisoning a new tensor") && e.contains("128-byte"),
+            "{e}"
+        );
+        gpu.flush().expect("the error is reported once");
+    }
+
     /// A trace holds only its own thread's commands.
     #[test]
     fn traces_of_other_threads_do_not_mix() {

@@ -1,4 +1,4 @@
-//! STIGA views on the GPU (DESIGN.md §3 SCA/TCA): the spatial view X_S
+//! STIGA views on the GPU (docs/design.md §3 SCA/TCA): the spatial view X_S
 //! (whole regions masked) and the temporal view X_T (whole frames masked) of a
 //! crop batch, with no readback.
 //!

@@ -35,7 +35,7 @@ pub struct AdamW {
 }
 
 impl Default for AdamW {
-    /// DESIGN.md §3: β = (0.9, 0.999), weight decay 1e-4; PyTorch's ε.
+    /// docs/design.md §3: β = (0.9, 0.999), weight decay 1e-4; PyTorch's ε.
     fn default() -> Self {
         Self {
             lr: 1e-3,

@@ -1,5 +1,5 @@
 //! The Barlow Twins cross-correlation loss of FGCO (`shaders/barlow.wgsl`,
-//! DESIGN.md §3). Given two embeddings z1, z2 [n, d] (samples × features):
+//! docs/design.md §3). Given two embeddings z1, z2 [n, d] (samples × features):
 //! each feature is standardized over the samples (batchnorm without affine,
 //! biased variance, ε = 1e-5), C = z̃1ᵀ z̃2 / n [d, d], and
 //! L = Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij², λ = 0.0051 by default.

@@ -10,7 +10,7 @@ use crate::gpu::{Gpu, GpuError, Result, Tensor};
 use crate::ops::as_matrix;
 
 const SHADER: crate::gpu::Shader = crate::shader!("batchnorm");
-/// BatchNorm's variance epsilon (PyTorch's default, and DESIGN.md §3's).
+/// BatchNorm's variance epsilon (PyTorch's default, and docs/design.md §3's).
 pub const EPS: f32 = 1e-5;
 
 #[repr(C)]

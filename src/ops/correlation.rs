@@ -8,7 +8,7 @@
 //! entry is exactly 1. "No variance" means a sum of squared deviations at most
 //! 1e-10·L·mean² (0 for an all-zero series; the rounding residue of a constant
 //! one). There is no backward: the matrices are computed from the input and
-//! no gradient flows into them (DESIGN.md §3).
+//! no gradient flows into them (docs/design.md §3).
 //!
 //! A batch whose output exceeds one storage binding (B = 64, N = 200, W = 7
 //! is 72 MB, lavapipe's limit 128 MiB) is split over batch items.

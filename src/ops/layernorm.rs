@@ -1,7 +1,7 @@
 //! LayerNorm over the last dimension (`shaders/layernorm.wgsl`): x [.., D] is
 //! read as R = len/D rows of D features; per row, mean and biased variance,
 //! ε = 1e-5, y = γ·x̂ + β with γ, β [D]. Used after the fusion 1×1 conv and on
-//! Z_st when `model.norm = "layer"` (DESIGN.md §3).
+//! Z_st when `model.norm = "layer"` (docs/design.md §3).
 //!
 //! The forward saves `stats` [R, 2] (mean, inverse standard deviation); the
 //! backward recomputes x̂ from x and those.

@@ -1,6 +1,6 @@
 //! Batched partial correlation from a Ledoit–Wolf shrunk covariance
 //! (`shaders/partial_correlation.wgsl`): x [B, N, T] → [B, N, N], the static
-//! branch's graph (DESIGN.md §3). Matches nilearn's
+//! branch's graph (docs/design.md §3). Matches nilearn's
 //! `ConnectivityMeasure(kind="partial correlation")` (checked against nilearn
 //! 0.14.1 with a fixture, `tools/make_partial_corr_fixture.py`), which fits
 //! sklearn's `LedoitWolf(store_precision=False)` to each region's series
@@ -14,7 +14,7 @@
 //! stays invertible (see the shader for the argument). An item whose regions
 //! are all zero is singular (μ = 0), as it is for sklearn.
 //!
-//! No backward: no gradient flows into the graph (DESIGN.md §3).
+//! No backward: no gradient flows into the graph (docs/design.md §3).
 
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 use crate::ops::matmul::{matmul_into, Spec};

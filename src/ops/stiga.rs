@@ -1,4 +1,4 @@
-//! STIGA masking probabilities (`shaders/stiga.wgsl`; DESIGN.md §3 SCA/TCA).
+//! STIGA masking probabilities (`shaders/stiga.wgsl`; docs/design.md §3 SCA/TCA).
 //!
 //! - SCA, per region: `d_i = Σ_{j≠i} |r_ij|` over the crop's |Pearson| matrix
 //!   (regions that are all zero in the crop are skipped as j and get p = 0),

@@ -415,6 +415,23 @@ pub fn evaluate_baseline(
     )
 }
 
+/// The baseline an experiment config asks for: `baseline.features` and
+/// `baseline.c_reg`, on the given folds.
+pub fn evaluate_configured(
+    dataset: &Dataset,
+    folds: &[Fold],
+    config: &crate::config::BaselineConfig,
+) -> Result<Vec<BaselineFold>> {
+    let connectivity = Connectivity::compute(dataset, config.features)?;
+    evaluate_connectivity(
+        &connectivity,
+        &dataset.labels(),
+        dataset.num_classes(),
+        folds,
+        config.c_reg,
+    )
+}
+
 /// `evaluate_baseline` on a precomputed feature matrix [scans, features].
 pub fn evaluate_on_features(
     features: &Array2<f64>,
@@ -740,6 +757,20 @@ mod tests {
             FeatureKind::Partial,
             "a refused value changes nothing"
         );
+        // The key acts: the configured baseline is the chosen kind's.
+        let dataset = synthetic(40, 2, 0.1, 5);
+        let folds = stratified_subject_kfold(&dataset.labels(), &dataset.subjects(), 2, 1).unwrap();
+        let mut chosen = Config::default().baseline;
+        let pearson = evaluate_configured(&dataset, &folds, &chosen).unwrap();
+        let old = evaluate_baseline(&dataset, &folds, chosen.c_reg).unwrap();
+        assert_eq!(pearson[0].probabilities, old[0].probabilities);
+        chosen.features = FeatureKind::Tangent;
+        let tangent = evaluate_configured(&dataset, &folds, &chosen).unwrap();
+        let connectivity = Connectivity::compute(&dataset, FeatureKind::Tangent).unwrap();
+        let direct =
+            evaluate_connectivity(&connectivity, &dataset.labels(), 2, &folds, 1.0).unwrap();
+        assert_eq!(tangent[0].probabilities, direct[0].probabilities);
+        assert_ne!(tangent[0].probabilities, pearson[0].probabilities);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::data::synth::{generate, SynthConfig};
 use crate::data::{DataError, Dataset, DatasetConfig};
 use crate::gpu::Gpu;
 use crate::model::{DataDims, Model};
+use crate::train::baseline::{evaluate_connectivity, BaselineError, BaselineFold, Connectivity};
 use crate::train::checkpoint;
 use crate::train::metrics::{roc_curve, FoldMetrics, MetricsError, Scores, Summary};
 use crate::train::plots::{importance_svg, loss_curve_svg, roc_svg, RocCurve, Series};
@@ -38,6 +39,8 @@ pub enum ProtocolError {
     RunDir(#[from] RunDirError),
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
+    #[error(transparent)]
+    Baseline(#[from] BaselineError),
     #[error("scoring fold {fold}")]
     Metrics {
         fold: String,
@@ -486,6 +489,35 @@ pub fn baseline_folds(dataset: &Dataset, cfg: &Config) -> Result<Vec<Fold>> {
             test: plan.test,
         })
         .collect())
+}
+
+/// What [`run_baseline`] computed.
+pub struct BaselineOutcome {
+    pub results: Vec<BaselineFold>,
+    /// Features per scan.
+    pub feature_width: usize,
+    pub features_seconds: f64,
+}
+
+/// The baseline of `stptf baseline` on `folds` (from [`baseline_folds`]):
+/// `baseline.features` connectivity and L2 logistic regression with
+/// `baseline.c_reg`.
+pub fn run_baseline(dataset: &Dataset, cfg: &Config, folds: &[Fold]) -> Result<BaselineOutcome> {
+    let started = Instant::now();
+    let connectivity = Connectivity::compute(dataset, cfg.baseline.features)?;
+    let features_seconds = started.elapsed().as_secs_f64();
+    let results = evaluate_connectivity(
+        &connectivity,
+        &dataset.labels(),
+        dataset.num_classes(),
+        folds,
+        cfg.baseline.c_reg,
+    )?;
+    Ok(BaselineOutcome {
+        results,
+        feature_width: connectivity.width(),
+        features_seconds,
+    })
 }
 
 /// One row per scored scan: id, subject, site, label, class probabilities.

@@ -468,7 +468,7 @@ fn record_step(
 }
 
 /// Class probabilities per scan, from logits averaged over the K fixed crops
-/// of each scan (DESIGN.md §3). Returns [scans][classes] in `scans` order.
+/// of each scan (docs/design.md §3). Returns [scans][classes] in `scans` order.
 pub fn score_scans(
     gpu: &Gpu,
     model: &Model,
