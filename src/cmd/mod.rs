@@ -5,6 +5,7 @@ pub mod baseline;
 pub mod bench;
 pub mod common;
 pub mod evaluate;
+pub mod explain;
 pub mod finetune;
 pub mod info;
 pub mod inspect;

@@ -59,7 +59,11 @@ fn resolved(path: &Path) -> PathBuf {
 
 /// Refuses an output path inside a protected folder, equal to a protected
 /// file, or already existing (unless `force`).
-fn check_output(out: &Path, force: bool, protected: &[(&str, &Path)]) -> anyhow::Result<()> {
+pub(super) fn check_output(
+    out: &Path,
+    force: bool,
+    protected: &[(&str, &Path)],
+) -> anyhow::Result<()> {
     let target = resolved(out);
     for (what, path) in protected {
         let path = resolved(path);
@@ -84,7 +88,7 @@ fn check_output(out: &Path, force: bool, protected: &[(&str, &Path)]) -> anyhow:
 }
 
 /// The checkpoint `--model` names, if it is a fine-tuned one.
-fn load_finetuned(model: &Path) -> anyhow::Result<(PathBuf, Checkpoint)> {
+pub(super) fn load_finetuned(model: &Path) -> anyhow::Result<(PathBuf, Checkpoint)> {
     let not_finetuned = |what: &str| {
         anyhow::anyhow!(
             "{what} is a pretraining checkpoint: its classification head was never trained. \

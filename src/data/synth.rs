@@ -164,10 +164,48 @@ impl SynthConfig {
         (scan % self.classes.max(1)) as u32
     }
 
+    /// What the generator plants, as written to `planted.json`: the ground
+    /// truth an importance map is scored against.
+    pub fn planted(&self) -> Planted {
+        let classes = 0..self.classes;
+        Planted {
+            regions: self.regions,
+            length: self.length,
+            classes: self.classes,
+            seed: self.seed,
+            community: self.community_regions(),
+            coupling_by_class: classes.clone().map(|c| self.coupling(c)).collect(),
+            states: STATES,
+            mean_dwell_by_class: classes.map(|c| self.mean_dwell(c)).collect(),
+            time_structure: "state switching with a class-dependent mean dwell time, \
+                             stationary over the scan: no frame or segment is planted \
+                             to matter more than another"
+                .to_string(),
+        }
+    }
+
     /// Sites balanced in class: consecutive groups of C scans share a site.
     pub fn site(&self, scan: usize) -> usize {
         (scan / self.classes.max(1)) % SITES
     }
+}
+
+/// The planted structure of a synthetic dataset (`planted.json` beside the scans).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Planted {
+    pub regions: usize,
+    pub length: usize,
+    pub classes: usize,
+    pub seed: u64,
+    /// Region indices (0-based, ascending) whose shared-signal coupling differs by class.
+    pub community: Vec<usize>,
+    pub coupling_by_class: Vec<f64>,
+    /// Number of latent states of the time process.
+    pub states: usize,
+    /// Mean dwell time of the latent state process, in frames, per class.
+    pub mean_dwell_by_class: Vec<f64>,
+    /// In words: where in time the class difference lives.
+    pub time_structure: String,
 }
 
 /// Memory the system can give without swapping (Linux `MemAvailable`);
@@ -351,8 +389,15 @@ fn write_contents(folder: &Path, config: &SynthConfig) -> Result<()> {
         config.length.min(64)
     );
     let toml_path = folder.join("dataset.toml");
-    fs::write(&toml_path, description).map_err(|e| DataError::write(&toml_path, e))
+    fs::write(&toml_path, description).map_err(|e| DataError::write(&toml_path, e))?;
+    let planted_path = folder.join(PLANTED_FILE);
+    let planted = serde_json::to_string_pretty(&config.planted())
+        .map_err(|e| DataError::write(&planted_path, std::io::Error::other(e)))?;
+    fs::write(&planted_path, planted + "\n").map_err(|e| DataError::write(&planted_path, e))
 }
+
+/// The side file `write_dataset` records the planted structure in.
+pub const PLANTED_FILE: &str = "planted.json";
 
 #[cfg(test)]
 mod tests {
@@ -544,6 +589,30 @@ mod tests {
             assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0);
             assert_eq!(generate(&wide).0.len(), 0);
         }
+    }
+
+    #[test]
+    fn data_synth_records_what_it_plants() {
+        let config = SynthConfig {
+            scans: 4,
+            length: 8,
+            seed: 5,
+            ..SynthConfig::default()
+        };
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        write_dataset(&dir, &config).unwrap();
+        let text = fs::read_to_string(dir.join(PLANTED_FILE)).unwrap();
+        let planted: Planted = serde_json::from_str(&text).unwrap();
+        assert_eq!(planted, config.planted());
+        assert_eq!(planted.community, config.community_regions());
+        assert_eq!(planted.community.len(), 4);
+        let want_coupling = [0.2, 0.9];
+        assert_eq!(planted.coupling_by_class.len(), 2);
+        for (got, want) in planted.coupling_by_class.iter().zip(want_coupling) {
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+        assert_eq!(planted.mean_dwell_by_class, vec![2.0, 10.0]);
     }
 
     #[test]

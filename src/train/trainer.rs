@@ -137,6 +137,12 @@ fn batcher(cfg: &Config, phase: Phase) -> Batcher {
     }
 }
 
+/// The batcher `score_scans` uses (the K fixed evaluation crops), for other
+/// passes over the same crops (`train::explain`).
+pub(crate) fn evaluation_batcher(cfg: &Config) -> Batcher {
+    batcher(cfg, Phase::Finetune)
+}
+
 /// Saves model, optimizer state and metadata atomically.
 fn save_checkpoint(
     gpu: &Gpu,
