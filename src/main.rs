@@ -32,14 +32,11 @@ enum Command {
     Evaluate(cmd::evaluate::EvaluateArgs),
     /// Label scans with a fine-tuned model (CSV: id, predicted class, probabilities).
     Predict(cmd::predict::PredictArgs),
-<<<<<<< HEAD
     /// One training step broken down by model stage and kernel family (GPU
     /// timestamps per dispatch), with dispatch, bind-group, submit and memory counts.
     Profile(cmd::profile::ProfileArgs),
-=======
     /// Which regions and which segments of time decided (occlusion importance per class).
     Explain(cmd::explain::ExplainArgs),
->>>>>>> wip-explain
     /// Show the GPU adapter, its limits and optional features.
     Info,
     /// Load a dataset and print what is in it (scans, regions, lengths, classes, sites, exclusions).
@@ -57,11 +54,8 @@ fn main() -> ExitCode {
         Command::Finetune(args) => cmd::finetune::run(&args),
         Command::Evaluate(args) => cmd::evaluate::run(&args),
         Command::Predict(args) => cmd::predict::run(&args),
-<<<<<<< HEAD
         Command::Profile(args) => cmd::profile::run(&args),
-=======
         Command::Explain(args) => cmd::explain::run(&args),
->>>>>>> wip-explain
         Command::Info => cmd::info::run(),
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Synth(args) => cmd::synth::run(&args),

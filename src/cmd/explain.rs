@@ -19,7 +19,6 @@ use stptf::train::explain::{
 };
 use stptf::train::plots::importance_svg;
 use stptf::train::protocol::{data_dims, read_dataset_description};
-use stptf::train::trainer::host_tensors;
 
 use super::common::open_gpu;
 use super::predict::{check_output, load_finetuned};
@@ -78,20 +77,15 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
         )
     })?);
     let gpu = open_gpu(true)?;
-    let model = Model::from_host(
-        &gpu,
-        cfg.model.clone(),
-        data_dims(&dataset),
-        &host_tensors(&ckpt),
-    )
-    .with_context(|| {
-        format!(
-            "the model in {} does not fit this dataset ({} regions, {} classes)",
-            dir.display(),
-            dataset.n_regions,
-            dataset.num_classes()
-        )
-    })?;
+    let model = Model::from_host(&gpu, cfg.model.clone(), data_dims(&dataset), &ckpt.weights)
+        .with_context(|| {
+            format!(
+                "the model in {} does not fit this dataset ({} regions, {} classes)",
+                dir.display(),
+                dataset.n_regions,
+                dataset.num_classes()
+            )
+        })?;
     let scans: Vec<usize> = (0..dataset.scans.len()).collect();
     let importance = explain(&gpu, &model, &dataset, &scans, &cfg)?;
     let names: Vec<String> = (0..dataset.n_regions)

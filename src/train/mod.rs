@@ -20,11 +20,8 @@
 pub mod atomic;
 pub mod baseline;
 pub mod checkpoint;
-<<<<<<< HEAD
-pub mod fault;
-=======
 pub mod explain;
->>>>>>> wip-explain
+pub mod fault;
 pub mod metrics;
 pub mod plots;
 pub mod profile;
