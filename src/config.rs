@@ -923,10 +923,14 @@ mod tests {
     fn fgco_fine_with_the_lstm_encoder_is_refused_at_load() {
         let mut c = Config::default();
         c.apply_override("model.encoder", "lstm").unwrap();
-        c.apply_override("pretrain.fgco", "fine").unwrap();
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("pretrain.fgco") && e.contains("lstm"), "{e}");
-        c.apply_override("pretrain.fgco", "global").unwrap();
         c.validate().unwrap();
+        // An override is validated as it is applied (`--set` and files alike).
+        let e = c
+            .apply_override("pretrain.fgco", "fine")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pretrain.fgco") && e.contains("lstm"), "{e}");
+        c.pretrain.fgco = Fgco::Fine;
+        assert!(c.validate().is_err());
     }
 }
