@@ -6,22 +6,18 @@
 //! description), also prints how many of the top regions are the planted ones.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 
 use stptf::data::synth::{Planted, PLANTED_FILE};
-use stptf::data::Dataset;
-use stptf::model::Model;
 use stptf::train::explain::{
     explain, precision_at_k, ranked_regions, region_scores, regions_csv, time_csv,
 };
 use stptf::train::plots::importance_svg;
-use stptf::train::protocol::{data_dims, read_dataset_description};
+use stptf::train::protocol::read_dataset_description;
 
-use super::common::open_gpu;
-use super::predict::{check_output, load_finetuned};
+use super::predict::{check_output, load_finetuned, open_dataset_and_model};
 
 #[derive(Args)]
 pub struct ExplainArgs {
@@ -70,22 +66,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
             ],
         )?;
     }
-    let dataset = Arc::new(Dataset::load(&description).with_context(|| {
-        format!(
-            "cannot load the dataset described by {}",
-            args.dataset.display()
-        )
-    })?);
-    let gpu = open_gpu(true)?;
-    let model = Model::from_host(&gpu, cfg.model.clone(), data_dims(&dataset), &ckpt.weights)
-        .with_context(|| {
-            format!(
-                "the model in {} does not fit this dataset ({} regions, {} classes)",
-                dir.display(),
-                dataset.n_regions,
-                dataset.num_classes()
-            )
-        })?;
+    let (dataset, gpu, model) = open_dataset_and_model(&args.dataset, &description, &dir, &ckpt)?;
     let scans: Vec<usize> = (0..dataset.scans.len()).collect();
     let importance = explain(&gpu, &model, &dataset, &scans, &cfg)?;
     let names: Vec<String> = (0..dataset.n_regions)

@@ -88,6 +88,35 @@ pub(super) fn check_output(
 }
 
 /// The checkpoint `--model` names, if it is a fine-tuned one.
+/// Loads the dataset, opens the GPU and builds the fine-tuned model from the
+/// checkpoint's weights (shared by `predict` and `explain`), naming the
+/// dataset description or the checkpoint when either does not fit.
+pub(super) fn open_dataset_and_model(
+    dataset_path: &Path,
+    description: &stptf::data::DatasetConfig,
+    dir: &Path,
+    ckpt: &Checkpoint,
+) -> anyhow::Result<(Arc<Dataset>, stptf::gpu::Gpu, Model)> {
+    let cfg = &ckpt.meta.config;
+    let dataset = Arc::new(Dataset::load(description).with_context(|| {
+        format!(
+            "cannot load the dataset described by {}",
+            dataset_path.display()
+        )
+    })?);
+    let gpu = open_gpu(true)?;
+    let model = Model::from_host(&gpu, cfg.model.clone(), data_dims(&dataset), &ckpt.weights)
+        .with_context(|| {
+            format!(
+                "the model in {} does not fit this dataset ({} regions, {} classes)",
+                dir.display(),
+                dataset.n_regions,
+                dataset.num_classes()
+            )
+        })?;
+    Ok((dataset, gpu, model))
+}
+
 pub(super) fn load_finetuned(model: &Path) -> anyhow::Result<(PathBuf, Checkpoint)> {
     let not_finetuned = |what: &str| {
         anyhow::anyhow!(
@@ -143,22 +172,7 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
             ("dataset description", &args.dataset),
         ],
     )?;
-    let dataset = Arc::new(Dataset::load(&description).with_context(|| {
-        format!(
-            "cannot load the dataset described by {}",
-            args.dataset.display()
-        )
-    })?);
-    let gpu = open_gpu(true)?;
-    let model = Model::from_host(&gpu, cfg.model.clone(), data_dims(&dataset), &ckpt.weights)
-        .with_context(|| {
-            format!(
-                "the model in {} does not fit this dataset ({} regions, {} classes)",
-                dir.display(),
-                dataset.n_regions,
-                dataset.num_classes()
-            )
-        })?;
+    let (dataset, gpu, model) = open_dataset_and_model(&args.dataset, &description, &dir, &ckpt)?;
     let scans: Vec<usize> = (0..dataset.scans.len()).collect();
     let probs = score_scans(&gpu, &model, &dataset, &scans, &cfg)?;
     let mut csv = String::from("id,predicted");
