@@ -135,12 +135,13 @@ fn gcn_gradients_match_finite_differences_of_the_cpu_composition() {
     let x = tape.input(gpu.upload(&xv, &[B, N, FIN]).unwrap());
     let y = tape.input(gpu.upload(&labels.map(|l| l as f32), &[B]).unwrap());
     let loss = forward(&mut tape, &store, &ids, a, x, y);
+    let loss_value = tape.value(loss).clone();
     tape.backward(loss, &store).unwrap();
 
     let x64 = Array3::from_shape_vec((B, N, FIN), to_f64(&xv)).unwrap();
     let flat: Vec<Vec<f64>> = init.iter().map(|v| to_f64(v)).collect();
     let want_loss = cpu_loss(&a64, &x64, &labels, &params64(&flat));
-    let got_loss = gpu.read(tape.value(loss)).unwrap()[0] as f64;
+    let got_loss = gpu.read(&loss_value).unwrap()[0] as f64;
     assert!(
         (got_loss - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0),
         "loss {got_loss} vs {want_loss}"
@@ -197,11 +198,12 @@ fn adamw_overfits_one_batch() {
         let x = tape.input(x_t.clone());
         let y = tape.input(y_t.clone());
         let loss = forward(&mut tape, &store, &ids, a, x, y);
+        let loss_value = tape.value(loss).clone();
         tape.backward(loss, &store).unwrap();
         opt.update(gpu, &store, 1e-2).unwrap();
         // One submit per step; the loss is read only at the ends.
         if step == 0 || step == 299 {
-            let l = gpu.read(tape.value(loss)).unwrap()[0];
+            let l = gpu.read(&loss_value).unwrap()[0];
             if step == 0 {
                 first = Some(l);
             }

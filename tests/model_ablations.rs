@@ -95,10 +95,11 @@ fn loss(gpu: &Gpu, model: &Model, d: &Batch, backward: bool) -> f64 {
         .finetune_loss(&mut tape, &d.x, &d.valid, &d.labels)
         .unwrap();
     let l = tape.add(pre, ce).unwrap();
+    let loss = tape.value(l).clone();
     if backward {
         tape.backward(l, &model.params.store).unwrap();
     }
-    gpu.read(tape.value(l)).unwrap()[0] as f64
+    gpu.read(&loss).unwrap()[0] as f64
 }
 
 fn set_params(gpu: &Gpu, model: &Model, base: &[Vec<f32>], dir: &[Vec<f32>], h: f32) {

@@ -111,15 +111,13 @@ fn zero_regions_and_padded_frames_stay_finite() {
                         (l, Some(logits))
                     }
                 };
+                let loss = tape.value(l).clone();
+                let logits = extra.map(|v| tape.value(v).clone());
                 tape.backward(l, &model.params.store).unwrap();
-                let value = gpu.read(tape.value(l)).unwrap()[0];
+                let value = gpu.read(&loss).unwrap()[0];
                 assert!(value.is_finite(), "{what}: loss {value}");
-                if let Some(logits) = extra {
-                    assert!(gpu
-                        .read(tape.value(logits))
-                        .unwrap()
-                        .iter()
-                        .all(|v| v.is_finite()));
+                if let Some(logits) = logits {
+                    assert!(gpu.read(&logits).unwrap().iter().all(|v| v.is_finite()));
                 }
                 for g in model.params.grads_to_host(gpu).unwrap() {
                     assert!(

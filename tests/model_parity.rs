@@ -120,8 +120,9 @@ fn run(case: &str, loss: &str) -> (f64, Vec<HostTensor>) {
         }
         other => panic!("unknown loss {other}"),
     };
+    let loss = tape.value(l).clone();
     tape.backward(l, &model.params.store).unwrap();
-    let value = gpu.read(tape.value(l)).unwrap()[0] as f64;
+    let value = gpu.read(&loss).unwrap()[0] as f64;
     (value, model.params.grads_to_host(gpu).unwrap())
 }
 

@@ -86,6 +86,7 @@ mod tests {
         let flat = tape.reshape(prod, &[1, b * h]).unwrap();
         let ones = tape.input(gpu.full(&[b * h, 1], 1.0).unwrap());
         let loss = tape.matmul(flat, ones, Spec::NN).unwrap();
+        let loss_value = tape.value(loss).clone();
         tape.backward(loss, &store).unwrap();
 
         let p64: Vec<Vec<f64>> = init.iter().map(|v| to_f64(v)).collect();
@@ -102,7 +103,7 @@ mod tests {
             }
             l
         };
-        let gpu_loss = gpu.read(tape.value(loss)).unwrap()[0] as f64;
+        let gpu_loss = gpu.read(&loss_value).unwrap()[0] as f64;
         let want = ref_loss(&p64);
         assert!(
             (gpu_loss - want).abs() <= 1e-4 * want.abs().max(1.0),

@@ -151,38 +151,58 @@ impl<'g> Tape<'g> {
     }
 
     /// Backpropagates from a scalar (1-element) value, seeding d(loss) = 1,
-    /// and accumulates parameter gradients into `store`.
-    pub fn backward(&self, loss: Var, store: &ParamStore) -> Result<()> {
+    /// and accumulates parameter gradients into `store`. Consumes the tape
+    /// (see [`Tape::backward_from`]): clone any value needed afterwards, the
+    /// loss or the logits, before calling it.
+    pub fn backward(self, loss: Var, store: &ParamStore) -> Result<()> {
         let seed = self.gpu.full(self.values[loss.0].shape(), 1.0)?;
         self.backward_from(loss, seed, store)
     }
 
     /// Backpropagates a given output gradient.
-    pub fn backward_from(&self, out: Var, grad: Tensor, store: &ParamStore) -> Result<()> {
-        let mut grads: Vec<Option<Tensor>> = vec![None; self.values.len()];
+    ///
+    /// Memory: the tape holds every forward value, but the backward needs
+    /// only what the nodes' closures saved. So the tape's own handles are
+    /// dropped before the first backward kernel is recorded (a forward
+    /// temporary that no backward reads, e.g. a matmul output that only
+    /// fed a bias add, is freed there), and each node is dropped as soon as
+    /// its backward is recorded (its saved tensors are freed once no
+    /// earlier node still holds them). The pool hands a freed buffer to the
+    /// next request at once (`gpu::pool`), so the gradients reuse that
+    /// memory instead of adding to it.
+    pub fn backward_from(self, out: Var, grad: Tensor, store: &ParamStore) -> Result<()> {
+        let Tape {
+            gpu,
+            values,
+            param_of,
+            needs_grad,
+            mut nodes,
+        } = self;
+        let mut grads: Vec<Option<Tensor>> = vec![None; values.len()];
+        drop(values);
         grads[out.0] = Some(grad);
-        for node in self.nodes.iter().rev() {
+        while let Some(node) = nodes.pop() {
             let Some(g_out) = grads[node.output.0].take() else {
                 continue;
             };
-            let input_grads = (node.backward)(self.gpu, &g_out)?;
+            let input_grads = (node.backward)(gpu, &g_out)?;
             for (input, g) in node.inputs.iter().zip(input_grads) {
                 let Some(g) = g else { continue };
-                if !self.needs_grad[input.0] {
+                if !needs_grad[input.0] {
                     continue;
                 }
                 match &mut grads[input.0] {
                     // Out of place: a backward may hand the same tensor to
                     // several inputs (add passes its gradient through), so an
                     // in-place sum would corrupt the others.
-                    Some(acc) => *acc = crate::ops::elementwise::add(self.gpu, acc, &g)?,
+                    Some(acc) => *acc = crate::ops::elementwise::add(gpu, acc, &g)?,
                     slot @ None => *slot = Some(g),
                 }
             }
         }
         for (i, g) in grads.into_iter().enumerate() {
-            if let (Some(g), Some(pid)) = (g, self.param_of[i]) {
-                crate::ops::elementwise::axpy(self.gpu, &store.get(pid).grad, 1.0, &g)?;
+            if let (Some(g), Some(pid)) = (g, param_of[i]) {
+                crate::ops::elementwise::axpy(gpu, &store.get(pid).grad, 1.0, &g)?;
             }
         }
         Ok(())
@@ -253,12 +273,13 @@ mod tests {
         let flat = tape.reshape(prod, &[1, n * o]).unwrap();
         let ones = tape.input(gpu.full(&[n * o, 1], 1.0).unwrap());
         let loss = tape.matmul(flat, ones, Spec::NN).unwrap();
+        let loss_value = tape.value(loss).clone();
         tape.backward(loss, &store).unwrap();
 
         let x64 = Array2::from_shape_vec((n, d), to_f64(&xv)).unwrap();
         let g64 = Array2::from_shape_vec((n, o), to_f64(&gv)).unwrap();
         let p64: Vec<Vec<f64>> = init.iter().map(|v| to_f64(v)).collect();
-        let gpu_loss = gpu.read(tape.value(loss)).unwrap()[0] as f64;
+        let gpu_loss = gpu.read(&loss_value).unwrap()[0] as f64;
         let ref_loss = reference_loss(&x64, &g64, &p64[0], &p64[1], &p64[2], &p64[3], h, o);
         assert!(
             (gpu_loss - ref_loss).abs() < 1e-4 * ref_loss.abs().max(1.0),
@@ -277,6 +298,43 @@ mod tests {
                 &format!("gradient of p{k}"),
             );
         }
+    }
+
+    /// The backward frees what it no longer needs and reuses that memory:
+    /// a chain of k tanh (each saves its output) holds k outputs after the
+    /// forward; were nothing freed until the step's end, the backward's k
+    /// gradients would add k more. Measured on a device of its own (the
+    /// pool's high-water mark is per device).
+    #[test]
+    fn backward_reuses_the_memory_of_values_it_no_longer_needs() {
+        let gpu = Gpu::new().expect("GPU adapter");
+        let (k, len) = (8usize, 1 << 16);
+        let bytes = (len * 4) as u64;
+        let mut store = ParamStore::default();
+        let id = store.add(&gpu, "x", &random_vec(len, 3), &[len]).unwrap();
+        store.zero_grads(&gpu).unwrap();
+        let base = gpu.memory().0;
+        let mut tape = Tape::new(&gpu);
+        let mut v = tape.param(&store, id);
+        for _ in 0..k {
+            v = tape.tanh(v).unwrap();
+        }
+        let forward_peak = gpu.memory().1;
+        assert!(forward_peak >= base + k as u64 * bytes);
+        tape.backward_from(v, gpu.full(&[len], 1.0).unwrap(), &store)
+            .unwrap();
+        gpu.flush().unwrap();
+        let peak = gpu.memory().1;
+        // The seed and at most two gradients alive at a time, beyond the
+        // forward's k outputs (tanh's backward reads only its output).
+        assert!(
+            peak <= base + (k as u64 + 3) * bytes,
+            "peak {} MiB above the store, forward alone {} MiB",
+            (peak - base) >> 20,
+            (forward_peak - base) >> 20
+        );
+        let g = gpu.read(&store.get(id).grad).unwrap();
+        assert!(g.iter().all(|v| v.is_finite() && *v > 0.0));
     }
 
     #[test]

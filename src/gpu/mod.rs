@@ -653,18 +653,14 @@ impl Gpu {
         Ok(())
     }
 
-    /// Submits everything recorded so far (one submit) and makes buffers
-    /// released during the recording reusable. Does not wait.
+    /// Submits everything recorded so far (one submit). Does not wait.
     pub fn flush(&self) -> Result<()> {
-        // Take, submit and recycle under the encoder lock, so that with several
+        // Take and submit under the encoder lock, so that with several
         // threads recording (the tests) encoders are submitted in the order
         // they were taken: otherwise a thread could submit its later commands
         // (a readback copy) while another thread still holds the encoder with
-        // its earlier ones, and read stale data. The released buffers are taken
-        // with the encoder: one released after the take may be used by
-        // commands in the next encoder, so it must stay pending.
+        // its earlier ones, and read stale data.
         let mut guard = lock(&self.encoder);
-        let released = lock(&self.pool).take_pending();
         if let Some(encoder) = guard.take() {
             // The belt's staging chunks must be unmapped before the copies
             // recorded from them are submitted, and recalled after.
@@ -675,7 +671,6 @@ impl Gpu {
             self.submits
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        lock(&self.pool).after_submit(released);
         drop(guard);
         self.check_errors()
     }
@@ -1051,6 +1046,27 @@ mod ordering {
                 Recorded::Copy { .. } => "copy",
             })
             .collect()
+    }
+
+    /// A buffer released while a recorded kernel still reads it goes to the
+    /// next request of its size at once, before any submit (`gpu::pool`),
+    /// and the kernel recorded earlier still reads the old contents: reuse
+    /// within one recording is ordered like every other command.
+    #[test]
+    fn a_buffer_released_mid_recording_is_reused_in_program_order() {
+        // A device of its own: on the shared one another test's thread
+        // could take the released buffer first.
+        let gpu = super::Gpu::new().expect("GPU adapter");
+        let submits = gpu.submits();
+        let a = gpu.upload(&[1.0, 2.0, 3.0, 4.0], &[4]).unwrap();
+        let doubled = crate::ops::elementwise::add(&gpu, &a, &a).unwrap();
+        let id = a.buffer_id();
+        drop(a);
+        let b = gpu.full(&[4], 9.0).unwrap();
+        assert_eq!(b.buffer_id(), id, "the released buffer was not reused");
+        assert_eq!(gpu.submits(), submits, "reused only after a submit");
+        assert_eq!(gpu.read(&doubled).unwrap(), [2.0, 4.0, 6.0, 8.0]);
+        assert_eq!(gpu.read(&b).unwrap(), [9.0; 4]);
     }
 
     /// `write` is ordered after kernels recorded before it.

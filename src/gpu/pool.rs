@@ -1,16 +1,25 @@
-//! A pool of storage buffers reused across training steps.
+//! A pool of storage buffers reused across and within training steps.
 //!
-//! Buffers are pooled by size class (the next power of two of the byte size,
-//! at least 256 bytes). Each buffer gets an id when it is created, unique on
-//! its device; the bind-group cache keys on it (`bind_cache.rs`), and
-//! [`BufferPool::trim`] reports the ids it frees so the cache can drop the
-//! bind groups that would otherwise keep those buffers alive.
+//! Buffers are pooled by size class: eight classes per power of two above
+//! 4 KiB (a request wastes at most 1/8 of its size, where powers of two
+//! wasted up to half: an ABIDE node-feature tensor of 105 MB took 128 MiB),
+//! powers of two below, at least 256 bytes. Each buffer gets an id when it
+//! is created, unique on its device; the bind-group cache keys on it
+//! (`bind_cache.rs`), and [`BufferPool::trim`] reports the ids it frees so
+//! the cache can drop the bind groups that would otherwise keep those
+//! buffers alive.
 //!
-//! A buffer released while commands that use it are still being recorded goes
-//! into `pending` and becomes reusable only after that recording is submitted.
-//! Every host write is recorded in program order now (`Gpu::write`), so
-//! reusing it earlier would also be correct; the rule is kept because it
-//! costs nothing and keeps a buffer's users within one submission.
+//! A released buffer is reusable at once, by commands recorded after its
+//! release, even while its earlier users still sit unsubmitted in the same
+//! encoder. That is correct because every command that touches a pooled
+//! buffer is recorded into the one encoder in program order: kernels,
+//! clears, copies, and host writes too (`Gpu::write` records a copy from
+//! staging memory; nothing uses `queue.write_buffer`, which would land
+//! before earlier-recorded work). wgpu orders the passes of one encoder and
+//! places the barriers between a read and a later write of the same buffer.
+//! It is what lets a step's backward reuse the memory of forward tensors it
+//! no longer needs (`autograd::Tape::backward`) instead of the step's peak
+//! being the sum of everything it ever allocated.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,9 +30,17 @@ pub const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
-/// Size class of a request, in bytes.
+/// Size class of a request, in bytes: powers of two up to 4 KiB, then
+/// eight evenly spaced classes per octave (multiples of 512 bytes, so every
+/// class keeps wgpu's 4-byte copy alignment).
 pub fn size_class(bytes: u64) -> u64 {
-    bytes.max(256).next_power_of_two()
+    let b = bytes.max(256);
+    let pow = b.next_power_of_two();
+    if pow <= 4096 {
+        return pow;
+    }
+    let step = pow / 16; // an eighth of the octave (pow/2 .. pow)
+    b.div_ceil(step) * step
 }
 
 /// A device buffer and the id the pool gave it.
@@ -36,7 +53,6 @@ pub struct PooledBuffer {
 #[derive(Default)]
 pub struct BufferPool {
     free: HashMap<u64, Vec<Arc<PooledBuffer>>>,
-    pending: Vec<Arc<PooledBuffer>>,
     next_id: u64,
     /// Bytes currently allocated from the device (free + in use).
     pub allocated_bytes: u64,
@@ -64,25 +80,11 @@ impl BufferPool {
         })
     }
 
-    /// Called when the last tensor holding `buf` is dropped.
+    /// Called when the last tensor holding `buf` is dropped: the buffer is
+    /// free for the next request of its class (see the module comment for
+    /// why that is safe before the recording is submitted).
     pub fn release(&mut self, buf: Arc<PooledBuffer>) {
-        self.pending.push(buf);
-    }
-
-    /// Takes the buffers released so far. Called while the encoder is taken
-    /// for submission (under its lock), so every command that used them is in
-    /// that encoder or an earlier one.
-    pub fn take_pending(&mut self) -> Vec<Arc<PooledBuffer>> {
-        std::mem::take(&mut self.pending)
-    }
-
-    /// Called right after the submission that `take_pending` belonged to:
-    /// those buffers may be reused. Buffers released after the encoder was
-    /// taken stay pending: their last users may be in the next encoder.
-    pub fn after_submit(&mut self, released: Vec<Arc<PooledBuffer>>) {
-        for buf in released {
-            self.free.entry(buf.buffer.size()).or_default().push(buf);
-        }
+        self.free.entry(buf.buffer.size()).or_default().push(buf);
     }
 
     /// Frees every idle buffer (for memory reports and long-lived processes)
@@ -104,10 +106,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn size_classes_round_up_to_powers_of_two() {
+    fn size_classes_are_powers_of_two_then_eighths_of_an_octave() {
         assert_eq!(size_class(1), 256);
         assert_eq!(size_class(256), 256);
         assert_eq!(size_class(257), 512);
-        assert_eq!(size_class(70_400 * 64 * 4), 32 * 1024 * 1024);
+        assert_eq!(size_class(4096), 4096);
+        // 4097 lies in the octave (4 KiB, 8 KiB]: classes of 512 bytes.
+        assert_eq!(size_class(4097), 4096 + 512);
+        // The GNN benchmark's 17.2 MiB operand: 18 MiB, where it took 32.
+        assert_eq!(size_class(70_400 * 64 * 4), 18 * 1024 * 1024);
+        // The ABIDE node features [32, 128, 200, 32] f32: 100 MiB, rounded up
+        // to the next 8 MiB class of the 64..128 MiB octave (was 128 MiB).
+        assert_eq!(size_class(104_857_600), 104 * 1024 * 1024);
+        for bytes in [
+            257u64,
+            4097,
+            5000,
+            1 << 20,
+            (1 << 20) + 1,
+            123_456_789,
+            3 << 30,
+        ] {
+            let c = size_class(bytes);
+            assert!(c >= bytes && c % 4 == 0, "{bytes} -> {c}");
+            assert!(
+                c - bytes <= bytes / 8 + 256,
+                "{bytes} -> {c}: wastes more than 1/8"
+            );
+        }
     }
 }

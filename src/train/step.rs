@@ -69,11 +69,12 @@ pub fn record_pretrain_step(
         objective.fgco,
         objective.lambda_offdiag,
     )?;
+    let loss_value = tape.value(loss).clone();
     gpu.set_stage("backward");
     tape.backward(loss, &model.params.store)?;
     gpu.set_stage("optimizer");
     opt.update(gpu, &model.params.store, lr)?;
-    Ok(tape.value(loss).clone())
+    Ok(loss_value)
 }
 
 /// Records one fine-tuning step on x [B, N, T] (valid [B, T], labels [B]):
@@ -94,6 +95,7 @@ pub fn record_finetune_step(
     model.params.store.zero_grads(gpu)?;
     let mut tape = Tape::new(gpu);
     let (loss, _logits) = model.finetune_loss(&mut tape, x, valid, labels)?;
+    let loss_value = tape.value(loss).clone();
     gpu.set_stage("backward");
     tape.backward(loss, &model.params.store)?;
     gpu.set_stage("optimizer");
@@ -104,5 +106,5 @@ pub fn record_finetune_step(
     } else {
         opt.update(gpu, &model.params.store, lr)?;
     }
-    Ok(tape.value(loss).clone())
+    Ok(loss_value)
 }
