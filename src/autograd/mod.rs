@@ -180,6 +180,7 @@ impl<'g> Tape<'g> {
         } = self;
         let mut grads: Vec<Option<Tensor>> = vec![None; values.len()];
         drop(values);
+        gpu.mark_backward_start();
         grads[out.0] = Some(grad);
         while let Some(node) = nodes.pop() {
             let Some(g_out) = grads[node.output.0].take() else {

@@ -83,7 +83,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     };
     let mut p = profile::profile_step(&gpu, &cfg, &opts).context("profiling the step")?;
     if !args.no_ceiling {
-        p.ceiling = Some(profile::measure_ceiling(&gpu).context("measuring the ceiling")?);
+        p.set_ceiling(profile::measure_ceiling(&gpu).context("measuring the ceiling")?);
     }
     profile::print(&p);
     if let Some(path) = &args.json {

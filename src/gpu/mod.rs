@@ -124,6 +124,13 @@ pub struct Gpu {
     /// When set, every new tensor is filled with NaN before use, so a kernel
     /// that forgets to write an element fails its test (on in tests).
     poison_new_tensors: std::sync::atomic::AtomicBool,
+    /// Pool bytes in use when the last backward began (`Tape::backward`
+    /// marks it once the forward's unsaved values are freed), for the
+    /// profile's activation bound.
+    in_use_at_backward: std::sync::atomic::AtomicU64,
+    /// Floating-point operations announced for the next dispatch
+    /// ([`Gpu::count_flops`]), taken by it while a profile is open.
+    pending_flops: std::sync::atomic::AtomicU64,
     /// Per thread inside [`Gpu::traced`], what it recorded, in order.
     traces: Mutex<Vec<(std::thread::ThreadId, Vec<Recorded>)>>,
     /// `traces.len()`, read without the lock on every recorded command.
@@ -182,6 +189,8 @@ impl Gpu {
             belt: Mutex::new(belt),
             errors,
             poison_new_tensors: Default::default(),
+            in_use_at_backward: Default::default(),
+            pending_flops: Default::default(),
             traces: Mutex::default(),
             tracing: Default::default(),
             profiler: Mutex::default(),
@@ -224,6 +233,37 @@ impl Gpu {
     pub fn memory(&self) -> (u64, u64) {
         let pool = lock(&self.pool);
         (pool.allocated_bytes, pool.peak_bytes)
+    }
+
+    /// Bytes held by live tensors now (the pool's allocation less its free
+    /// buffers).
+    pub fn memory_in_use(&self) -> u64 {
+        lock(&self.pool).in_use_bytes
+    }
+
+    /// Called by the backward once the tape has dropped every forward value
+    /// no backward reads: what is in use then is the parameters, their
+    /// gradients and optimizer state, the inputs, and the saved activations.
+    pub fn mark_backward_start(&self) {
+        self.in_use_at_backward
+            .store(self.memory_in_use(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Announces the floating-point operations (a multiply-add counts 2) of
+    /// the dispatch about to be launched, for the profile's GFLOP/s per row;
+    /// an op split into several launches may announce its total before the
+    /// first. Costs one relaxed load when no profile is open.
+    pub fn count_flops(&self, flops: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.profiling.load(Relaxed) {
+            self.pending_flops.fetch_add(flops, Relaxed);
+        }
+    }
+
+    /// The bytes in use at the last [`Gpu::mark_backward_start`].
+    pub fn in_use_at_backward_start(&self) -> u64 {
+        self.in_use_at_backward
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Returns idle pooled buffers to the device (e.g. between folds), and
@@ -549,11 +589,20 @@ impl Gpu {
         // beginning and end (the profiler lock is taken before the encoder's).
         let stamps = if self.profiling.load(std::sync::atomic::Ordering::Relaxed) {
             let stage = *lock(&self.stage);
+            // The bytes a dispatch moves, counted as its bound ranges (each
+            // read or written once): exact for elementwise kernels, the
+            // compulsory traffic for the others.
+            let bytes = ranges.iter().map(|r| r.3).sum();
+            let flops = self
+                .pending_flops
+                .swap(0, std::sync::atomic::Ordering::Relaxed);
             lock(&self.profiler).as_mut().map(|p| {
                 p.next(
                     &self.device,
                     format!("{}::{}", kernel.shader.name, kernel.entry),
                     stage,
+                    bytes,
+                    flops,
                 )
             })
         } else {
@@ -834,9 +883,11 @@ impl Gpu {
             .labels
             .into_iter()
             .enumerate()
-            .map(|(i, (kernel, stage))| DispatchTime {
+            .map(|(i, (kernel, stage, bytes, flops))| DispatchTime {
                 kernel,
                 stage,
+                bytes,
+                flops,
                 begin_s: at(ticks[2 * i]),
                 end_s: at(ticks[2 * i + 1]),
             })

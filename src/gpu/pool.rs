@@ -58,11 +58,14 @@ pub struct BufferPool {
     pub allocated_bytes: u64,
     /// High-water mark of `allocated_bytes`.
     pub peak_bytes: u64,
+    /// Bytes held by live tensors (allocated less the free lists).
+    pub in_use_bytes: u64,
 }
 
 impl BufferPool {
     pub fn acquire(&mut self, device: &wgpu::Device, bytes: u64) -> Arc<PooledBuffer> {
         let class = size_class(bytes);
+        self.in_use_bytes += class;
         if let Some(buf) = self.free.get_mut(&class).and_then(Vec::pop) {
             return buf;
         }
@@ -84,6 +87,7 @@ impl BufferPool {
     /// free for the next request of its class (see the module comment for
     /// why that is safe before the recording is submitted).
     pub fn release(&mut self, buf: Arc<PooledBuffer>) {
+        self.in_use_bytes -= buf.buffer.size();
         self.free.entry(buf.buffer.size()).or_default().push(buf);
     }
 

@@ -20,6 +20,11 @@ pub const QUERIES_PER_SET: u32 = 4096;
 pub struct DispatchTime {
     pub kernel: String,
     pub stage: &'static str,
+    /// Bytes of the ranges it bound (read or written once each).
+    pub bytes: u64,
+    /// Floating-point operations its op announced (0: none counted; the
+    /// row is then rated in GB/s).
+    pub flops: u64,
     pub begin_s: f64,
     pub end_s: f64,
 }
@@ -33,7 +38,7 @@ impl DispatchTime {
 /// The open profile: query sets so far and one label per dispatch.
 pub(super) struct Profiler {
     pub sets: Vec<wgpu::QuerySet>,
-    pub labels: Vec<(String, &'static str)>,
+    pub labels: Vec<(String, &'static str, u64, u64)>,
 }
 
 impl Profiler {
@@ -51,6 +56,8 @@ impl Profiler {
         device: &wgpu::Device,
         kernel: String,
         stage: &'static str,
+        bytes: u64,
+        flops: u64,
     ) -> (wgpu::QuerySet, u32) {
         let per_set = (QUERIES_PER_SET / 2) as usize;
         let i = self.labels.len();
@@ -62,7 +69,7 @@ impl Profiler {
                     count: QUERIES_PER_SET,
                 }));
         }
-        self.labels.push((kernel, stage));
+        self.labels.push((kernel, stage, bytes, flops));
         (self.sets[i / per_set].clone(), 2 * (i % per_set) as u32)
     }
 }

@@ -123,6 +123,8 @@ pub fn conv1d(gpu: &Gpu, x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor
     let tile = tile(gpu, kernel)?;
     let (xi, yi) = (d.cin * d.t, d.cout * d.t);
     for_each_chunk(gpu, d, |b0, n| {
+        // Forward, input and weight gradients alike: Cout·Cin·k multiply-adds per frame.
+        gpu.count_flops(2 * (n * d.cout * d.cin * d.k * d.t) as u64);
         gpu.launch(
             kernel,
             &[
@@ -165,6 +167,8 @@ pub fn conv1d_backward_input(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor) -> 
     let tile = tile(gpu, kernel)?;
     let (xi, yi) = (d.cin * d.t, d.cout * d.t);
     for_each_chunk(gpu, d, |b0, n| {
+        // Forward, input and weight gradients alike: Cout·Cin·k multiply-adds per frame.
+        gpu.count_flops(2 * (n * d.cout * d.cin * d.k * d.t) as u64);
         gpu.launch(
             kernel,
             &[
@@ -192,6 +196,8 @@ pub fn conv1d_backward_weight(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor) ->
     let tile = tile(gpu, kernel)?;
     let (xi, yi) = (d.cin * d.t, d.cout * d.t);
     for_each_chunk(gpu, d, |b0, n| {
+        // Forward, input and weight gradients alike: Cout·Cin·k multiply-adds per frame.
+        gpu.count_flops(2 * (n * d.cout * d.cin * d.k * d.t) as u64);
         gpu.launch(
             kernel,
             &[

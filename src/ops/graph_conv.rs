@@ -148,6 +148,7 @@ fn run_propagate(gpu: &Gpu, adj: &Tensor, h: &Tensor, d: Dims, transposed: bool)
         let (o_arg, _) = planner.bind(&out, first * d.h_item()..(first + count) * d.h_item());
         let total = count * d.frames * per_frame;
         let chunk = Dims { batch: count, ..d };
+        gpu.count_flops(2 * (count * d.frames * d.nodes * d.nodes * d.feats) as u64);
         gpu.launch_threads(
             SHADER.kernel(entry),
             &[(0, a_arg), (1, h_arg), (2, o_arg)],
@@ -206,6 +207,8 @@ pub fn propagate_backward(
         let (g_arg, _) = planner.bind(grad, first * d.h_item()..(first + count) * d.h_item());
         let total = count * d.windows * d.nodes.div_ceil(4).pow(2);
         let chunk = Dims { batch: count, ..d };
+        // dA[w] = Σ over the window's frames of G_t H_tᵀ.
+        gpu.count_flops(2 * (count * d.frames * d.nodes * d.nodes * d.feats) as u64);
         gpu.launch_threads(
             SHADER.kernel(entry),
             &[(1, h_arg), (2, a_arg), (3, g_arg)],

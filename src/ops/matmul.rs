@@ -213,6 +213,7 @@ pub fn matmul_into(
             b_off,
             c_off,
         };
+        gpu.count_flops(2 * (m * n * k * count) as u64);
         gpu.launch(
             kernel,
             &[(0, a_arg), (1, b_arg), (2, c_arg)],

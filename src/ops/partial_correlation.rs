@@ -87,6 +87,8 @@ pub fn partial_correlation(gpu: &Gpu, x: &Tensor) -> Result<PartialCorrelation> 
         &p,
         b as u64,
     )?;
+    // Gauss–Jordan: N pivots, each an N×N rank-1 update.
+    gpu.count_flops(2 * (b * n * n * n) as u64);
     gpu.launch_linear(SHADER.kernel("invert"), &[(2, a.arg())], &p, b as u64)?;
     gpu.launch_linear(
         SHADER.kernel("partial"),

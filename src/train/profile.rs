@@ -63,6 +63,28 @@ pub struct Row {
     /// Of the profiled step's GPU span.
     pub share: f64,
     pub dispatches: usize,
+    /// Floating-point operations the row's ops announced (matmul,
+    /// graph_conv, conv1d, the partial correlation's inversion; 0 for the
+    /// memory-bound families).
+    pub flops: u64,
+    /// Bytes of the ranges its dispatches bound.
+    pub bytes: u64,
+    pub gflop_per_s: f64,
+    pub gb_per_s: f64,
+    /// The achieved rate over the adapter's measured ceiling: GFLOP/s over
+    /// the matmul ceiling where flops were counted, else GB/s over the
+    /// elementwise ceiling. None until a ceiling is measured.
+    pub of_ceiling: Option<f64>,
+}
+
+impl Row {
+    fn rate_against(&mut self, c: &Ceiling) {
+        self.of_ceiling = if self.flops > 0 {
+            (c.matmul_gflops > 0.0).then(|| self.gflop_per_s / c.matmul_gflops)
+        } else {
+            (c.elementwise_gbs > 0.0).then(|| self.gb_per_s / c.elementwise_gbs)
+        };
+    }
 }
 
 /// The adapter's measured ceilings (the kernel benchmark's best cases).
@@ -92,7 +114,26 @@ pub struct StepProfile {
     pub bind_group_hits: u64,
     pub submits: u64,
     pub peak_pool_mib: f64,
+    /// In use before the step: parameters, gradients, AdamW moments, inputs.
+    pub resident_mib: f64,
+    /// In use at the start of the backward beyond `resident_mib`: the
+    /// views and the activations the backward reads — what the step must
+    /// hold at least, with this model's composition of ops.
+    pub activations_mib: f64,
+    /// Peak over (resident + activations): 1.0 would be no memory beyond
+    /// what the backward truly needs.
+    pub peak_over_bound: f64,
     pub ceiling: Option<Ceiling>,
+}
+
+impl StepProfile {
+    /// Rates every row against the adapter's measured ceiling.
+    pub fn set_ceiling(&mut self, c: Ceiling) {
+        for r in self.stages.iter_mut().chain(self.kernels.iter_mut()) {
+            r.rate_against(&c);
+        }
+        self.ceiling = Some(c);
+    }
 }
 
 /// Runs and profiles the step that `cfg` trains, on random input of
@@ -134,6 +175,7 @@ pub fn profile_step(gpu: &Gpu, cfg: &Config, opts: &ProfileOptions) -> Result<St
     let step_ms = times[times.len() / 2];
 
     let (groups_before, submits_before) = (gpu.bind_group_stats(), gpu.submits());
+    let resident = gpu.memory_in_use();
     gpu.start_profile()?;
     let profiled = step(1 + times.len() as u64);
     let dispatches = gpu.finish_profile()?;
@@ -143,6 +185,9 @@ pub fn profile_step(gpu: &Gpu, cfg: &Config, opts: &ProfileOptions) -> Result<St
     let submits = gpu.submits() - submits_before - 1;
     let (stages, kernels, gpu_span_ms) = breakdown(&dispatches);
     gpu.set_stage("other");
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let activations = gpu.in_use_at_backward_start().saturating_sub(resident);
+    let peak = gpu.memory().1;
     Ok(StepProfile {
         adapter: gpu.adapter_name().to_string(),
         phase: opts.phase,
@@ -161,7 +206,10 @@ pub fn profile_step(gpu: &Gpu, cfg: &Config, opts: &ProfileOptions) -> Result<St
         bind_groups_created: groups.created - groups_before.created,
         bind_group_hits: groups.hits - groups_before.hits,
         submits,
-        peak_pool_mib: gpu.memory().1 as f64 / (1024.0 * 1024.0),
+        peak_pool_mib: mib(peak),
+        resident_mib: mib(resident),
+        activations_mib: mib(activations),
+        peak_over_bound: peak as f64 / (resident + activations).max(1) as f64,
         ceiling: None,
     })
 }
@@ -185,22 +233,34 @@ pub fn breakdown(dispatches: &[DispatchTime]) -> (Vec<Row>, Vec<Row>, f64) {
     };
     let span_ms = span_s.max(0.0) * 1e3;
     let share = |ms: f64| if span_ms > 0.0 { ms / span_ms } else { 0.0 };
-    let mut by_stage: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
-    let mut by_family: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-    for d in dispatches {
-        let s = by_stage.entry(d.stage).or_default();
+    // (ms, dispatches, flops, bytes) per stage and per kernel family.
+    type Sums = (f64, usize, u64, u64);
+    let mut by_stage: BTreeMap<&str, Sums> = BTreeMap::new();
+    let mut by_family: BTreeMap<String, Sums> = BTreeMap::new();
+    let add = |s: &mut Sums, d: &DispatchTime| {
         s.0 += d.seconds() * 1e3;
         s.1 += 1;
+        s.2 += d.flops;
+        s.3 += d.bytes;
+    };
+    for d in dispatches {
+        add(by_stage.entry(d.stage).or_default(), d);
         let family = d.kernel.split("::").next().unwrap_or(&d.kernel).to_string();
-        let k = by_family.entry(family).or_default();
-        k.0 += d.seconds() * 1e3;
-        k.1 += 1;
+        add(by_family.entry(family).or_default(), d);
     }
-    let row = |name: &str, (ms, count): (f64, usize)| Row {
-        name: name.to_string(),
-        ms,
-        share: share(ms),
-        dispatches: count,
+    let row = |name: &str, (ms, count, flops, bytes): Sums| {
+        let per_s = |x: u64| if ms > 0.0 { x as f64 / (ms * 1e6) } else { 0.0 };
+        Row {
+            name: name.to_string(),
+            ms,
+            share: share(ms),
+            dispatches: count,
+            flops,
+            bytes,
+            gflop_per_s: per_s(flops),
+            gb_per_s: per_s(bytes),
+            of_ceiling: None,
+        }
     };
     let mut stages: Vec<Row> = STAGES
         .iter()
@@ -208,7 +268,7 @@ pub fn breakdown(dispatches: &[DispatchTime]) -> (Vec<Row>, Vec<Row>, f64) {
         .collect();
     stages.extend(by_stage.into_iter().map(|(s, v)| row(s, v)));
     let busy: f64 = stages.iter().map(|r| r.ms).sum();
-    stages.push(row(BETWEEN, ((span_ms - busy).max(0.0), 0)));
+    stages.push(row(BETWEEN, ((span_ms - busy).max(0.0), 0, 0, 0)));
     let mut kernels: Vec<Row> = by_family.into_iter().map(|(k, v)| row(&k, v)).collect();
     kernels.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     (stages, kernels, span_ms)
@@ -250,8 +310,12 @@ pub fn print(p: &StepProfile) {
         p.step_ms, p.steps, p.profiled_step_ms, p.gpu_span_ms
     );
     println!(
-        "dispatches {}, bind groups created {} / cache hits {}, submits {}, peak pool memory {:.1} MiB",
-        p.dispatches, p.bind_groups_created, p.bind_group_hits, p.submits, p.peak_pool_mib
+        "dispatches {}, bind groups created {} / cache hits {}, submits {}",
+        p.dispatches, p.bind_groups_created, p.bind_group_hits, p.submits
+    );
+    println!(
+        "memory: peak pool {:.1} MiB = {:.2}x the bound (resident {:.1} MiB: parameters, gradients, AdamW, inputs; + activations {:.1} MiB live when the backward starts)",
+        p.peak_pool_mib, p.peak_over_bound, p.resident_mib, p.activations_mib
     );
     if let Some(c) = &p.ceiling {
         println!(
@@ -262,16 +326,27 @@ pub fn print(p: &StepProfile) {
     for (title, rows) in [("stage", &p.stages), ("kernel family", &p.kernels)] {
         println!();
         println!(
-            "{:<28} {:>10} {:>7} {:>10}",
-            title, "ms", "share", "dispatches"
+            "{:<22} {:>10} {:>7} {:>10} {:>9} {:>8} {:>9}",
+            title, "ms", "share", "dispatches", "GFLOP/s", "GB/s", "ceiling"
         );
         for r in rows.iter() {
+            let gflops = if r.flops > 0 {
+                format!("{:.2}", r.gflop_per_s)
+            } else {
+                "-".into()
+            };
+            let ceiling = r
+                .of_ceiling
+                .map_or("-".into(), |c| format!("{:.0}%", c * 100.0));
             println!(
-                "{:<28} {:>10.2} {:>6.1}% {:>10}",
+                "{:<22} {:>10.2} {:>6.1}% {:>10} {:>9} {:>8.2} {:>9}",
                 r.name,
                 r.ms,
                 r.share * 100.0,
-                r.dispatches
+                r.dispatches,
+                gflops,
+                r.gb_per_s,
+                ceiling
             );
         }
     }
@@ -374,6 +449,43 @@ mod tests {
             assert_eq!(counted as usize, p.dispatches);
             assert!(span > 0.0 && span <= json["profiled_step_ms"].as_f64().unwrap());
             assert!(p.submits >= 1 && p.bind_groups_created + p.bind_group_hits > 0);
+            // Rates: matmul rows are rated in GFLOP/s, elementwise in GB/s.
+            let family = |name: &str| {
+                json["kernels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|r| r["name"] == name)
+                    .unwrap_or_else(|| panic!("{phase:?}: no {name} row"))
+                    .clone()
+            };
+            let (mm, ew) = (family("matmul"), family("elementwise"));
+            assert!(mm["flops"].as_u64().unwrap() > 0 && mm["gflop_per_s"].as_f64().unwrap() > 0.0);
+            assert!(ew["flops"].as_u64().unwrap() == 0 && ew["gb_per_s"].as_f64().unwrap() > 0.0);
+            // Memory: the backward holds activations, and the peak covers
+            // at least what was live when it began.
+            assert!(p.activations_mib > 0.0 && p.resident_mib > 0.0, "{phase:?}");
+            assert!(p.peak_over_bound >= 1.0, "{phase:?}: {}", p.peak_over_bound);
         }
+    }
+
+    /// One matmul of known size, profiled: its dispatch carries 2·M·N·K
+    /// flops and the bytes of its three operands.
+    #[test]
+    fn a_profiled_matmul_counts_its_flops_and_bytes() {
+        let gpu = Gpu::new().expect("GPU adapter");
+        let (m, k, n) = (24, 16, 12);
+        let a = gpu
+            .upload(&crate::check::random_vec(m * k, 1), &[m, k])
+            .unwrap();
+        let b = gpu
+            .upload(&crate::check::random_vec(k * n, 2), &[k, n])
+            .unwrap();
+        gpu.start_profile().unwrap();
+        let _c = crate::ops::matmul::matmul(&gpu, &a, &b, crate::ops::matmul::Spec::NN).unwrap();
+        let d = gpu.finish_profile().unwrap();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].flops, (2 * m * n * k) as u64);
+        assert_eq!(d[0].bytes, ((m * k + k * n + m * n) * 4) as u64);
     }
 }
