@@ -80,7 +80,9 @@ impl ParamStore {
 
 pub struct Tape<'g> {
     pub gpu: &'g Gpu,
-    values: Vec<Tensor>,
+    /// Every value's tensor, None once [`Tape::release`]d.
+    values: Vec<Option<Tensor>>,
+    shapes: Vec<Vec<usize>>,
     /// For each value, the parameter it is bound to (its gradient accumulates there).
     param_of: Vec<Option<ParamId>>,
     needs_grad: Vec<bool>,
@@ -92,6 +94,7 @@ impl<'g> Tape<'g> {
         Self {
             gpu,
             values: Vec::new(),
+            shapes: Vec::new(),
             param_of: Vec::new(),
             needs_grad: Vec::new(),
             nodes: Vec::new(),
@@ -109,18 +112,33 @@ impl<'g> Tape<'g> {
     }
 
     fn push_value(&mut self, t: Tensor, param: Option<ParamId>, needs_grad: bool) -> Var {
-        self.values.push(t);
+        self.shapes.push(t.shape().to_vec());
+        self.values.push(Some(t));
         self.param_of.push(param);
         self.needs_grad.push(needs_grad);
         Var(self.values.len() - 1)
     }
 
     pub fn value(&self, v: Var) -> &Tensor {
-        &self.values[v.0]
+        self.values[v.0]
+            .as_ref()
+            .expect("a value used after Tape::release (a bug in the model's composition)")
+    }
+
+    /// Drops the tape's handle to `v`, a forward temporary the caller will
+    /// not use again (a matmul output once its bias is added, a
+    /// pre-activation once activated). Its memory goes back to the pool
+    /// (reusable at once, `gpu::pool`) unless a backward saved it; without
+    /// this every forward value would live until the backward, where
+    /// PyTorch frees such temporaries as their last reference goes. Only
+    /// for values a function created and consumed itself: reading a
+    /// released value is a bug and panics.
+    pub fn release(&mut self, v: Var) {
+        self.values[v.0] = None;
     }
 
     pub fn shape(&self, v: Var) -> &[usize] {
-        self.values[v.0].shape()
+        &self.shapes[v.0]
     }
 
     pub fn needs_grad(&self, v: Var) -> bool {
@@ -155,7 +173,7 @@ impl<'g> Tape<'g> {
     /// (see [`Tape::backward_from`]): clone any value needed afterwards, the
     /// loss or the logits, before calling it.
     pub fn backward(self, loss: Var, store: &ParamStore) -> Result<()> {
-        let seed = self.gpu.full(self.values[loss.0].shape(), 1.0)?;
+        let seed = self.gpu.full(&self.shapes[loss.0], 1.0)?;
         self.backward_from(loss, seed, store)
     }
 
@@ -174,6 +192,7 @@ impl<'g> Tape<'g> {
         let Tape {
             gpu,
             values,
+            shapes: _,
             param_of,
             needs_grad,
             mut nodes,
@@ -336,6 +355,49 @@ mod tests {
         );
         let g = gpu.read(&store.get(id).grad).unwrap();
         assert!(g.iter().all(|v| v.is_finite() && *v > 0.0));
+    }
+
+    /// A released temporary's memory is reused by the next value of its
+    /// size during the forward, and the gradients are those of the same
+    /// composition without the release.
+    #[test]
+    fn a_released_temporary_is_reused_and_the_gradient_is_unchanged() {
+        let gpu = Gpu::new().expect("GPU adapter");
+        let (rows, cols) = (64, 32);
+        let init = random_vec(rows * cols, 5);
+        let bias = random_vec(cols, 6);
+        let run = |release: bool| {
+            let mut store = ParamStore::default();
+            let x = store.add(&gpu, "x", &init, &[rows, cols]).unwrap();
+            let b = store.add(&gpu, "b", &bias, &[cols]).unwrap();
+            store.zero_grads(&gpu).unwrap();
+            let mut tape = Tape::new(&gpu);
+            let (xv, bv) = (tape.param(&store, x), tape.param(&store, b));
+            let pre = tape.bias_add(xv, bv).unwrap(); // bias_add saves nothing
+            let id = tape.value(pre).buffer_id();
+            let act = tape.tanh(pre).unwrap();
+            if release {
+                tape.release(pre);
+            }
+            let next = tape.tanh(act).unwrap();
+            let reused = tape.value(next).buffer_id() == id;
+            tape.backward_from(next, gpu.full(&[rows, cols], 1.0).unwrap(), &store)
+                .unwrap();
+            (
+                reused,
+                gpu.read(&store.get(x).grad).unwrap(),
+                gpu.read(&store.get(b).grad).unwrap(),
+            )
+        };
+        let (reused, gx, gb) = run(true);
+        assert!(
+            reused,
+            "the released pre-activation's buffer was not reused"
+        );
+        let (kept, gx0, gb0) = run(false);
+        assert!(!kept);
+        assert_eq!(gx, gx0);
+        assert_eq!(gb, gb0);
     }
 
     #[test]

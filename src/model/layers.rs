@@ -47,7 +47,11 @@ impl Linear {
         let mut y = tape.matmul(x2, w, Spec::NN)?;
         if let Some(b) = self.bias {
             let b = tape.param(store, b);
-            y = tape.bias_add(y, b)?;
+            let product = y;
+            y = tape.bias_add(product, b)?;
+            // Nothing reads the bare product again (bias_add's backward
+            // saves nothing): free it now, not at the backward.
+            tape.release(product);
         }
         let out_cols = tape.shape(y)[1];
         let mut out_shape = shape;

@@ -104,9 +104,14 @@ impl Model {
         tape.gpu.set_stage("GCNs");
         let z1 = self.lifted_first_layer(tape, gcn, adj, xt, stride)?;
         let h1 = tape.relu(z1)?;
+        // Pre-activations are consumed by their ReLU, whose backward reads
+        // its output only: [B, T, N, F] each, freed here.
+        tape.release(z1);
         let ah = tape.graph_conv(adj, h1, stride)?;
         let z2 = self.linear(tape, &gcn.layers[1], ah)?;
-        tape.relu(z2)
+        let h2 = tape.relu(z2)?;
+        tape.release(z2);
+        Ok(h2)
     }
 
     /// The lift and the first GCN layer's pre-activation, `Â_t H0 W1 + b1`
@@ -161,7 +166,9 @@ impl Model {
         let mut z = tape.matmul(p, u, Spec::NN)?;
         if let Some(b1) = gcn.layers[0].bias {
             let b1 = self.param(tape, b1);
-            z = tape.bias_add(z, b1)?;
+            let product = z;
+            z = tape.bias_add(product, b1)?;
+            tape.release(product); // [B·T·N, F], read by nothing else
         }
         tape.reshape(z, &[b, t, n, f])
     }
@@ -267,6 +274,10 @@ impl Model {
         let zs = tape.mul_scalar(z_s, beta, 0)?;
         let zd = tape.mul_scalar(z_d, beta, 1)?;
         let z_fused = tape.add(zs, zd)?; // [B, T, N, F]
+                                         // The scaled branches feed only the sum (mul_scalar's backward reads
+                                         // its input, add's nothing): two [B, T, N, F] tensors freed.
+        tape.release(zs);
+        tape.release(zd);
         let z = tape.reshape(z_fused, &[b, t, n * f])?;
         let z_sp = self.readout(tape, readout, z)?; // [B, T, D]
         let z_sp = tape.transpose(z_sp)?; // [B, D, T]
@@ -480,6 +491,7 @@ impl Model {
                 self.linear(tape, layer, ah)?
             };
             h = tape.relu(z)?; // [B, T, N, F]
+            tape.release(z);
             let hn = tape.swap_axes(h, 1)?; // [B, N, T, F]
             let hn = tape.reshape(hn, &[b * n, t, f])?;
             let hn = tape.transpose(hn)?; // [B·N, F, T]
