@@ -159,6 +159,9 @@ pub fn matmul_into(
             message: format!("output {:?}, expected {shape:?}", c.shape()),
         });
     }
+    if let Some(chunks) = split_k_chunks(batch, m, n, k, spec) {
+        return split_k(gpu, a, b, c, spec, alpha, (m, n, k), chunks);
+    }
     let a_stride = if a.shape().len() == 2 { 0 } else { m * k };
     let b_stride = if b.shape().len() == 2 { 0 } else { k * n };
     let c_stride = m * n;
@@ -301,6 +304,86 @@ pub fn matmul_into(
         }
     }
     Ok(())
+}
+
+/// Products with a small output and a long contraction (the weight and
+/// bias gradients of every linear layer: [F, F] or [1, F] summed over
+/// B·T·N rows, K up to 800,000 at ABIDE) would get one or two workgroups,
+/// each looping over all of K: one CPU thread or one GPU core doing the
+/// whole product. Splitting K into chunks computed as a batch of partial
+/// products, then summed by a second (small) product, puts every core to
+/// work. Applies to single products whose K chunks are contiguous in both
+/// operands: A stored [K, M] (transposed) or a single row, B stored [K, N]
+/// or a single column.
+const SPLIT_K_MIN: usize = 8192;
+/// Rows of K per chunk, about: long enough that the partials stay small.
+const SPLIT_K_CHUNK: usize = 2048;
+
+/// The number of K chunks for a product, or None to run it whole.
+fn split_k_chunks(batch: usize, m: usize, n: usize, k: usize, spec: Spec) -> Option<usize> {
+    let contiguous = (spec.trans_a || m == 1) && (!spec.trans_b || n == 1);
+    // Output tiles of 32x32, about: a product with many already has work
+    // for every core.
+    let tiles = m.div_ceil(32) * n.div_ceil(32);
+    if batch != 1 || !contiguous || tiles >= 16 || k < SPLIT_K_MIN {
+        return None;
+    }
+    // The most chunks up to K / SPLIT_K_CHUNK (at most 256) that divide K
+    // exactly, so each chunk is one batch item of equal length.
+    let target = (k / SPLIT_K_CHUNK).clamp(2, 256);
+    (2..=target).rev().find(|s| k % s == 0)
+}
+
+/// `c = alpha·op(a)·op(b)` (+ c) as `chunks` partial products over
+/// contiguous K ranges, a batch [chunks, M, N], summed by ones[1, chunks]·partials.
+#[allow(clippy::too_many_arguments)]
+fn split_k(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    spec: Spec,
+    alpha: f32,
+    (m, n, k): (usize, usize, usize),
+    chunks: usize,
+) -> Result<()> {
+    let kc = k / chunks;
+    // A chunk of op(A) = M x kc: rows of A stored [K, M], or a slice of the single row.
+    let a3 = if spec.trans_a {
+        a.reshape(&[chunks, kc, m])?
+    } else {
+        a.reshape(&[chunks, 1, kc])?
+    };
+    let b3 = if spec.trans_b {
+        b.reshape(&[chunks, 1, kc])?
+    } else {
+        b.reshape(&[chunks, kc, n])?
+    };
+    let partial = gpu.empty(&[chunks, m, n]);
+    matmul_into(
+        gpu,
+        &a3,
+        &b3,
+        &partial,
+        Spec {
+            accumulate: false,
+            ..spec
+        },
+        1.0,
+    )?;
+    let ones = gpu.full(&[1, chunks], 1.0)?;
+    let reduce = Spec {
+        accumulate: spec.accumulate,
+        ..Spec::NN
+    };
+    matmul_into(
+        gpu,
+        &ones,
+        &partial.reshape(&[chunks, m * n])?,
+        &c.reshape(&[1, m * n])?,
+        reduce,
+        alpha,
+    )
 }
 
 /// Gradients of `c = op(a)·op(b)` given `dc`. A broadcast (2-D) operand's
@@ -486,6 +569,75 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A long contraction with a small output runs as a batch of partial
+    /// products over K chunks plus a reduction (asserted from the trace),
+    /// and matches the f64 reference, with alpha and accumulation.
+    #[test]
+    fn long_contractions_split_k_and_match_the_reference() {
+        let gpu = gpu();
+        // (M, K, N, trans_a, trans_b): weight gradient Xᵀ·G, bias gradient
+        // ones·G, a single-column B, a K with few divisors.
+        let cases = [
+            (12, 20_000, 8, true, false),
+            (1, 50_000, 32, false, false),
+            (32, 16_384, 1, true, true),
+            (5, 3 * 8209, 7, true, false),
+        ];
+        for (ci, &(m, k, n, ta, tb)) in cases.iter().enumerate() {
+            let spec = Spec {
+                trans_a: ta,
+                trans_b: tb,
+                accumulate: false,
+            };
+            let chunks = split_k_chunks(1, m, n, k, spec).expect("a split case");
+            assert_eq!(k % chunks, 0);
+            let a_shape = if ta { (1, k, m) } else { (1, m, k) };
+            let b_shape = if tb { (1, n, k) } else { (1, k, n) };
+            let av = random_vec(m * k, 300 + ci as u64);
+            let bv = random_vec(k * n, 400 + ci as u64);
+            let cv = random_vec(m * n, 500 + ci as u64);
+            let a_t = gpu.upload(&av, &[a_shape.1, a_shape.2]).unwrap();
+            let b_t = gpu.upload(&bv, &[b_shape.1, b_shape.2]).unwrap();
+            let prod = reference::matmul(&arr(&av, a_shape), &arr(&bv, b_shape), spec);
+            // Overwrite into a poisoned output.
+            let c = poisoned(gpu, &[m, n]);
+            let ((), trace) = gpu.traced(|| matmul_into(gpu, &a_t, &b_t, &c, spec, 1.0).unwrap());
+            let grids: Vec<[u32; 3]> = ["matmul::matmul", "matmul::matmul_nn_vec4"]
+                .iter()
+                .flat_map(|kname| crate::check::dispatches(&trace, kname))
+                .collect();
+            assert!(
+                grids.iter().any(|g| g[2] as usize == chunks) && grids.len() == 2,
+                "case {ci}: expected the partial batch of {chunks} and the reduction, got {grids:?}"
+            );
+            assert_close(
+                &gpu.read(&c).unwrap(),
+                prod.as_slice().unwrap(),
+                Tolerance::ACCUMULATION,
+                &format!("split-K case {ci}"),
+            );
+            // c = c0 - 0.5·op(A)·op(B).
+            let c = gpu.upload(&cv, &[m, n]).unwrap();
+            matmul_into(gpu, &a_t, &b_t, &c, spec.accumulate(), -0.5).unwrap();
+            let want: Vec<f64> = prod
+                .iter()
+                .zip(&cv)
+                .map(|(p, &c)| c as f64 - 0.5 * p)
+                .collect();
+            assert_close(
+                &gpu.read(&c).unwrap(),
+                &want,
+                Tolerance::ACCUMULATION,
+                &format!("split-K case {ci}, accumulate"),
+            );
+        }
+        // Batched, wide, short or non-contiguous products run whole.
+        assert_eq!(split_k_chunks(2, 12, 8, 20_000, Spec::TN), None);
+        assert_eq!(split_k_chunks(1, 128, 128, 20_000, Spec::TN), None);
+        assert_eq!(split_k_chunks(1, 12, 8, 4_000, Spec::TN), None);
+        assert_eq!(split_k_chunks(1, 12, 8, 20_000, Spec::NN), None);
     }
 
     #[test]
