@@ -150,3 +150,106 @@ fn matmul_nn_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         c[idx + 3u] = v.w;
     }
 }
+
+// Fast path for C = A·Bᵀ, B stored [N, K] (every linear layer's input
+// gradient dY·Wᵀ, the attention's Q·Kᵀ products): both operands are read
+// along K as vec4, so no transpose is materialized and no scalar gather
+// runs. Each invocation computes an 8x4 block: per 4 K-steps, 8 A and 4 B
+// vector loads for 128 multiply-adds, the NN fast path's ratio. Needs
+// K % 4 == 0 and 4-aligned offsets (every offset the launcher passes is a
+// multiple of K or of a batch stride); M and N are arbitrary (edge rows and
+// columns are clamped on load and skipped on store).
+@compute @workgroup_size(WG, WG, 1)
+fn matmul_nt_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = (wid.y * WG + lid.y) * VEC4_ROWS_PER_INVOCATION;
+    let col0 = (wid.x * WG + lid.x) * COLS_PER_INVOCATION;
+    if (row0 >= p.m || col0 >= p.n) {
+        return;
+    }
+    let k4 = p.k / 4u;
+    let a_base = (p.a_off + wid.z * p.a_stride) / 4u;
+    let b_base = (p.b_off + wid.z * p.b_stride) / 4u;
+    let c_base = p.c_off + wid.z * p.c_stride;
+    var r: array<u32, 8>;
+    for (var q = 0u; q < 8u; q = q + 1u) {
+        r[q] = a_base + min(row0 + q, p.m - 1u) * k4;
+    }
+    let j0 = b_base + min(col0, p.n - 1u) * k4;
+    let j1 = b_base + min(col0 + 1u, p.n - 1u) * k4;
+    let j2 = b_base + min(col0 + 2u, p.n - 1u) * k4;
+    let j3 = b_base + min(col0 + 3u, p.n - 1u) * k4;
+    var acc: array<vec4<f32>, 8>;
+    for (var q = 0u; q < 8u; q = q + 1u) { acc[q] = vec4<f32>(0.0); }
+    for (var kq = 0u; kq < k4; kq = kq + 1u) {
+        let b0 = b4[j0 + kq];
+        let b1 = b4[j1 + kq];
+        let b2 = b4[j2 + kq];
+        let b3 = b4[j3 + kq];
+        for (var q = 0u; q < 8u; q = q + 1u) {
+            let av = a4[r[q] + kq];
+            acc[q] = acc[q] + vec4<f32>(dot(av, b0), dot(av, b1), dot(av, b2), dot(av, b3));
+        }
+    }
+    let accumulate = (p.flags & 4u) != 0u;
+    for (var q = 0u; q < 8u; q = q + 1u) {
+        let i = row0 + q;
+        if (i >= p.m) { break; }
+        for (var jj = 0u; jj < 4u; jj = jj + 1u) {
+            let j = col0 + jj;
+            if (j >= p.n) { break; }
+            let idx = c_base + i * p.n + j;
+            var v = p.alpha * acc[q][jj];
+            if (accumulate) { v = v + c[idx]; }
+            c[idx] = v;
+        }
+    }
+}
+
+// Fast path for C = Aᵀ·B, A stored [K, M] (weight gradients Xᵀ·dY, the
+// calibration's Gram matrices Z_spᵀ·Z_sp): for each k, the invocation's 8
+// rows of op(A) are 8 consecutive values of A's row k (two vec4 loads) and
+// its 4 columns one vec4 of B's row k, an outer-product update of 32
+// multiply-adds per 3 loads. Needs M % 4 == 0, N % 4 == 0 and 4-aligned
+// offsets; the second row vector is clamped at the matrix's last one (its
+// results are discarded at the store).
+@compute @workgroup_size(WG, WG, 1)
+fn matmul_tn_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = (wid.y * WG + lid.y) * VEC4_ROWS_PER_INVOCATION;
+    let col0 = (wid.x * WG + lid.x) * COLS_PER_INVOCATION;
+    if (row0 >= p.m || col0 >= p.n) {
+        return;
+    }
+    let m4 = p.m / 4u;
+    let n4 = p.n / 4u;
+    let a_base = (p.a_off + wid.z * p.a_stride) / 4u + row0 / 4u;
+    let b_base = (p.b_off + wid.z * p.b_stride) / 4u + col0 / 4u;
+    let c_base = p.c_off + wid.z * p.c_stride;
+    let second = min(row0 / 4u + 1u, m4 - 1u) - row0 / 4u;
+    var acc: array<vec4<f32>, 8>;
+    for (var q = 0u; q < 8u; q = q + 1u) { acc[q] = vec4<f32>(0.0); }
+    for (var kk = 0u; kk < p.k; kk = kk + 1u) {
+        let bv = b4[b_base + kk * n4];
+        let lo = a4[a_base + kk * m4];
+        let hi = a4[a_base + kk * m4 + second];
+        acc[0] = acc[0] + lo.x * bv;
+        acc[1] = acc[1] + lo.y * bv;
+        acc[2] = acc[2] + lo.z * bv;
+        acc[3] = acc[3] + lo.w * bv;
+        acc[4] = acc[4] + hi.x * bv;
+        acc[5] = acc[5] + hi.y * bv;
+        acc[6] = acc[6] + hi.z * bv;
+        acc[7] = acc[7] + hi.w * bv;
+    }
+    let accumulate = (p.flags & 4u) != 0u;
+    for (var q = 0u; q < 8u; q = q + 1u) {
+        let i = row0 + q;
+        if (i >= p.m) { break; }
+        let idx = c_base + i * p.n + col0;
+        var v = p.alpha * acc[q];
+        if (accumulate) { v = v + vec4<f32>(c[idx], c[idx + 1u], c[idx + 2u], c[idx + 3u]); }
+        c[idx] = v.x;
+        c[idx + 1u] = v.y;
+        c[idx + 2u] = v.z;
+        c[idx + 3u] = v.w;
+    }
+}

@@ -143,6 +143,19 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, spec: Spec) -> Result<Tensor> {
     Ok(c)
 }
 
+/// The entry point for a layout. The vec4 fast paths need 16-byte-aligned
+/// rows and offsets; every range offset the launcher binds is a multiple of
+/// K, of N, of M·K or of K·N, so these divisibility conditions are enough.
+/// The scalar `matmul` covers every other case.
+pub fn kernel_entry(spec: Spec, m: usize, n: usize, k: usize) -> &'static str {
+    match (spec.trans_a, spec.trans_b) {
+        (false, false) if k % 4 == 0 && n % 4 == 0 => "matmul_nn_vec4",
+        (false, true) if k % 4 == 0 => "matmul_nt_vec4",
+        (true, false) if m % 4 == 0 && n % 4 == 0 && k % 4 == 0 => "matmul_tn_vec4",
+        _ => "matmul",
+    }
+}
+
 /// `c = alpha·op(a)·op(b)` (or `c += ...` with `spec.accumulate`).
 pub fn matmul_into(
     gpu: &Gpu,
@@ -167,11 +180,9 @@ pub fn matmul_into(
     let c_stride = m * n;
     let flags = spec.trans_a as u32 | (spec.trans_b as u32) << 1 | (spec.accumulate as u32) << 2;
     let planner = gpu.planner("matmul");
-    // The vec4 fast path needs 16-byte-aligned rows and offsets; every range
-    // offset below is a multiple of k or n (or of the batch strides), so
-    // K, N divisible by 4 is enough.
-    let vec4 = !spec.trans_a && !spec.trans_b && k % 4 == 0 && n % 4 == 0;
-    let kernel = SHADER.kernel(if vec4 { "matmul_nn_vec4" } else { "matmul" });
+    let entry = kernel_entry(spec, m, n, k);
+    let vec4 = entry != "matmul";
+    let kernel = SHADER.kernel(entry);
     // The output tile one workgroup computes, from the shader's own sizes.
     let compiled = gpu.kernel(kernel)?;
     let [wg_x, wg_y, _] = compiled.workgroup_size;
@@ -528,15 +539,27 @@ mod tests {
         (2, 1, 200, 5, 64), // shared weight broadcast over the batch
         (1, 4, 22, 22, 9),  // shared adjacency broadcast
         (2, 2, 64, 130, 65),
-        // K and N multiples of 4 take the vec4 path (when not transposed).
+        // K and N multiples of 4 take the NN vec4 path, K alone the NT one,
+        // M, N and K the TN one (the test asserts which ran).
         (2, 1, 37, 8, 12),
         (3, 3, 33, 16, 20),
         (1, 1, 1, 4, 4),
+        (2, 2, 36, 12, 20),
+        (1, 1, 68, 132, 9),
+        (3, 1, 4, 4, 4),
+    ];
+
+    const ENTRIES: [&str; 4] = [
+        "matmul::matmul",
+        "matmul::matmul_nn_vec4",
+        "matmul::matmul_nt_vec4",
+        "matmul::matmul_tn_vec4",
     ];
 
     #[test]
     fn matmul_matches_reference_for_all_transposes() {
         let gpu = gpu();
+        let mut ran = std::collections::BTreeSet::new();
         for (ci, &(ba, bb, m, k, n)) in CASES.iter().enumerate() {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let spec = Spec {
@@ -559,7 +582,14 @@ mod tests {
                 let tb_t = gpu.upload(&bv, &shape_of(bb, b_shape)).unwrap();
                 let (out_shape, ..) = output_shape(&ta_t, &tb_t, spec).unwrap();
                 let c = poisoned(gpu, &out_shape);
-                matmul_into(gpu, &ta_t, &tb_t, &c, spec, 1.0).unwrap();
+                let ((), trace) =
+                    gpu.traced(|| matmul_into(gpu, &ta_t, &tb_t, &c, spec, 1.0).unwrap());
+                let entry = kernel_entry(spec, m, n, k);
+                ran.insert(format!("matmul::{entry}"));
+                assert!(
+                    !crate::check::dispatches(&trace, &format!("matmul::{entry}")).is_empty(),
+                    "case {ci} ta={ta} tb={tb}: {entry} did not run: {trace:?}"
+                );
                 let want = reference::matmul(&arr(&av, a_shape), &arr(&bv, b_shape), spec);
                 assert_close(
                     &gpu.read(&c).unwrap(),
@@ -569,11 +599,11 @@ mod tests {
                 );
             }
         }
+        let every: std::collections::BTreeSet<String> =
+            ENTRIES.iter().map(|e| e.to_string()).collect();
+        assert_eq!(ran, every, "the cases must reach every entry point");
     }
 
-    /// A long contraction with a small output runs as a batch of partial
-    /// products over K chunks plus a reduction (asserted from the trace),
-    /// and matches the f64 reference, with alpha and accumulation.
     #[test]
     fn long_contractions_split_k_and_match_the_reference() {
         let gpu = gpu();
@@ -604,7 +634,7 @@ mod tests {
             // Overwrite into a poisoned output.
             let c = poisoned(gpu, &[m, n]);
             let ((), trace) = gpu.traced(|| matmul_into(gpu, &a_t, &b_t, &c, spec, 1.0).unwrap());
-            let grids: Vec<[u32; 3]> = ["matmul::matmul", "matmul::matmul_nn_vec4"]
+            let grids: Vec<[u32; 3]> = ENTRIES
                 .iter()
                 .flat_map(|kname| crate::check::dispatches(&trace, kname))
                 .collect();
