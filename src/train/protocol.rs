@@ -19,6 +19,7 @@ use crate::data::split::{leave_site_out, stratified_subject_kfold, subsample_lab
 use crate::data::synth::{generate, SynthConfig};
 use crate::data::{DataError, Dataset, DatasetConfig};
 use crate::gpu::Gpu;
+use crate::model::sizes::{self, Limits, SizeError};
 use crate::model::{DataDims, Model};
 use crate::train::baseline::{evaluate_connectivity, BaselineError, BaselineFold, Connectivity};
 use crate::train::checkpoint;
@@ -41,6 +42,8 @@ pub enum ProtocolError {
     RunDir(#[from] RunDirError),
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
+    #[error(transparent)]
+    Size(#[from] SizeError),
     #[error(transparent)]
     Baseline(#[from] BaselineError),
     #[error("scoring fold {fold}")]
@@ -417,6 +420,21 @@ pub struct Evaluation {
     pub wall_seconds: f64,
 }
 
+/// Refuses a model that cannot run on `gpu` in the batches of `phases`
+/// (`model::sizes`), before anything is allocated: every command calls this
+/// before it builds a model from the config.
+pub fn check_sizes(gpu: &Gpu, cfg: &Config, dataset: &Dataset, phases: &[Phase]) -> Result<()> {
+    let batches: Vec<(&str, usize)> = phases
+        .iter()
+        .map(|phase| match phase {
+            Phase::Pretrain => ("pretrain.batch", cfg.pretrain.batch),
+            Phase::Finetune => ("finetune.batch", cfg.finetune.batch),
+        })
+        .collect();
+    sizes::check(&cfg.model, data_dims(dataset), &batches, &Limits::of(gpu))?;
+    Ok(())
+}
+
 /// Refuses a `pretrain` or `finetune` run of zero epochs (it would print a
 /// checkpoint path and write none).
 pub fn check_phase_trains(cfg: &Config, phase: Phase) -> Result<()> {
@@ -577,6 +595,12 @@ pub fn run_fold(
             });
         }
     }
+    let phases: &[Phase] = if cfg.pretrain.epochs == 0 {
+        &[Phase::Finetune]
+    } else {
+        &[Phase::Pretrain, Phase::Finetune]
+    };
+    check_sizes(gpu, cfg, dataset, phases)?;
     let fold_run = run.fold(&plan.name)?;
     let model = Model::new(gpu, cfg.model.clone(), data_dims(dataset), plan.seed)?;
     let mut fold_cfg = cfg.clone();
