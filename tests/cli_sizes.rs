@@ -107,6 +107,17 @@ fn a_long_crop_is_refused_naming_model_crop_and_the_batch() {
 #[test]
 fn sizes_past_32_bits_are_refused_naming_the_key() {
     let tmp = tempfile::tempdir().unwrap();
+    // Past a TOML integer (i64): out of range, not "invalid type: string".
+    let e = refused_with(
+        "pretrain",
+        &["model.node_channels=18446744073709551615"],
+        &tmp.path().join("run"),
+    );
+    assert_eq!(
+        e.trim_end(),
+        "error: config key \"model.node_channels\" = 18446744073709551615: expected an integer: \
+         18446744073709551615 is out of range: this key takes an integer from 0 to 9223372036854775807"
+    );
     let e = refused_with(
         "pretrain",
         &["model.node_channels=5000000000"],
