@@ -29,7 +29,10 @@ pub fn available_disk(path: &Path) -> Option<u64> {
     }
     // SAFETY: initialized by the successful call above.
     let stat = unsafe { stat.assume_init() };
-    (stat.f_bavail as u64).checked_mul(stat.f_frsize as u64)
+    // The field types differ by platform (u32 on some), hence the casts.
+    #[allow(clippy::unnecessary_cast)]
+    let (blocks, size) = (stat.f_bavail as u64, stat.f_frsize as u64);
+    blocks.checked_mul(size)
 }
 
 /// Not known off unix: the check is skipped.

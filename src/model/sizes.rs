@@ -216,6 +216,9 @@ fn keys_to_lower(
 /// `batches`: `(config key, size)`, e.g. `("pretrain.batch", 32)`) that
 /// cannot run within `limits`, before anything is allocated. See the module
 /// documentation for the rules.
+// The error is large (it names tensor, shape, limit, adapter and keys) and
+// is returned once per run; callers that keep it box it (ProtocolError).
+#[allow(clippy::result_large_err)]
 pub fn check(
     m: &ModelConfig,
     dims: DataDims,

@@ -42,8 +42,9 @@ pub enum ProtocolError {
     RunDir(#[from] RunDirError),
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
+    /// Boxed, as `Data`: its fields name the tensor, shape, limit and keys.
     #[error(transparent)]
-    Size(#[from] SizeError),
+    Size(Box<SizeError>),
     #[error(transparent)]
     Baseline(#[from] BaselineError),
     #[error("scoring fold {fold}")]
@@ -137,6 +138,12 @@ pub enum ProtocolError {
         command: &'static str,
         hint: &'static str,
     },
+}
+
+impl From<SizeError> for ProtocolError {
+    fn from(e: SizeError) -> Self {
+        ProtocolError::Size(Box::new(e))
+    }
 }
 
 impl From<DataError> for ProtocolError {
