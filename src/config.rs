@@ -639,7 +639,9 @@ fn expected_kind(old: &toml::Value) -> &'static str {
 }
 
 /// Why a number given for a numeric key cannot be stored, if it cannot: every
-/// integer key is a count or a seed (0 ..= 2⁶⁴ − 1), every float key an f64.
+/// integer key is a count or a seed, and a TOML integer is an i64, so the
+/// range is 0 ..= 2⁶³ − 1 (above it TOML falls back to a string, and the key
+/// would report "invalid type: string"); every float key an f64.
 /// (Without this, a number TOML cannot hold fell back to a string and was
 /// reported as "invalid type: string".)
 fn out_of_range(text: &str, old: Option<&toml::Value>) -> Option<String> {
@@ -654,10 +656,10 @@ fn out_of_range(text: &str, old: Option<&toml::Value>) -> Option<String> {
                 return None;
             }
             match digits.parse::<i128>() {
-                Ok(v) if (0..=u64::MAX as i128).contains(&v) => None,
+                Ok(v) if (0..=i64::MAX as i128).contains(&v) => None,
                 _ => Some(format!(
                     "{text} is out of range: this key takes an integer from 0 to {}",
-                    u64::MAX
+                    i64::MAX
                 )),
             }
         }
@@ -841,6 +843,8 @@ mod tests {
             ("pretrain.epochs", "-1"),
             ("pretrain.epochs", "99999999999999999999"),
             ("seed", "-3"),
+            // Fits a u64 but not a TOML integer (i64).
+            ("model.width", "18446744073709551615"),
         ] {
             let e = c.apply_override(key, value).unwrap_err().to_string();
             assert!(

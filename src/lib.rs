@@ -5,6 +5,7 @@ pub mod check;
 pub mod config;
 pub mod data;
 pub mod gpu;
+pub mod host;
 pub mod model;
 pub mod ops;
 pub mod train;

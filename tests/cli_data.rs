@@ -116,8 +116,8 @@ fn data_cli_synth_refuses_a_dataset_larger_than_memory() {
     let stderr = String::from_utf8_lossy(&synth.stderr);
     assert_eq!(synth.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("invalid synthetic-data setting: length = 10000000 makes the dataset")
-            && stderr.trim_end().ends_with("; lower length"),
+        stderr.contains("invalid synthetic-data setting: --length 10000000 makes the dataset")
+            && stderr.trim_end().ends_with("; lower --length"),
         "{stderr}"
     );
     assert!(!out.exists());

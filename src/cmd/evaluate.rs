@@ -55,10 +55,14 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
         let plans = plan_folds(&dataset, &cfg)?;
         // Chosen before the GPU opens or anything is written.
         let plan = select_fold(&plans, key)?;
-        let run = open_shared_run(out, &cfg)?;
-        write_fold_index(&run, &fold_index(&dataset, &cfg, &plans))?;
-        let gpu = open_gpu(c.quiet)?;
-        let record = run_fold(&gpu, &dataset, &cfg, plan, &run, c.quiet)?;
+        // A fold job that fails before its first step leaves the shared --out
+        // as it found it: what the other jobs wrote there is never touched.
+        let record = RunDir::open(out)?.attempt(|run| {
+            check_shared_config(run, &cfg)?;
+            write_fold_index(run, &fold_index(&dataset, &cfg, &plans))?;
+            let gpu = open_gpu(c.quiet)?;
+            anyhow::Ok(run_fold(&gpu, &dataset, &cfg, plan, run, c.quiet)?)
+        })?;
         println!(
             "fold {} of {}: accuracy {:.2} %, AUC {:.2} %, recall {:.2} % ({})",
             record.fold,
@@ -66,15 +70,18 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
             100.0 * record.metrics.accuracy,
             100.0 * record.metrics.auc,
             100.0 * record.metrics.recall,
-            run.file(&format!("fold-{}", record.fold)).display()
+            out.join(format!("fold-{}", record.fold)).display()
         );
         return Ok(());
     }
-    let gpu = open_gpu(c.quiet)?;
     let out = c.out.clone().unwrap_or_else(|| default_out("evaluate"));
+    // A run that fails before its first step leaves --out as it was.
     let run = RunDir::create(&out)?;
-    run.write_config(&cfg)?;
-    let evaluation = cross_validate(&gpu, &dataset, &cfg, &run, c.quiet)?;
+    let evaluation = run.attempt(|run| {
+        run.write_config(&cfg)?;
+        let gpu = open_gpu(c.quiet)?;
+        anyhow::Ok(cross_validate(&gpu, &dataset, &cfg, run, c.quiet)?)
+    })?;
     print(&evaluation, run.path().display().to_string());
     Ok(())
 }
@@ -84,10 +91,10 @@ fn print(evaluation: &Evaluation, run: String) {
     println!("run directory: {run} ({:.0} s)", evaluation.wall_seconds);
 }
 
-/// The run directory a fold job writes into: created by whichever job comes
-/// first; every job checks that its resolved config is the one there.
-fn open_shared_run(out: &std::path::Path, cfg: &stptf::config::Config) -> anyhow::Result<RunDir> {
-    let run = RunDir::open(out)?;
+/// The shared run directory of the fold jobs gets its `config.toml` from
+/// whichever job comes first; every job checks that its resolved config is
+/// the one there.
+fn check_shared_config(run: &RunDir, cfg: &stptf::config::Config) -> anyhow::Result<()> {
     let ours = cfg.to_toml_string()?;
     let path = run.file("config.toml");
     if path.exists() {
@@ -103,5 +110,5 @@ fn open_shared_run(out: &std::path::Path, cfg: &stptf::config::Config) -> anyhow
     } else {
         run.write_config(cfg)?;
     }
-    Ok(run)
+    Ok(())
 }

@@ -2,15 +2,18 @@
 //! from scratch) on the `data.finetune_sites` scans.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 
+use stptf::config::Config;
+use stptf::data::Dataset;
 use stptf::model::Model;
 use stptf::train::checkpoint;
 use stptf::train::protocol::{
-    check_phase_trains, data_dims, finetune_scans, load_dataset, write_diagnostics_plots,
-    write_loss_plot, write_region_importance,
+    check_phase_trains, check_sizes, data_dims, finetune_scans, load_dataset,
+    write_diagnostics_plots, write_loss_plot, write_region_importance,
 };
 use stptf::train::rundir::RunDir;
 use stptf::train::trainer::{train_phase, Phase, RunOptions};
@@ -33,7 +36,25 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
     check_phase_trains(&cfg, Phase::Finetune)?;
     let dataset = load_dataset(&cfg, c.data.as_deref(), c.quiet)?;
     let scans = finetune_scans(&dataset, &cfg)?;
+    let out = c.out.clone().unwrap_or_else(|| default_out("finetune"));
+    // A run that fails before its first step (a bad --from, a model too
+    // large for the GPU, ...) leaves --out as it was.
+    RunDir::create(&out)?.attempt(|run| {
+        run.write_config(&cfg)?;
+        train(args, run, &cfg, &dataset, &scans)
+    })
+}
+
+fn train(
+    args: &FinetuneArgs,
+    run: &RunDir,
+    cfg: &Config,
+    dataset: &Arc<Dataset>,
+    scans: &[usize],
+) -> anyhow::Result<()> {
+    let c = &args.common;
     let gpu = open_gpu(c.quiet)?;
+    check_sizes(&gpu, cfg, dataset, &[Phase::Finetune])?;
     let model = match &args.from {
         Some(from) => {
             let ckpt = checkpoint::load_for_phase(from, "pretrain").with_context(|| {
@@ -42,7 +63,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
                     from.display()
                 )
             })?;
-            Model::from_host(&gpu, cfg.model.clone(), data_dims(&dataset), &ckpt.weights)
+            Model::from_host(&gpu, cfg.model.clone(), data_dims(dataset), &ckpt.weights)
                 .with_context(|| {
                     format!(
                         "the checkpoint {} does not fit this config and dataset",
@@ -50,11 +71,8 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
                     )
                 })?
         }
-        None => Model::new(&gpu, cfg.model.clone(), data_dims(&dataset), cfg.seed)?,
+        None => Model::new(&gpu, cfg.model.clone(), data_dims(dataset), cfg.seed)?,
     };
-    let out = c.out.clone().unwrap_or_else(|| default_out("finetune"));
-    let run = RunDir::create(&out)?;
-    run.write_config(&cfg)?;
     let opts = RunOptions {
         quiet: c.quiet,
         run: Some(run.clone()),
@@ -64,16 +82,16 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
     let report = train_phase(
         &gpu,
         &model,
-        &dataset,
-        &scans,
-        &cfg,
+        dataset,
+        scans,
+        cfg,
         Phase::Finetune,
         None,
         &opts,
     )?;
-    write_loss_plot(&run, &report)?;
-    write_diagnostics_plots(&run, &report)?;
-    write_region_importance(&gpu, &model, &run)?;
+    write_loss_plot(run, &report)?;
+    write_diagnostics_plots(run, &report)?;
+    write_region_importance(&gpu, &model, run)?;
     run.write_summary(&report)?;
     print_report(&report, c.quiet);
     let checkpoint = run.file("checkpoint-finetune");

@@ -11,7 +11,7 @@ use stptf::config::Config;
 use stptf::data::Dataset;
 use stptf::model::Model;
 use stptf::train::protocol::{
-    check_phase_trains, data_dims, load_dataset, pretrain_scans, write_loss_plot,
+    check_phase_trains, check_sizes, data_dims, load_dataset, pretrain_scans, write_loss_plot,
 };
 use stptf::train::rundir::RunDir;
 use stptf::train::trainer::{train_phase, Phase, RunOptions};
@@ -43,17 +43,11 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
         let dataset = load_dataset(&cfg, c.data.as_deref(), c.quiet)?;
         let scans = pretrain_scans(&dataset, &cfg)?;
         let out = c.out.clone().unwrap_or_else(|| default_out("pretrain"));
-        let run = RunDir::create(&out)?;
-        let result = run
-            .write_config(&cfg)
-            .map_err(anyhow::Error::from)
-            .and_then(|_| train(args, &run, &cfg, &dataset, &scans, None));
-        // A run that failed before its first step leaves nothing behind, so
-        // the same --out can be used again.
-        if result.is_err() && run.remove_if_unstarted() {
-            log::debug!("removed the unstarted run directory {}", out.display());
-        }
-        return result;
+        // A run that fails before its first step leaves --out as it was.
+        return RunDir::create(&out)?.attempt(|run| {
+            run.write_config(&cfg)?;
+            train(args, run, &cfg, &dataset, &scans, None)
+        });
     };
     let context = || format!("cannot resume {}", dir.display());
     let ckpt = checkpoint::load_for_phase(dir, "pretrain").with_context(context)?;
@@ -85,6 +79,7 @@ fn train(
 ) -> anyhow::Result<()> {
     let c = &args.common;
     let gpu = open_gpu(c.quiet)?;
+    check_sizes(&gpu, cfg, dataset, &[Phase::Pretrain])?;
     let model = match resumed {
         Some(ckpt) => Model::from_host(&gpu, cfg.model.clone(), data_dims(dataset), &ckpt.weights)
             .with_context(|| format!("cannot resume {}", run.path().display()))?,

@@ -75,6 +75,18 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     let regions = args.regions;
     anyhow::ensure!(regions >= 2, "--regions must be at least 2, got {regions}");
     let gpu = common::open_gpu(false)?;
+    // Refused before anything is allocated, as in the training commands.
+    let batch_key = match (args.batch, phase) {
+        (Some(_), _) => "--batch",
+        (None, Phase::Pretrain) => "pretrain.batch",
+        (None, Phase::Finetune) => "finetune.batch",
+    };
+    let dims = stptf::model::DataDims {
+        n_regions: regions,
+        n_classes: 2,
+    };
+    let limits = stptf::model::sizes::Limits::of(&gpu);
+    stptf::model::sizes::check(&cfg.model, dims, &[(batch_key, batch)], &limits)?;
     let opts = ProfileOptions {
         phase,
         batch,

@@ -84,7 +84,7 @@ impl SynthConfig {
                 self.difficulty
             ));
         }
-        self.check_size(available_memory())
+        self.check_size(crate::host::available_memory())
     }
 
     /// Bytes the scans take in memory as f32, or `None` past `u64`.
@@ -94,18 +94,48 @@ impl SynthConfig {
             .try_fold(4u64, |bytes, &n| bytes.checked_mul(u64::try_from(n).ok()?))
     }
 
+    /// Bytes `write_dataset` writes: the scans plus, per scan, its `.npy`
+    /// header (128 bytes) and a `labels.csv` row (well under 128 bytes).
+    pub fn file_bytes(&self) -> Option<u64> {
+        let per_scan = 256u64.checked_mul(u64::try_from(self.scans).ok()?)?;
+        self.dataset_bytes()?.checked_add(per_scan)
+    }
+
     /// Refuses a dataset that cannot be held in `available` bytes of memory
     /// (every consumer loads all scans), before anything is allocated: a failed
-    /// allocation would abort the process instead. Names the setting that is
-    /// furthest above its default, as the one to lower.
+    /// allocation would abort the process instead.
     fn check_size(&self, available: Option<u64>) -> Result<()> {
+        self.check_room(self.dataset_bytes(), "in memory", available, "available")
+    }
+
+    /// Refuses a dataset whose files do not fit the `free` bytes of the disk
+    /// it goes to (`place`), before anything is written.
+    fn check_disk(&self, free: Option<u64>, place: &str) -> Result<()> {
+        self.check_room(
+            self.file_bytes(),
+            "on disk",
+            free,
+            &format!("free in {place}"),
+        )
+    }
+
+    /// `needed` bytes `what` (in memory, on disk) against `available`
+    /// (`None`: unknown, not checked; `needed` `None`: past u64). Names the
+    /// flag that is furthest above its default, as the one to lower.
+    fn check_room(
+        &self,
+        needed: Option<u64>,
+        what: &str,
+        available: Option<u64>,
+        room: &str,
+    ) -> Result<()> {
         let defaults = SynthConfig::default();
         let settings = [
-            ("scans", self.scans, defaults.scans),
-            ("regions", self.regions, defaults.regions),
-            ("length", self.length, defaults.length),
+            ("--scans", self.scans, defaults.scans),
+            ("--regions", self.regions, defaults.regions),
+            ("--length", self.length, defaults.length),
         ];
-        let (name, value, _) = settings
+        let (flag, value, _) = settings
             .iter()
             .copied()
             .max_by(|a, b| (a.1 as f64 / a.2 as f64).total_cmp(&(b.1 as f64 / b.2 as f64)))
@@ -117,18 +147,18 @@ impl SynthConfig {
         let too_large = |needed: String, limit: String| {
             Err(DataError::BadSynthConfig {
                 message: format!(
-                    "{name} = {value} makes the dataset {needed} in memory ({shape}), more than {limit}; lower {name}"
+                    "{flag} {value} makes the dataset {needed} {what} ({shape}), more than {limit}; lower {flag}"
                 ),
             })
         };
         let gib = |bytes: u64| format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64);
-        match (self.dataset_bytes(), available) {
+        match (needed, available) {
             (None, _) => too_large(
                 "too large to count".to_string(),
                 "any machine holds".to_string(),
             ),
             (Some(needed), Some(available)) if needed > available => {
-                too_large(gib(needed), format!("the {} available", gib(available)))
+                too_large(gib(needed), format!("the {} {room}", gib(available)))
             }
             _ => Ok(()),
         }
@@ -206,15 +236,6 @@ pub struct Planted {
     pub mean_dwell_by_class: Vec<f64>,
     /// In words: where in time the class difference lives.
     pub time_structure: String,
-}
-
-/// Memory the system can give without swapping (Linux `MemAvailable`);
-/// `None` where it cannot be read, and then only overflow is refused.
-fn available_memory() -> Option<u64> {
-    let text = fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
 }
 
 fn class_position(class: usize, classes: usize) -> f64 {
@@ -328,6 +349,7 @@ pub fn write_dataset(dir: &Path, config: &SynthConfig) -> Result<()> {
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&parent).map_err(|e| DataError::write(&parent, e))?;
+    config.check_disk(crate::host::available_disk(&parent), &shown(&parent))?;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -554,10 +576,21 @@ mod tests {
         let message = long.check_size(Some(16 << 30)).unwrap_err().to_string();
         assert_eq!(
             message,
-            "invalid synthetic-data setting: length = 10000000 makes the dataset 38.1 GiB in memory \
-             (64 scans x 16 regions x 10000000 frames x 4 bytes), more than the 16.0 GiB available; lower length"
+            "invalid synthetic-data setting: --length 10000000 makes the dataset 38.1 GiB in memory \
+             (64 scans x 16 regions x 10000000 frames x 4 bytes), more than the 16.0 GiB available; lower --length"
         );
         assert!(long.check_size(Some(64 << 30)).is_ok());
+        // It fits a 64 GiB machine but not a disk with 10 GiB free.
+        assert_eq!(long.file_bytes(), Some(64 * 16 * 10_000_000 * 4 + 64 * 256));
+        assert_eq!(
+            long.check_disk(Some(10 << 30), "/data").unwrap_err().to_string(),
+            "invalid synthetic-data setting: --length 10000000 makes the dataset 38.1 GiB on disk \
+             (64 scans x 16 regions x 10000000 frames x 4 bytes), more than the 10.0 GiB free in /data; lower --length"
+        );
+        assert!(
+            long.check_disk(Some(64 << 30), "/data").is_ok()
+                && long.check_disk(None, "/data").is_ok()
+        );
         // Past u64, on any machine; the setting furthest above its default is named.
         let huge = SynthConfig {
             scans: usize::MAX,
@@ -565,11 +598,11 @@ mod tests {
         };
         let message = huge.validate().unwrap_err().to_string();
         assert!(
-            message.starts_with(&format!("invalid synthetic-data setting: scans = {} makes the dataset too large to count in memory", usize::MAX)),
+            message.starts_with(&format!("invalid synthetic-data setting: --scans {} makes the dataset too large to count in memory", usize::MAX)),
             "{message}"
         );
         assert!(
-            message.ends_with("more than any machine holds; lower scans"),
+            message.ends_with("more than any machine holds; lower --scans"),
             "{message}"
         );
         // Larger than this machine's memory (read from /proc/meminfo): refused
@@ -585,7 +618,7 @@ mod tests {
             let error = write_dataset(&root.path().join("d"), &wide)
                 .unwrap_err()
                 .to_string();
-            assert!(error.ends_with("; lower regions"), "{error}");
+            assert!(error.ends_with("; lower --regions"), "{error}");
             assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0);
             assert_eq!(generate(&wide).0.len(), 0);
         }

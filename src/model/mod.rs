@@ -10,6 +10,7 @@
 pub mod augment;
 pub mod layers;
 pub mod params;
+pub mod sizes;
 
 use crate::autograd::{Tape, Var};
 use crate::config::{Encoder, Fgco, ModelConfig, Residual};

@@ -106,6 +106,16 @@ fn layout(m: &ModelConfig, d: DataDims) -> Vec<(String, Vec<usize>, Init)> {
     v
 }
 
+/// Every parameter's name and shape, in store order: the layout without its
+/// initializations, for `model::sizes`, which checks them before anything
+/// is allocated.
+pub(crate) fn shapes(m: &ModelConfig, d: DataDims) -> Vec<(String, Vec<usize>)> {
+    layout(m, d)
+        .into_iter()
+        .map(|(name, shape, _)| (name, shape))
+        .collect()
+}
+
 /// The projector, the head and the LayerNorms (shared by every encoder;
 /// `fusion_norm`: whether the encoder has a D-wide per-frame stage for
 /// `norm.fusion`).

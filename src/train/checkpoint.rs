@@ -372,6 +372,32 @@ fn write_synced(path: &Path, bytes: &[u8], point: &str) -> Result<()> {
 /// Writes `checkpoint` to `dir`, replacing the checkpoint there in one atomic
 /// step once the new one is complete on disk (see the module notes).
 pub fn save(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
+    save_with(dir, checkpoint, Switch::NATIVE)
+}
+
+/// How `NAME` is pointed at a new version (see [`switch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(unix), allow(dead_code))]
+enum Switch {
+    /// One atomic rename of a symbolic link over `NAME` (unix).
+    Link,
+    /// Remove the old folder, rename the version into place: for systems
+    /// without unprivileged symbolic links (Windows). Not atomic, but a kill
+    /// in between leaves `NAME` missing, and readers then fall back to the
+    /// newest complete version (`resolve`), so no checkpoint is lost.
+    Rename,
+}
+
+impl Switch {
+    const NATIVE: Switch = if cfg!(unix) {
+        Switch::Link
+    } else {
+        Switch::Rename
+    };
+}
+
+/// [`save`] with the given way of switching (tests run the fallback on unix).
+fn save_with(dir: &Path, checkpoint: &Checkpoint, how: Switch) -> Result<()> {
     check_consistent(dir, checkpoint)?;
     let slots = Slots::of(dir);
     fs::create_dir_all(&slots.parent).map_err(io(&slots.parent, "cannot create the folder"))?;
@@ -381,7 +407,7 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
     let partial = slots.partial();
     let staged = slots.version(version);
     let result =
-        stage(&slots, &partial, &staged, checkpoint).and_then(|()| switch(&slots, version));
+        stage(&slots, &partial, &staged, checkpoint).and_then(|()| switch(&slots, version, how));
     if let Err(e) = result {
         // A real failure (a full disk, permissions): take back everything
         // this save created; `NAME` still resolves to the old checkpoint.
@@ -446,9 +472,21 @@ fn stage(slots: &Slots, partial: &Path, staged: &Path, checkpoint: &Checkpoint) 
     fault::point("checkpoint-staged").map_err(io(staged, "cannot save"))
 }
 
+/// Points `NAME` at version `k` the way `how` says. Without unix links
+/// (`Link` on another system cannot happen: `Switch::NATIVE` is `Rename`
+/// there) it renames.
+fn switch(slots: &Slots, k: u64, how: Switch) -> Result<()> {
+    #[cfg(unix)]
+    if how == Switch::Link {
+        return switch_by_link(slots, k);
+    }
+    let _ = how;
+    switch_by_rename(slots, k)
+}
+
 /// Points `NAME` at version `k` in one atomic rename.
 #[cfg(unix)]
-fn switch(slots: &Slots, k: u64) -> Result<()> {
+fn switch_by_link(slots: &Slots, k: u64) -> Result<()> {
     if !slots.is_link() && slots.dir.exists() {
         // A folder from an older build: move it aside as version 0 first.
         // Until the link below exists, readers fall back to the newest
@@ -465,17 +503,20 @@ fn switch(slots: &Slots, k: u64) -> Result<()> {
     atomic::sync_dir(&slots.parent).map_err(io(&slots.parent, "cannot sync"))
 }
 
-/// Without links: remove the old folder, rename the version into place.
-/// In between, `load` falls back to the version (see `resolve`).
-#[cfg(not(unix))]
-fn switch(slots: &Slots, k: u64) -> Result<()> {
-    if slots.dir.exists() {
+/// Without links: remove the old folder (or a link left by a unix save,
+/// which `remove_dir_all` removes without following), rename the version
+/// into place. In between, `load` falls back to the version (see `resolve`).
+fn switch_by_rename(slots: &Slots, k: u64) -> Result<()> {
+    if fs::symlink_metadata(&slots.dir).is_ok() {
         fs::remove_dir_all(&slots.dir)
+            .or_else(|_| fs::remove_file(&slots.dir))
             .map_err(io(&slots.dir, "cannot remove the old checkpoint"))?;
     }
     fault::point("checkpoint-linked").map_err(io(&slots.dir, "cannot save"))?;
     let staged = slots.version(k);
-    fs::rename(&staged, &slots.dir).map_err(io(&slots.dir, "cannot switch to the new checkpoint"))
+    fs::rename(&staged, &slots.dir)
+        .map_err(io(&slots.dir, "cannot switch to the new checkpoint"))?;
+    atomic::sync_dir(&slots.parent).map_err(io(&slots.parent, "cannot sync"))
 }
 
 /// Reads the checkpoint in `dir` (see `resolve` for the fallbacks).
@@ -1068,6 +1109,36 @@ mod tests {
             .file_type()
             .is_symlink());
         assert!(!slots.parent.join(".plain.v0").exists());
+    }
+
+    /// The fallback for systems without links (`Switch::Rename`, native on
+    /// Windows), run here through the same `save`: saves replace a plain
+    /// folder, a kill between its remove and rename loses nothing, and it
+    /// takes over a checkpoint a link-switching save made.
+    #[test]
+    fn the_rename_fallback_saves_loads_and_survives_an_interrupted_switch() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        let step = |expected: u64| assert_eq!(load(&dir).unwrap().meta.step, expected);
+        save_with(&dir, &sample(10), Switch::Rename).unwrap();
+        step(10);
+        save_with(&dir, &sample(20), Switch::Rename).unwrap();
+        step(20);
+        assert_eq!(entries(root.path()), vec!["ckpt"]);
+        assert!(!fs::symlink_metadata(&dir).unwrap().file_type().is_symlink());
+        // Killed after removing NAME, before renaming the staged version in
+        // (here the staged version holds step 20): readers use the version.
+        let slots = Slots::of(&dir);
+        fs::rename(&dir, slots.version(3)).unwrap();
+        step(20);
+        save_with(&dir, &sample(30), Switch::Rename).unwrap();
+        step(30);
+        assert_eq!(entries(root.path()), vec!["ckpt"]);
+        // A link made by a unix save is replaced by a plain folder.
+        save_with(&dir, &sample(40), Switch::NATIVE).unwrap();
+        save_with(&dir, &sample(50), Switch::Rename).unwrap();
+        step(50);
+        assert_eq!(entries(root.path()), vec!["ckpt"]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::data::split::{leave_site_out, stratified_subject_kfold, subsample_lab
 use crate::data::synth::{generate, SynthConfig};
 use crate::data::{DataError, Dataset, DatasetConfig};
 use crate::gpu::Gpu;
+use crate::model::sizes::{self, Limits, SizeError};
 use crate::model::{DataDims, Model};
 use crate::train::baseline::{evaluate_connectivity, BaselineError, BaselineFold, Connectivity};
 use crate::train::checkpoint;
@@ -41,6 +42,9 @@ pub enum ProtocolError {
     RunDir(#[from] RunDirError),
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
+    /// Boxed, as `Data`: its fields name the tensor, shape, limit and keys.
+    #[error(transparent)]
+    Size(Box<SizeError>),
     #[error(transparent)]
     Baseline(#[from] BaselineError),
     #[error("scoring fold {fold}")]
@@ -134,6 +138,12 @@ pub enum ProtocolError {
         command: &'static str,
         hint: &'static str,
     },
+}
+
+impl From<SizeError> for ProtocolError {
+    fn from(e: SizeError) -> Self {
+        ProtocolError::Size(Box::new(e))
+    }
 }
 
 impl From<DataError> for ProtocolError {
@@ -417,6 +427,21 @@ pub struct Evaluation {
     pub wall_seconds: f64,
 }
 
+/// Refuses a model that cannot run on `gpu` in the batches of `phases`
+/// (`model::sizes`), before anything is allocated: every command calls this
+/// before it builds a model from the config.
+pub fn check_sizes(gpu: &Gpu, cfg: &Config, dataset: &Dataset, phases: &[Phase]) -> Result<()> {
+    let batches: Vec<(&str, usize)> = phases
+        .iter()
+        .map(|phase| match phase {
+            Phase::Pretrain => ("pretrain.batch", cfg.pretrain.batch),
+            Phase::Finetune => ("finetune.batch", cfg.finetune.batch),
+        })
+        .collect();
+    sizes::check(&cfg.model, data_dims(dataset), &batches, &Limits::of(gpu))?;
+    Ok(())
+}
+
 /// Refuses a `pretrain` or `finetune` run of zero epochs (it would print a
 /// checkpoint path and write none).
 pub fn check_phase_trains(cfg: &Config, phase: Phase) -> Result<()> {
@@ -577,6 +602,12 @@ pub fn run_fold(
             });
         }
     }
+    let phases: &[Phase] = if cfg.pretrain.epochs == 0 {
+        &[Phase::Finetune]
+    } else {
+        &[Phase::Pretrain, Phase::Finetune]
+    };
+    check_sizes(gpu, cfg, dataset, phases)?;
     let fold_run = run.fold(&plan.name)?;
     let model = Model::new(gpu, cfg.model.clone(), data_dims(dataset), plan.seed)?;
     let mut fold_cfg = cfg.clone();

@@ -13,6 +13,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -87,21 +88,52 @@ pub struct MetricsRecord {
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,
-    /// Whether `create` made the folder itself (so `remove_if_unstarted`
-    /// may remove it).
-    created: bool,
+    /// What this process added to the run directory, shared by the run and
+    /// its fold folders (see [`RunDir::remove_if_unstarted`]).
+    journal: Arc<Mutex<Journal>>,
+}
+
+/// The folders and files this process created (not those it found), in
+/// creation order, and the folders only this run writes to.
+#[derive(Debug, Default)]
+struct Journal {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+    /// Folders no other process writes to (a `create`d root, fold folders):
+    /// anything in them not in `files`/`dirs` was written by training.
+    exclusive: Vec<PathBuf>,
 }
 
 /// Files a run writes before its first training step: nothing of value
-/// (`config.toml` restates the resolved config; the metrics log is empty).
-const SETUP_FILES: [&str; 2] = ["config.toml", "metrics.jsonl"];
+/// (`config.toml` restates the resolved config, `folds.json` the folds; the
+/// metrics log is empty).
+const SETUP_FILES: [&str; 3] = ["config.toml", "folds.json", "metrics.jsonl"];
+
+fn lock(journal: &Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
+    // A panic while holding it leaves plain lists behind; they stay usable.
+    journal
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Creates `root` and any missing folders above it, journaling those it made
+/// (outermost first).
+fn create_dirs(root: &Path, journal: &Mutex<Journal>) -> Result<()> {
+    let missing: Vec<PathBuf> = root
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && fs::symlink_metadata(p).is_err())
+        .map(Path::to_path_buf)
+        .collect();
+    fs::create_dir_all(root).map_err(io(root, "cannot create"))?;
+    lock(journal).dirs.extend(missing.into_iter().rev());
+    Ok(())
+}
 
 impl RunDir {
     /// Creates a new run directory; refuses one that exists and holds files,
     /// so a run never mixes its output with another's.
     pub fn create(root: &Path) -> Result<Self> {
-        let existed = root.exists();
-        if existed {
+        if root.exists() {
             let mut entries = fs::read_dir(root).map_err(io(root, "cannot list"))?;
             if entries.next().is_some() {
                 return Err(RunDirError::NotEmpty {
@@ -109,18 +141,26 @@ impl RunDir {
                 });
             }
         }
-        fs::create_dir_all(root).map_err(io(root, "cannot create"))?;
+        let journal = Arc::new(Mutex::new(Journal::default()));
+        create_dirs(root, &journal)?;
+        lock(&journal).exclusive.push(root.to_path_buf());
         Ok(RunDir {
             root: root.to_path_buf(),
-            created: !existed,
+            journal,
         })
     }
 
-    /// Opens (or creates) a run directory to add to, e.g. when resuming.
-    /// Removes the temporary files of atomic writes a killed run left in it
-    /// (`.NAME.tmp-PID`; never read, see `atomic::write`).
+    /// Opens (or creates) a run directory to add to, e.g. when resuming or
+    /// for one fold job of a shared evaluation.
     pub fn open(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root).map_err(io(root, "cannot create"))?;
+        Self::open_in(root, Arc::default())
+    }
+
+    /// Opens `root`, journaling into `journal`. Removes the temporary files
+    /// of atomic writes a killed run left in it (`.NAME.tmp-PID`; never read,
+    /// see `atomic::write`).
+    fn open_in(root: &Path, journal: Arc<Mutex<Journal>>) -> Result<Self> {
+        create_dirs(root, &journal)?;
         for entry in fs::read_dir(root)
             .map_err(io(root, "cannot list"))?
             .flatten()
@@ -137,56 +177,69 @@ impl RunDir {
         }
         Ok(RunDir {
             root: root.to_path_buf(),
-            created: false,
+            journal,
         })
     }
 
-    /// After a run created by `create` failed: if it never got as far as a
-    /// training step (only `config.toml` and empty metrics logs, here or in
-    /// fold folders), removes those and the folders, so the same `--out`
-    /// can be used again. A run that trained keeps everything (its metrics
-    /// and checkpoints tell what happened). Returns whether it removed.
+    /// Runs `work` in this run directory; when it fails, removes what the
+    /// run added if it never got as far as a training step
+    /// ([`RunDir::remove_if_unstarted`]), so `--out` is left as it was found
+    /// and can be used again. The one way the training commands run.
+    pub fn attempt<T, E>(&self, work: impl FnOnce(&RunDir) -> Result<T, E>) -> Result<T, E> {
+        let result = work(self);
+        if result.is_err() && self.remove_if_unstarted() {
+            log::debug!(
+                "removed what the unstarted run added to {}",
+                self.root.display()
+            );
+        }
+        result
+    }
+
+    /// After a failed run: if it never got as far as a training step (it
+    /// added only setup files, here or in fold folders, its metrics logs are
+    /// empty, and nothing else appeared in the folders only it writes to),
+    /// removes what it added (files, then the folders it created), so the
+    /// directory is as it was found. Files and folders it found, or that
+    /// another fold job added to a shared directory, are never touched. A
+    /// run that trained keeps everything (its metrics and checkpoints tell
+    /// what happened). Returns whether it removed.
     pub fn remove_if_unstarted(&self) -> bool {
-        fn unstarted(dir: &Path, files: &mut Vec<PathBuf>, dirs: &mut Vec<PathBuf>) -> bool {
+        let journal = lock(&self.journal);
+        for file in &journal.files {
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+            let Some(name) = name.filter(|n| SETUP_FILES.contains(&n.as_str())) else {
+                return false;
+            };
+            let logged = fs::metadata(file).is_ok_and(|m| m.len() > 0);
+            if name == "metrics.jsonl" && logged {
+                return false;
+            }
+        }
+        let ours = |p: &Path| journal.files.iter().chain(&journal.dirs).any(|q| q == p);
+        for dir in &journal.exclusive {
             let Ok(entries) = fs::read_dir(dir) else {
                 return false;
             };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let Ok(meta) = fs::symlink_metadata(&path) else {
-                    return false;
-                };
-                let setup = SETUP_FILES.contains(&name.as_str())
-                    && meta.is_file()
-                    && (name != "metrics.jsonl" || meta.len() == 0);
-                if setup {
-                    files.push(path);
-                } else if meta.is_dir() && name.starts_with("fold-") {
-                    if !unstarted(&path, files, dirs) {
-                        return false;
-                    }
-                    dirs.push(path);
-                } else {
-                    return false;
-                }
+            if entries.flatten().any(|e| !ours(&e.path())) {
+                return false;
             }
-            true
         }
-        let (mut files, mut dirs) = (Vec::new(), Vec::new());
-        if !unstarted(&self.root, &mut files, &mut dirs) {
-            return false;
+        for file in journal.files.iter().rev() {
+            let _ = fs::remove_file(file);
         }
-        for f in &files {
-            let _ = fs::remove_file(f);
-        }
-        for d in &dirs {
-            let _ = fs::remove_dir(d);
-        }
-        if self.created {
-            let _ = fs::remove_dir(&self.root);
+        // Innermost first; a folder that holds anything else stays.
+        for dir in journal.dirs.iter().rev() {
+            let _ = fs::remove_dir(dir);
         }
         true
+    }
+
+    /// Notes that this process created `path` (when `new`).
+    fn journal_file(&self, path: &Path, new: bool) {
+        if new {
+            lock(&self.journal).files.push(path.to_path_buf());
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -200,7 +253,9 @@ impl RunDir {
     /// Writes `name` atomically.
     pub fn write_bytes(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
         let path = self.file(name);
+        let new = fs::symlink_metadata(&path).is_err();
         atomic::write(&path, bytes).map_err(io(&path, "cannot write"))?;
+        self.journal_file(&path, new);
         Ok(path)
     }
 
@@ -231,7 +286,11 @@ impl RunDir {
 
     /// `metrics.jsonl`, opened for appending.
     pub fn metrics_log(&self) -> Result<MetricsLog> {
-        MetricsLog::open(&self.file("metrics.jsonl"))
+        let path = self.file("metrics.jsonl");
+        let new = fs::symlink_metadata(&path).is_err();
+        let log = MetricsLog::open(&path)?;
+        self.journal_file(&path, new);
+        Ok(log)
     }
 
     /// The subdirectory `fold-<name>`, created if needed.
@@ -247,7 +306,13 @@ impl RunDir {
                 name: name.to_string(),
             });
         }
-        RunDir::open(&self.root.join(format!("fold-{name}")))
+        let fold = RunDir::open_in(
+            &self.root.join(format!("fold-{name}")),
+            self.journal.clone(),
+        )?;
+        // Each fold job writes its own fold folder only.
+        lock(&self.journal).exclusive.push(fold.root.clone());
+        Ok(fold)
     }
 }
 
@@ -468,5 +533,51 @@ mod tests {
         let run = RunDir::create(&tmp.path().join("other")).unwrap();
         run.write_text("notes.txt", "mine").unwrap();
         assert!(!run.remove_if_unstarted());
+    }
+
+    #[test]
+    fn an_unstarted_run_removes_only_what_it_added() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A fold job in a shared directory that other jobs write to.
+        let shared = tmp.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::write(shared.join("config.toml"), "theirs").unwrap();
+        let run = RunDir::open(&shared).unwrap();
+        run.write_json("folds.json", &serde_json::json!({"folds": ["1", "2"]}))
+            .unwrap();
+        drop(run.fold("2").unwrap().metrics_log().unwrap());
+        // Meanwhile another job's fold has trained.
+        fs::create_dir(shared.join("fold-1")).unwrap();
+        fs::write(shared.join("fold-1/metrics.jsonl"), "{}\n").unwrap();
+        assert!(run.remove_if_unstarted());
+        assert!(!shared.join("fold-2").exists() && !shared.join("folds.json").exists());
+        assert_eq!(
+            fs::read_to_string(shared.join("config.toml")).unwrap(),
+            "theirs"
+        );
+        assert!(shared.join("fold-1/metrics.jsonl").exists());
+        // A fold folder of this job holding a file it did not write: started.
+        let run = RunDir::open(&shared).unwrap();
+        let fold = run.fold("2").unwrap();
+        drop(fold.metrics_log().unwrap());
+        fs::write(fold.file("loss.svg"), "<svg/>").unwrap();
+        assert!(!run.remove_if_unstarted());
+        assert!(fold.file("metrics.jsonl").exists());
+
+        // A shared directory this job created goes, with the folders above it
+        // that it created.
+        let nested = tmp.path().join("a/b/run");
+        let run = RunDir::open(&nested).unwrap();
+        run.write_config(&Config::default()).unwrap();
+        drop(run.fold("1").unwrap().metrics_log().unwrap());
+        assert!(run.remove_if_unstarted());
+        assert!(!tmp.path().join("a").exists());
+
+        // A checkpoint (written by training, not journaled) means it started.
+        let run = RunDir::create(&tmp.path().join("ckpt")).unwrap();
+        drop(run.metrics_log().unwrap());
+        fs::create_dir(run.file("checkpoint-pretrain")).unwrap();
+        assert!(!run.remove_if_unstarted());
+        assert!(run.file("metrics.jsonl").exists());
     }
 }
