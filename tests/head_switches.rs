@@ -343,3 +343,156 @@ fn early_stopping_keeps_the_best_validation_epoch() {
         "no fold chose an epoch before its last: the test did not exercise early stopping"
     );
 }
+
+fn stptf(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stptf"))
+        .env_remove("STPTF_FAULT")
+        .args(args)
+        .output()
+        .expect("run stptf");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stptf {args:?} failed: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    out
+}
+
+/// Through the CLI with `model.head_norm = "batch"`: a pretraining run
+/// stopped and resumed equals the uninterrupted one (the checkpoint holds
+/// the running statistics beside the parameters, without optimizer moments
+/// for them); fine-tuning from it moves them and saves them; `predict` loads
+/// them and gives the same probabilities for a scan alone as with the others.
+#[test]
+fn batch_head_norm_statistics_survive_checkpoints_resume_and_predict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |path: &Path| path.to_str().unwrap().to_string();
+    let data = tmp.path().join("data");
+    stptf(&[
+        "synth",
+        "--out",
+        &p(&data),
+        "--scans",
+        "16",
+        "--regions",
+        "6",
+        "--length",
+        "36",
+        "--seed",
+        "1",
+        "--difficulty",
+        "0.1",
+    ]);
+    let ds = p(&data.join("dataset.toml"));
+    let config = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/configs/tiny.toml")
+        .display()
+        .to_string();
+    let common = |out: &Path| -> Vec<String> {
+        [
+            "--config",
+            &config,
+            "--dataset",
+            &ds,
+            "--out",
+            &p(out),
+            "--quiet",
+            "--set",
+            "pretrain.batch=8",
+            "--set",
+            "pretrain.epochs=2",
+            "--set",
+            "model.head_norm=batch",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |cmd: &str, out: &Path, extra: &[&str]| {
+        let mut args = vec![cmd.to_string()];
+        args.extend(common(out));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        stptf(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    let whole = tmp.path().join("whole");
+    run("pretrain", &whole, &[]);
+    let parts = tmp.path().join("parts");
+    run("pretrain", &parts, &["--stop-after-epochs", "1"]);
+    stptf(&["pretrain", "--resume", &p(&parts), "--quiet"]);
+    let weights = |run: &Path, phase: &str| {
+        std::fs::read(run.join(format!("checkpoint-{phase}/weights.safetensors"))).unwrap()
+    };
+    assert_eq!(weights(&parts, "pretrain"), weights(&whole, "pretrain"));
+    let pre = stptf::model::params::read_safetensors(
+        &whole.join("checkpoint-pretrain/weights.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(
+        host(&pre, HEAD_NORM_VAR),
+        vec![1.0; 16],
+        "pretraining never moves them"
+    );
+
+    let fine = tmp.path().join("fine");
+    let mut args = vec!["finetune".to_string()];
+    args.extend(common(&fine));
+    args.extend(["--from".to_string(), p(&whole)]);
+    stptf(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let ft = stptf::model::params::read_safetensors(
+        &fine.join("checkpoint-finetune/weights.safetensors"),
+    )
+    .unwrap();
+    assert!(host(&ft, HEAD_NORM_VAR).iter().any(|&v| v != 1.0));
+    assert!(host(&ft, HEAD_NORM_MEAN).iter().any(|&v| v != 0.0));
+
+    let all = tmp.path().join("all.csv");
+    stptf(&[
+        "predict",
+        "--model",
+        &p(&fine),
+        "--dataset",
+        &ds,
+        "--out",
+        &p(&all),
+    ]);
+    // Two of the scans (one per class: a dataset needs both) in a dataset
+    // of their own, described beside the first: other batches, same rows.
+    let labels = std::fs::read_to_string(data.join("labels.csv")).unwrap();
+    let first_of = |class: &str| -> String {
+        labels
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f[3] == class && f[0].starts_with("scan_000"))
+            .map(|f| f[0].to_string())
+            .unwrap_or_else(|| panic!("no class {class} among scans 0-9: {labels}"))
+    };
+    let pair = [first_of("0"), first_of("1")];
+    let digits: String = pair.iter().map(|id| id.chars().last().unwrap()).collect();
+    let text = std::fs::read_to_string(data.join("dataset.toml")).unwrap();
+    let two = data.join("two.toml");
+    std::fs::write(
+        &two,
+        text.replace("scan_*.npy", &format!("scan_000[{digits}].npy")),
+    )
+    .unwrap();
+    let alone = tmp.path().join("two.csv");
+    stptf(&[
+        "predict",
+        "--model",
+        &p(&fine),
+        "--dataset",
+        &p(&two),
+        "--out",
+        &p(&alone),
+    ]);
+    let row = |csv: &Path, id: &str| -> String {
+        std::fs::read_to_string(csv)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(&format!("{id},")))
+            .unwrap_or_else(|| panic!("{}: no {id}", csv.display()))
+            .to_string()
+    };
+    for id in &pair {
+        assert_eq!(row(&alone, id), row(&all, id));
+    }
+}

@@ -211,6 +211,12 @@ pub const HEAD_NORM_MEAN: &str = "head_norm.running_mean";
 /// The running variance of the head's BatchNorm.
 pub const HEAD_NORM_VAR: &str = "head_norm.running_var";
 
+/// Whether a weights tensor is a buffer (model state that is not a
+/// parameter: no gradient, no optimizer moments), by its name.
+pub fn is_buffer_name(name: &str) -> bool {
+    name == HEAD_NORM_MEAN || name == HEAD_NORM_VAR
+}
+
 /// (name, shape, initial value) of the model's state that is not a
 /// parameter: updated by the forward pass in training, never by the
 /// optimizer, saved with the weights. Drawn from no random number, so the
@@ -236,10 +242,7 @@ pub fn with_initial_buffers(m: &ModelConfig, tensors: &[HostTensor]) -> Vec<Host
     let wanted = buffer_layout(m);
     let mut out: Vec<HostTensor> = tensors
         .iter()
-        .filter(|t| {
-            ![HEAD_NORM_MEAN, HEAD_NORM_VAR].contains(&t.name.as_str())
-                || wanted.iter().any(|w| w.0 == t.name)
-        })
+        .filter(|t| !is_buffer_name(&t.name) || wanted.iter().any(|w| w.0 == t.name))
         .cloned()
         .collect();
     for (name, shape, value) in wanted {
