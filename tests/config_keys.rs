@@ -102,7 +102,10 @@ const CHANGES: &[(&str, &str)] = &[
 /// the reference and the changed run get). Early stopping needs a
 /// validation split, and epochs for the validation loss to rise in (a high
 /// lr makes it bumpy on the tiny data).
-const IN_CONTEXT: &[(&str, &str, &[(&str, &str)])] = &[(
+/// Assignments (key, value) that set up a context.
+type Context = &'static [(&'static str, &'static str)];
+
+const IN_CONTEXT: &[(&str, &str, Context)] = &[(
     "finetune.early_stopping_patience",
     "1",
     &[
