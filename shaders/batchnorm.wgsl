@@ -12,6 +12,12 @@
 //
 // stats [2, C]: row 0 the mean, row 1 the inverse standard deviation, saved
 // by the forward for the backward.
+//
+// Running statistics (the head's BatchNorm, `model.head_norm = "batch"`):
+// `update_running` folds a training batch into running_mean / running_var
+// [C] with PyTorch's convention (momentum m: r = (1 - m)·r + m·batch, the
+// variance unbiased, ÷ (B − 1)); `forward_running` standardizes with them
+// (evaluation mode: every scan sees the same statistics, whatever its batch).
 
 struct Params {
     rows: u32,
@@ -19,6 +25,10 @@ struct Params {
     _pad0: u32,
     _pad1: u32,
     eps: f32,
+    // `update_running` only: the weight of the new batch.
+    momentum: f32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -30,6 +40,8 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dbeta: array<f32>;
+@group(0) @binding(9) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(10) var<storage, read_write> running_var: array<f32>;
 var<immediate> p: Params;
 
 fn column(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
@@ -122,4 +134,40 @@ fn backward_plain(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let c = column(wid, nwg, lid);
     if (c >= p.cols) { return; }
     write_dx(c, 1.0, column_sums(c));
+}
+
+// Two passes over the column as in column_stats. With one row there is no
+// variance estimate (÷ (B − 1) = ÷ 0; PyTorch refuses such a batch): the
+// running variance is kept and only the mean moves.
+@compute @workgroup_size(64)
+fn update_running(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = column(wid, nwg, lid);
+    if (c >= p.cols) { return; }
+    var s = 0.0;
+    for (var b = 0u; b < p.rows; b = b + 1u) {
+        s = s + x[b * p.cols + c];
+    }
+    let mean = s / f32(p.rows);
+    running_mean[c] = (1.0 - p.momentum) * running_mean[c] + p.momentum * mean;
+    if (p.rows > 1u) {
+        var v = 0.0;
+        for (var b = 0u; b < p.rows; b = b + 1u) {
+            let d = x[b * p.cols + c] - mean;
+            v = v + d * d;
+        }
+        let unbiased = v / f32(p.rows - 1u);
+        running_var[c] = (1.0 - p.momentum) * running_var[c] + p.momentum * unbiased;
+    }
+}
+
+@compute @workgroup_size(64)
+fn forward_running(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = column(wid, nwg, lid);
+    if (c >= p.cols) { return; }
+    let mean = running_mean[c];
+    let inv = 1.0 / sqrt(running_var[c] + p.eps);
+    for (var b = 0u; b < p.rows; b = b + 1u) {
+        let i = b * p.cols + c;
+        y[i] = (x[i] - mean) * inv;
+    }
 }

@@ -107,6 +107,21 @@ pub struct ModelConfig {
     pub norm: Norm,
     pub residual: Residual,
     pub encoder: Encoder,
+    /// What Z_st goes through before the head (docs/model.md step 7).
+    pub head_norm: HeadNorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadNorm {
+    /// The literal model: logits = Z_st·W + b.
+    #[default]
+    None,
+    /// BatchNorm without affine on Z_st (batch statistics in training,
+    /// running statistics at evaluation), as an MAE-style linear probe: at
+    /// initialization Z_st barely varies across scans, so the head would see
+    /// nearly constant features.
+    Batch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -213,6 +228,13 @@ pub struct FinetuneConfig {
     /// seeded) held out as a validation split: never trained on, scored
     /// every epoch for the learning diagnostics. 0 = no validation split.
     pub validation_fraction: f64,
+    /// The head's (`head.*`) learning rate is `lr` times this; the encoder
+    /// keeps `lr`.
+    pub head_lr_multiplier: f64,
+    /// Early stopping on the validation split: stop after this many epochs
+    /// without a lower validation loss and keep the best epoch's weights;
+    /// 0 = off (train every epoch, keep the last).
+    pub early_stopping_patience: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,6 +281,7 @@ impl Default for ModelConfig {
             norm: Norm::None,
             residual: Residual::Spatial,
             encoder: Encoder::Psta,
+            head_norm: HeadNorm::None,
         }
     }
 }
@@ -303,6 +326,8 @@ impl Default for FinetuneConfig {
             label_fraction: 1.0,
             validation_fraction: 0.0,
             eval_crops: 8,
+            head_lr_multiplier: 1.0,
+            early_stopping_patience: 0,
         }
     }
 }
@@ -597,6 +622,21 @@ impl Config {
             "a fraction in [0, 1)",
         )?;
         check(
+            self.finetune.head_lr_multiplier.is_finite() && self.finetune.head_lr_multiplier > 0.0,
+            "finetune.head_lr_multiplier",
+            self.finetune.head_lr_multiplier.to_string(),
+            "a finite number > 0",
+        )?;
+        // Early stopping chooses the epoch by the validation loss; without a
+        // validation split there is nothing to choose by.
+        check(
+            self.finetune.early_stopping_patience == 0 || self.finetune.validation_fraction > 0.0,
+            "finetune.early_stopping_patience",
+            self.finetune.early_stopping_patience.to_string(),
+            "0 while finetune.validation_fraction = 0 (early stopping scores the validation \
+             split: set finetune.validation_fraction > 0 first, or the patience to 0)",
+        )?;
+        check(
             self.evaluate.folds >= 2,
             "evaluate.folds",
             self.evaluate.folds.to_string(),
@@ -750,6 +790,71 @@ mod tests {
             experiments >= 14,
             "found only {experiments} experiment configs"
         );
+    }
+
+    /// Issue 9's switches: a bad value is an error naming the key, and early
+    /// stopping without a validation split names both keys.
+    #[test]
+    fn head_switches_are_validated() {
+        let mut c = Config::default();
+        for bad in ["0", "-1", "nan"] {
+            let e = c
+                .apply_override("finetune.head_lr_multiplier", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("finetune.head_lr_multiplier"), "{bad}: {e}");
+        }
+        let e = c
+            .apply_override("model.head_norm", "layer")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.head_norm"), "{e}");
+        let e = c
+            .apply_override("finetune.early_stopping_patience", "3")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("finetune.early_stopping_patience")
+                && e.contains("finetune.validation_fraction"),
+            "{e}"
+        );
+        c.apply_override("finetune.validation_fraction", "0.2")
+            .unwrap();
+        c.apply_override("finetune.early_stopping_patience", "3")
+            .unwrap();
+        c.apply_override("model.head_norm", "batch").unwrap();
+        c.apply_override("finetune.head_lr_multiplier", "10")
+            .unwrap();
+        assert_eq!(c.finetune.early_stopping_patience, 3);
+        assert_eq!(c.model.head_norm, HeadNorm::Batch);
+        assert_eq!(c.finetune.head_lr_multiplier, 10.0);
+    }
+
+    /// The literal-model preset pins every switch at its literal value.
+    #[test]
+    fn paper_literal_preset_is_the_literal_model() {
+        let path = assets().join("experiments/paper_literal.toml");
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.model.head_norm, HeadNorm::None);
+        assert_eq!(c.model.norm, Norm::None);
+        assert_eq!(c.model.residual, Residual::Spatial);
+        assert_eq!(c.model.encoder, Encoder::Psta);
+        assert_eq!(c.finetune.head_lr_multiplier, 1.0);
+        assert_eq!(c.finetune.early_stopping_patience, 0);
+        assert_eq!(c.finetune.validation_fraction, 0.0);
+        assert!(!c.finetune.freeze_encoder);
+        // Every key it writes is written explicitly, not left to the defaults.
+        let table: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for key in ["head_norm", "norm", "residual", "encoder"] {
+            assert!(table["model"].get(key).is_some(), "model.{key}");
+        }
+        for key in [
+            "head_lr_multiplier",
+            "early_stopping_patience",
+            "validation_fraction",
+        ] {
+            assert!(table["finetune"].get(key).is_some(), "finetune.{key}");
+        }
     }
 
     #[test]

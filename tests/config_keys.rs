@@ -66,6 +66,7 @@ const CHANGES: &[(&str, &str)] = &[
     ("model.norm", "layer"),
     ("model.residual", "input"),
     ("model.encoder", "gcn-only"),
+    ("model.head_norm", "batch"),
     ("augment.kind", "random"),
     ("augment.sca", "false"),
     ("augment.tca", "false"),
@@ -89,12 +90,30 @@ const CHANGES: &[(&str, &str)] = &[
     ("finetune.label_fraction", "0.5"),
     ("finetune.eval_crops", "3"),
     ("finetune.validation_fraction", "0.25"),
+    ("finetune.head_lr_multiplier", "100"),
     ("evaluate.folds", "3"),
     ("evaluate.split", "leave-site-out"),
     ("evaluate.include_test_unlabeled", "true"),
     ("baseline.c_reg", "0.01"),
     ("baseline.features", "partial"),
 ];
+
+/// Keys that act only together with others: (key, value, the context both
+/// the reference and the changed run get). Early stopping needs a
+/// validation split, and epochs for the validation loss to rise in (a high
+/// lr makes it bumpy on the tiny data).
+/// Assignments (key, value) that set up a context.
+type Context = &'static [(&'static str, &'static str)];
+
+const IN_CONTEXT: &[(&str, &str, Context)] = &[(
+    "finetune.early_stopping_patience",
+    "1",
+    &[
+        ("finetune.validation_fraction", "0.25"),
+        ("finetune.epochs", "6"),
+        ("finetune.lr", "0.05"),
+    ],
+)];
 
 /// Every dotted key below a TOML table.
 fn keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
@@ -202,14 +221,18 @@ fn synth(dir: &Path, name: &str, seed: u64) -> PathBuf {
 #[test]
 fn every_config_key_changes_what_runs() {
     let listed: Vec<String> = {
-        let mut v: Vec<String> = CHANGES.iter().map(|(k, _)| k.to_string()).collect();
+        let mut v: Vec<String> = CHANGES
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .chain(IN_CONTEXT.iter().map(|(k, ..)| k.to_string()))
+            .collect();
         v.sort();
         v
     };
     assert_eq!(
         listed,
         default_toml_keys(),
-        "CHANGES must list exactly the keys of assets/default.toml"
+        "CHANGES and IN_CONTEXT must list exactly the keys of assets/default.toml"
     );
 
     let tmp = tempfile::tempdir().unwrap();
@@ -225,12 +248,29 @@ fn every_config_key_changes_what_runs() {
     );
 
     let mut inert = Vec::new();
-    for &(key, value) in CHANGES {
+    let runs = CHANGES
+        .iter()
+        .map(|&(key, value)| (key, value, &[][..]))
+        .chain(IN_CONTEXT.iter().copied());
+    for (key, value, context) in runs {
         let value = value.replace("DATASET_B", &dataset_b.display().to_string());
-        let mut cfg = base.clone();
+        let (context_base, context_reference);
+        let (start, reference) = if context.is_empty() {
+            (&base, &reference)
+        } else {
+            let mut c = base.clone();
+            for (k, v) in context {
+                c.apply_override(k, v)
+                    .unwrap_or_else(|e| panic!("{key}'s context {k} = {v}: {e}"));
+            }
+            context_reference = observe(&c, tmp.path());
+            context_base = c;
+            (&context_base, &context_reference)
+        };
+        let mut cfg = start.clone();
         cfg.apply_override(key, &value)
             .unwrap_or_else(|e| panic!("{key} = {value}: {e}"));
-        assert_ne!(cfg, base, "{key} = {value} did not change the config");
+        assert_ne!(&cfg, start, "{key} = {value} did not change the config");
         let seen = observe(&cfg, tmp.path());
         let changed: Vec<&String> = reference
             .iter()

@@ -23,7 +23,7 @@ use stptf::gpu::Gpu;
 use stptf::model::{DataDims, Model};
 use stptf::ops::adamw::AdamW;
 use stptf::train::explain::{explain, precision_at_k, ranked_regions};
-use stptf::train::step::record_finetune_step;
+use stptf::train::step::{record_finetune_step, FinetuneObjective};
 
 const CROP: usize = 32;
 const REGIONS: usize = 12;
@@ -64,7 +64,17 @@ fn finetune(gpu: &Gpu, model: &Model, data: &Dataset, scans: &[usize], steps: u6
             let valid = gpu.upload(&hb.valid, &[hb.b, hb.t]).unwrap();
             let labels: Vec<f32> = hb.labels.iter().map(|&l| l as f32).collect();
             let labels = gpu.upload(&labels, &[hb.b]).unwrap();
-            record_finetune_step(gpu, model, &x, &valid, &labels, false, &mut opt, 3e-3).unwrap();
+            record_finetune_step(
+                gpu,
+                model,
+                &x,
+                &valid,
+                &labels,
+                &FinetuneObjective::default(),
+                &mut opt,
+                3e-3,
+            )
+            .unwrap();
             gpu.flush().unwrap();
             step += 1;
             if step == steps {

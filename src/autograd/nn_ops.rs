@@ -98,6 +98,22 @@ impl Tape<'_> {
         ))
     }
 
+    /// BatchNorm in training mode over the rows of x [B, C] without affine
+    /// (each column standardized over the batch); the head's `head_norm`.
+    pub fn batchnorm_plain(&mut self, x: Var) -> Result<Var> {
+        let tx = self.value(x).clone();
+        let fwd = batchnorm::batchnorm_forward(self.gpu, &tx, None)?;
+        let stats = fwd.stats;
+        Ok(self.push(
+            fwd.y,
+            &[x],
+            Box::new(move |gpu, g| {
+                let gr = batchnorm::batchnorm_backward(gpu, &tx, None, &stats, g)?;
+                Ok(vec![Some(gr.dx)])
+            }),
+        ))
+    }
+
     /// Mean softmax cross-entropy of logits [B, C] against class indices
     /// stored as f32 [B]; a 1-element result.
     pub fn cross_entropy(&mut self, logits: Var, labels: Var) -> Result<Var> {

@@ -40,10 +40,23 @@ impl AdamWState {
         lr: f32,
         train: impl Fn(&str) -> bool,
     ) -> Result<()> {
+        self.update_with(gpu, store, |name| train(name).then_some(lr))
+    }
+
+    /// Records one update in which each parameter gets the learning rate
+    /// `lr_of(name)`, or no update at all (values and moments kept) where
+    /// that is None: per-group learning rates (`finetune.head_lr_multiplier`).
+    /// One step count for all, as one PyTorch optimizer with parameter groups.
+    pub fn update_with(
+        &mut self,
+        gpu: &Gpu,
+        store: &ParamStore,
+        lr_of: impl Fn(&str) -> Option<f32>,
+    ) -> Result<()> {
         self.step += 1;
-        let hp = AdamW { lr, ..self.hp };
         for (p, (m, v)) in store.params.iter().zip(&self.moments) {
-            if train(&p.name) {
+            if let Some(lr) = lr_of(&p.name) {
+                let hp = AdamW { lr, ..self.hp };
                 adamw_step(gpu, &p.value, &p.grad, m, v, &hp, self.step)?;
             }
         }

@@ -63,13 +63,15 @@ fn train(
                     from.display()
                 )
             })?;
-            Model::from_host(&gpu, cfg.model.clone(), data_dims(dataset), &ckpt.weights)
-                .with_context(|| {
+            let weights = stptf::model::params::with_initial_buffers(&cfg.model, &ckpt.weights);
+            Model::from_host(&gpu, cfg.model.clone(), data_dims(dataset), &weights).with_context(
+                || {
                     format!(
                         "the checkpoint {} does not fit this config and dataset",
                         from.display()
                     )
-                })?
+                },
+            )?
         }
         None => Model::new(&gpu, cfg.model.clone(), data_dims(dataset), cfg.seed)?,
     };

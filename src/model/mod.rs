@@ -13,8 +13,9 @@ pub mod params;
 pub mod sizes;
 
 use crate::autograd::{Tape, Var};
-use crate::config::{Encoder, Fgco, ModelConfig, Residual};
+use crate::config::{Encoder, Fgco, HeadNorm, ModelConfig, Residual};
 use crate::gpu::{GpuError, Result, Tensor};
+use crate::ops::batchnorm::{self, Running};
 use crate::ops::matmul::Spec;
 use crate::ops::{graph_conv, partial_correlation, segment_pool, window};
 
@@ -538,9 +539,46 @@ impl Model {
         Ok(Some(norms))
     }
 
-    /// Logits [B, C] from Z_st.
+    /// Logits [B, C] from Z_st in evaluation mode: with `head_norm =
+    /// "batch"`, Z_st is standardized with the running statistics, so a
+    /// scan's logits do not depend on the other scans of its batch. (No
+    /// gradient flows through that standardization: evaluation is never
+    /// trained through.)
     pub fn head(&self, tape: &mut Tape, z_st: Var) -> Result<Var> {
-        self.linear(tape, &self.layers.head, z_st)
+        let z = match self.head_norm_running()? {
+            Some(running) => {
+                let y = batchnorm::forward_running(tape.gpu, tape.value(z_st), running)?;
+                tape.input(y)
+            }
+            None => z_st,
+        };
+        self.linear(tape, &self.layers.head, z)
+    }
+
+    /// Logits [B, C] from Z_st in training mode: with `head_norm = "batch"`,
+    /// Z_st standardized with the batch's statistics (differentiable), and
+    /// the running statistics updated from this batch (recorded now, in
+    /// program order, so a step's update lands before the next step reads).
+    pub fn head_train(&self, tape: &mut Tape, z_st: Var) -> Result<Var> {
+        let z = match self.head_norm_running()? {
+            Some(running) => {
+                batchnorm::update_running(tape.gpu, tape.value(z_st), running)?;
+                tape.batchnorm_plain(z_st)?
+            }
+            None => z_st,
+        };
+        self.linear(tape, &self.layers.head, z)
+    }
+
+    /// The head BatchNorm's running statistics (`head_norm = "batch"`).
+    fn head_norm_running(&self) -> Result<Option<Running<'_>>> {
+        Ok(match self.cfg.head_norm {
+            HeadNorm::None => None,
+            HeadNorm::Batch => Some(Running {
+                mean: self.params.buffer(params::HEAD_NORM_MEAN)?,
+                var: self.params.buffer(params::HEAD_NORM_VAR)?,
+            }),
+        })
     }
 
     /// Projector fc2(ReLU(BN(fc1(Z_st)))) [B, J].
@@ -615,7 +653,8 @@ impl Model {
         tape.reshape(z_temporal, &[s[0] * s[1], s[2]])
     }
 
-    /// Fine-tuning loss: mean cross-entropy of the head's logits; also returns the logits.
+    /// Fine-tuning loss (training mode: see [`Model::head_train`]): mean
+    /// cross-entropy of the head's logits; also returns the logits.
     pub fn finetune_loss(
         &self,
         tape: &mut Tape,
@@ -625,7 +664,7 @@ impl Model {
     ) -> Result<(Var, Var)> {
         let enc = self.encode(tape, x, valid)?;
         tape.gpu.set_stage("loss");
-        let logits = self.head(tape, enc.z_st)?;
+        let logits = self.head_train(tape, enc.z_st)?;
         let y = tape.input(labels.clone());
         Ok((tape.cross_entropy(logits, y)?, logits))
     }

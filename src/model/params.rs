@@ -9,8 +9,8 @@ use rand_distr::{Distribution, Normal};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
 use crate::autograd::{ParamId, ParamStore};
-use crate::config::{Encoder, ModelConfig, Norm};
-use crate::gpu::{Gpu, GpuError, Result};
+use crate::config::{Encoder, HeadNorm, ModelConfig, Norm};
+use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 /// Sizes that come from the data rather than the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +216,58 @@ fn ablation_layout(m: &ModelConfig, d: DataDims) -> Vec<(String, Vec<usize>, Ini
     v
 }
 
+/// The running mean of the head's BatchNorm (`model.head_norm = "batch"`).
+pub const HEAD_NORM_MEAN: &str = "head_norm.running_mean";
+/// The running variance of the head's BatchNorm.
+pub const HEAD_NORM_VAR: &str = "head_norm.running_var";
+
+/// Whether a weights tensor is a buffer (model state that is not a
+/// parameter: no gradient, no optimizer moments), by its name.
+pub fn is_buffer_name(name: &str) -> bool {
+    name == HEAD_NORM_MEAN || name == HEAD_NORM_VAR
+}
+
+/// (name, shape, initial value) of the model's state that is not a
+/// parameter: updated by the forward pass in training, never by the
+/// optimizer, saved with the weights. Drawn from no random number, so the
+/// parameters' initialization does not depend on it.
+fn buffer_layout(m: &ModelConfig) -> Vec<(String, Vec<usize>, f32)> {
+    match m.head_norm {
+        HeadNorm::None => Vec::new(),
+        // PyTorch's initial running statistics: mean 0, variance 1.
+        HeadNorm::Batch => vec![
+            (HEAD_NORM_MEAN.into(), vec![m.width], 0.0),
+            (HEAD_NORM_VAR.into(), vec![m.width], 1.0),
+        ],
+    }
+}
+
+/// `tensors` plus every buffer the config has that they lack, at its initial
+/// value. For fine-tuning from a pretraining checkpoint only: pretraining
+/// never updates the buffers (the head is not on its path), so a checkpoint
+/// pretrained with another `model.head_norm` still starts fine-tuning
+/// exactly where one pretrained with this config would. Buffers of
+/// another `head_norm` than this config's are dropped likewise.
+pub fn with_initial_buffers(m: &ModelConfig, tensors: &[HostTensor]) -> Vec<HostTensor> {
+    let wanted = buffer_layout(m);
+    let mut out: Vec<HostTensor> = tensors
+        .iter()
+        .filter(|t| !is_buffer_name(&t.name) || wanted.iter().any(|w| w.0 == t.name))
+        .cloned()
+        .collect();
+    for (name, shape, value) in wanted {
+        if !out.iter().any(|t| t.name == name) {
+            let len = shape.iter().product();
+            out.push(HostTensor {
+                name,
+                shape,
+                data: vec![value; len],
+            });
+        }
+    }
+    out
+}
+
 /// A host copy of one named f32 tensor, row-major: the one host-side
 /// weights type (parameters, gradients, AdamW moments, checkpoint files,
 /// parity fixtures).
@@ -382,10 +434,19 @@ pub enum ParamsError {
     Gpu(#[from] GpuError),
 }
 
-/// The model's parameters on the GPU, addressable by name.
+/// One named state tensor that is not a parameter (see [`buffer_layout`]).
+pub struct Buffer {
+    pub name: String,
+    pub value: Tensor,
+}
+
+/// The model's parameters on the GPU, addressable by name, and its
+/// non-parameter state (`buffers`: outside the store, so the optimizer and
+/// the gradients never see them).
 pub struct Params {
     pub store: ParamStore,
     names: HashMap<String, ParamId>,
+    pub buffers: Vec<Buffer>,
 }
 
 impl Params {
@@ -414,7 +475,18 @@ impl Params {
                 HostTensor { name, shape, data }
             })
             .collect::<Vec<_>>();
-        Self::upload(gpu, &tensors)
+        let buffers: Vec<HostTensor> = buffer_layout(m)
+            .into_iter()
+            .map(|(name, shape, value)| {
+                let len = shape.iter().product();
+                HostTensor {
+                    name,
+                    shape,
+                    data: vec![value; len],
+                }
+            })
+            .collect();
+        Self::upload(gpu, &tensors, &buffers)
     }
 
     /// Loads parameters from host tensors, checking that every expected name
@@ -425,9 +497,14 @@ impl Params {
         d: DataDims,
         tensors: &[HostTensor],
     ) -> std::result::Result<Self, ParamsError> {
-        let expected = layout(m, d);
+        let buffer_names: Vec<String> = buffer_layout(m).into_iter().map(|b| b.0).collect();
+        let expected: Vec<(String, Vec<usize>)> = layout(m, d)
+            .into_iter()
+            .map(|(name, shape, _)| (name, shape))
+            .chain(buffer_layout(m).into_iter().map(|(n, s, _)| (n, s)))
+            .collect();
         let mut ordered = Vec::with_capacity(expected.len());
-        for (name, shape, _) in expected {
+        for (name, shape) in expected {
             let Some(t) = tensors.iter().find(|t| t.name == name) else {
                 return Err(ParamsError::Missing { name, shape });
             };
@@ -448,18 +525,45 @@ impl Params {
                 name: extra.name.clone(),
             });
         }
-        Ok(Self::upload(gpu, &ordered)?)
+        let (buffers, params): (Vec<HostTensor>, Vec<HostTensor>) = ordered
+            .into_iter()
+            .partition(|t| buffer_names.contains(&t.name));
+        Ok(Self::upload(gpu, &params, &buffers)?)
     }
 
-    /// Uploads tensors already in layout order.
-    fn upload(gpu: &Gpu, tensors: &[HostTensor]) -> Result<Self> {
+    /// Uploads parameters already in layout order, and the buffers.
+    fn upload(gpu: &Gpu, tensors: &[HostTensor], buffers: &[HostTensor]) -> Result<Self> {
         let mut store = ParamStore::default();
         let mut names = HashMap::new();
         for t in tensors {
             let id = store.add(gpu, &t.name, &t.data, &t.shape)?;
             names.insert(t.name.clone(), id);
         }
-        Ok(Self { store, names })
+        let buffers = buffers
+            .iter()
+            .map(|t| {
+                Ok(Buffer {
+                    name: t.name.clone(),
+                    value: gpu.upload(&t.data, &t.shape)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            store,
+            names,
+            buffers,
+        })
+    }
+
+    /// The buffer named `name` (see [`buffer_layout`]).
+    pub fn buffer(&self, name: &str) -> Result<&Tensor> {
+        self.buffers
+            .iter()
+            .find(|b| b.name == name)
+            .map(|b| &b.value)
+            .ok_or_else(|| GpuError::UnknownParameter {
+                name: name.to_string(),
+            })
     }
 
     pub fn id(&self, name: &str) -> Result<ParamId> {
@@ -471,19 +575,37 @@ impl Params {
             })
     }
 
-    /// Downloads every parameter (for checkpoints).
+    /// Downloads every parameter, then every buffer (the whole model state:
+    /// checkpoints save it, [`Params::from_host`] restores it).
     pub fn to_host(&self, gpu: &Gpu) -> Result<Vec<HostTensor>> {
-        self.store
-            .params
-            .iter()
-            .map(|p| {
+        let params = self.store.params.iter().map(|p| (&p.name, &p.value));
+        let buffers = self.buffers.iter().map(|b| (&b.name, &b.value));
+        params
+            .chain(buffers)
+            .map(|(name, value)| {
                 Ok(HostTensor {
-                    name: p.name.clone(),
-                    shape: p.value.shape().to_vec(),
-                    data: gpu.read(&p.value)?,
+                    name: name.clone(),
+                    shape: value.shape().to_vec(),
+                    data: gpu.read(value)?,
                 })
             })
             .collect()
+    }
+
+    /// Overwrites every parameter and buffer with `tensors` (as
+    /// [`Params::to_host`] returned them, same model): how early stopping
+    /// puts the best epoch's weights back.
+    pub fn write_host(&self, gpu: &Gpu, tensors: &[HostTensor]) -> Result<()> {
+        let params = self.store.params.iter().map(|p| (&p.name, &p.value));
+        let buffers = self.buffers.iter().map(|b| (&b.name, &b.value));
+        for (name, value) in params.chain(buffers) {
+            let t = tensors
+                .iter()
+                .find(|t| &t.name == name)
+                .ok_or_else(|| GpuError::UnknownParameter { name: name.clone() })?;
+            gpu.write(value, &t.data)?;
+        }
+        Ok(())
     }
 
     /// Downloads every gradient.

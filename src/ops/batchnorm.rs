@@ -5,6 +5,12 @@
 //!
 //! The forward saves `stats` [2, C] (mean, inverse standard deviation); the
 //! backward recomputes x̂ from x and those, instead of keeping x̂ alive.
+//!
+//! Running statistics (the head's BatchNorm without affine, `model.head_norm
+//! = "batch"`): [`update_running`] folds a training batch into running mean
+//! and variance [C] (PyTorch's convention: momentum 0.1, unbiased variance);
+//! [`forward_running`] standardizes with them (evaluation mode). Evaluation
+//! mode has no backward: it is never trained through.
 
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 use crate::ops::as_matrix;
@@ -12,6 +18,8 @@ use crate::ops::as_matrix;
 const SHADER: crate::gpu::Shader = crate::shader!("batchnorm");
 /// BatchNorm's variance epsilon (PyTorch's default, and docs/design.md §3's).
 pub const EPS: f32 = 1e-5;
+/// The weight of a new batch in the running statistics (PyTorch's default).
+pub const MOMENTUM: f32 = 0.1;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -21,6 +29,9 @@ struct Params {
     _pad0: u32,
     _pad1: u32,
     eps: f32,
+    momentum: f32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 /// The affine parameters γ and β, each [C].
@@ -86,7 +97,66 @@ fn params(rows: usize, cols: usize) -> Params {
         _pad0: 0,
         _pad1: 0,
         eps: EPS,
+        momentum: MOMENTUM,
+        _pad2: 0,
+        _pad3: 0,
     }
+}
+
+/// Running mean and variance [C] of a BatchNorm (model state, not parameters).
+#[derive(Clone, Copy, Debug)]
+pub struct Running<'a> {
+    pub mean: &'a Tensor,
+    pub var: &'a Tensor,
+}
+
+fn check_running(gpu: &Gpu, x: &Tensor, running: Running<'_>) -> Result<(usize, usize)> {
+    let (rows, cols) = check(gpu, x, None)?;
+    if running.mean.len() != cols || running.var.len() != cols {
+        return Err(shape_err(format!(
+            "running mean {:?} / var {:?} for {cols} columns",
+            running.mean.shape(),
+            running.var.shape()
+        )));
+    }
+    Ok((rows, cols))
+}
+
+/// Folds the batch x [B, C] into the running statistics, in place:
+/// `mean ← (1 − m)·mean + m·batch mean`, `var ← (1 − m)·var + m·batch
+/// variance (unbiased, ÷ (B − 1))`, m = [`MOMENTUM`]. A batch of one row
+/// moves only the mean (it has no variance estimate).
+pub fn update_running(gpu: &Gpu, x: &Tensor, running: Running<'_>) -> Result<()> {
+    let (rows, cols) = check_running(gpu, x, running)?;
+    gpu.launch_threads(
+        SHADER.kernel("update_running"),
+        &[
+            (0, x.arg()),
+            (9, running.mean.arg()),
+            (10, running.var.arg()),
+        ],
+        &params(rows, cols),
+        cols as u64,
+    )
+}
+
+/// Evaluation mode: `(x − running mean) / √(running var + ε)` per column of
+/// x [B, C]; each row independent of the others in its batch.
+pub fn forward_running(gpu: &Gpu, x: &Tensor, running: Running<'_>) -> Result<Tensor> {
+    let (rows, cols) = check_running(gpu, x, running)?;
+    let y = gpu.empty(x.shape());
+    gpu.launch_threads(
+        SHADER.kernel("forward_running"),
+        &[
+            (0, x.arg()),
+            (3, y.arg()),
+            (9, running.mean.arg()),
+            (10, running.var.arg()),
+        ],
+        &params(rows, cols),
+        cols as u64,
+    )?;
+    Ok(y)
 }
 
 /// Standardizes each column of `x` [B, C] over the batch; applies γ, β when given.
@@ -224,6 +294,49 @@ pub mod reference {
         (y, mean, inv)
     }
 
+    /// The running statistics after folding in the batch x (momentum m,
+    /// unbiased variance; one row: the variance is kept).
+    pub fn update_running(
+        x: &[f64],
+        rows: usize,
+        cols: usize,
+        mean: &[f64],
+        var: &[f64],
+        m: f64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut new_mean = mean.to_vec();
+        let mut new_var = var.to_vec();
+        for c in 0..cols {
+            let bm = (0..rows).map(|b| x[b * cols + c]).sum::<f64>() / rows as f64;
+            new_mean[c] = (1.0 - m) * mean[c] + m * bm;
+            if rows > 1 {
+                let v = (0..rows)
+                    .map(|b| (x[b * cols + c] - bm).powi(2))
+                    .sum::<f64>()
+                    / (rows - 1) as f64;
+                new_var[c] = (1.0 - m) * var[c] + m * v;
+            }
+        }
+        (new_mean, new_var)
+    }
+
+    /// Evaluation mode: standardization with given statistics.
+    pub fn forward_running(
+        x: &[f64],
+        rows: usize,
+        cols: usize,
+        mean: &[f64],
+        var: &[f64],
+        eps: f64,
+    ) -> Vec<f64> {
+        (0..rows * cols)
+            .map(|i| {
+                let c = i % cols;
+                (x[i] - mean[c]) / (var[c] + eps).sqrt()
+            })
+            .collect()
+    }
+
     /// Returns (dx, dgamma, dbeta) of `forward` for upstream `dy`.
     pub fn backward(
         x: &[f64],
@@ -336,6 +449,81 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The running-statistics kernels against the f64 reference, on outputs
+    /// poisoned first (forward) and on running statistics that are not the
+    /// initial (0, 1), so both terms of the update matter.
+    #[test]
+    fn running_statistics_match_reference() {
+        let gpu = gpu();
+        for (s, &(b, c)) in SHAPES.iter().enumerate() {
+            let seed = 700 + 10 * s as u64;
+            let what = format!("batchnorm running {b}x{c}");
+            let x: Vec<f32> = random_vec(b * c, seed)
+                .iter()
+                .map(|v| 2.0 * v - 0.7)
+                .collect();
+            let mean: Vec<f32> = random_vec(c, seed + 1);
+            let var: Vec<f32> = random_vec(c, seed + 2).iter().map(|v| 1.5 + v).collect();
+            let tx = gpu.upload(&x, &[b, c]).unwrap();
+            let tm = gpu.upload(&mean, &[c]).unwrap();
+            let tv = gpu.upload(&var, &[c]).unwrap();
+            let running = Running {
+                mean: &tm,
+                var: &tv,
+            };
+            // Evaluation mode first, with the statistics as given.
+            let y = forward_running(gpu, &tx, running).unwrap();
+            let (x64, m64, v64) = (to_f64(&x), to_f64(&mean), to_f64(&var));
+            let want = reference::forward_running(&x64, b, c, &m64, &v64, EPS as f64);
+            assert_close(
+                &gpu.read(&y).unwrap(),
+                &want,
+                Tolerance::ACCUMULATION,
+                &format!("{what} forward"),
+            );
+            // Two updates in a row: the second starts from the first's result.
+            let (m1, v1) = reference::update_running(&x64, b, c, &m64, &v64, MOMENTUM as f64);
+            let (m2, v2) = reference::update_running(&x64, b, c, &m1, &v1, MOMENTUM as f64);
+            update_running(gpu, &tx, running).unwrap();
+            update_running(gpu, &tx, running).unwrap();
+            assert_close(
+                &gpu.read(&tm).unwrap(),
+                &m2,
+                Tolerance::ACCUMULATION,
+                &format!("{what} mean"),
+            );
+            assert_close(
+                &gpu.read(&tv).unwrap(),
+                &v2,
+                Tolerance::ACCUMULATION,
+                &format!("{what} var"),
+            );
+        }
+        // Shapes that do not fit are errors.
+        let x = gpu.zeros(&[4, 3]).unwrap();
+        let short = gpu.zeros(&[2]).unwrap();
+        let e = update_running(
+            gpu,
+            &x,
+            Running {
+                mean: &short,
+                var: &short,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, GpuError::Shape { .. }), "{e}");
+    }
+
+    /// PyTorch's convention, written out for one column: batch [1, 2, 3, 6]
+    /// has mean 3 and unbiased variance 14/3; from (0, 1) with momentum 0.1
+    /// the running statistics become (0.3, 0.9 + 0.1·14/3).
+    #[test]
+    fn running_update_follows_pytorch_convention() {
+        let (m, v) = reference::update_running(&[1.0, 2.0, 3.0, 6.0], 4, 1, &[0.0], &[1.0], 0.1);
+        assert!((m[0] - 0.3).abs() < 1e-12, "{m:?}");
+        assert!((v[0] - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-12, "{v:?}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Checkpoints: a directory holding
 //!
 //! - `weights.safetensors`: every parameter as a named f32 tensor (the names of
-//!   docs/model.md);
+//!   docs/model.md), and the model's buffers (`head_norm.running_mean/var`
+//!   with `model.head_norm = "batch"`);
 //! - `optimizer.safetensors` (optional): AdamW's first and second moments per
 //!   parameter, named `m/<parameter>` and `v/<parameter>`, and the step in the
 //!   file's metadata;
@@ -666,6 +667,8 @@ fn optimizer_state(
 
 /// Unique parameter names; AdamW moments exactly one per parameter, same
 /// shape. A moment whose parameter is absent names the missing weight.
+/// Buffers (`head_norm.running_*`: model state, not parameters) are weights
+/// without moments.
 fn check_consistent(dir: &Path, c: &Checkpoint) -> Result<()> {
     let mut shapes: HashMap<&str, &[usize]> = HashMap::new();
     for t in &c.weights {
@@ -686,6 +689,7 @@ fn check_consistent(dir: &Path, c: &Checkpoint) -> Result<()> {
             .into());
         }
     }
+    shapes.retain(|name, _| !crate::model::params::is_buffer_name(name));
     let Some(opt) = &c.optimizer else {
         return Ok(());
     };

@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::gpu::{DispatchTime, Gpu, Result};
 use crate::model::{DataDims, Model};
 use crate::ops::adamw;
-use crate::train::step::{record_finetune_step, record_pretrain_step, PretrainObjective};
+use crate::train::step::{
+    record_finetune_step, record_pretrain_step, FinetuneObjective, PretrainObjective,
+};
 
 /// The stages a PSTA step is broken into, in step order. `train::step` and
 /// the model's forward label their dispatches with these names.
@@ -158,9 +160,16 @@ pub fn profile_step(gpu: &Gpu, cfg: &Config, opts: &ProfileOptions) -> Result<St
             Phase::Pretrain => {
                 record_pretrain_step(gpu, &model, &x, &valid, &objective, i, &mut opt, 1e-4)?
             }
-            Phase::Finetune => {
-                record_finetune_step(gpu, &model, &x, &valid, &labels, false, &mut opt, 1e-4)?
-            }
+            Phase::Finetune => record_finetune_step(
+                gpu,
+                &model,
+                &x,
+                &valid,
+                &labels,
+                &FinetuneObjective::default(),
+                &mut opt,
+                1e-4,
+            )?,
         };
         gpu.flush()?;
         gpu.wait()?;

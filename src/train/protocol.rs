@@ -412,6 +412,14 @@ pub struct FoldRecord {
     /// The class every test scan was predicted as, when there is only one:
     /// the fold's accuracy is then its majority rate, not decoding.
     pub single_predicted_class: Option<String>,
+    /// Fine-tuning epochs run (fewer than finetune.epochs when early
+    /// stopping stopped the fold).
+    #[serde(default)]
+    pub finetune_epochs: u64,
+    /// With early stopping, the fine-tuning epoch (from 0, as in
+    /// metrics.jsonl) of lowest validation loss, whose weights were scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune_best_epoch: Option<u64>,
     pub pretrain_seconds: f64,
     pub finetune_seconds: f64,
     pub eval_seconds: f64,
@@ -690,6 +698,8 @@ pub fn run_fold(
         validation_scans: plan.validation.len(),
         metrics,
         single_predicted_class,
+        finetune_epochs: ft.epochs,
+        finetune_best_epoch: ft.best_epoch,
         pretrain_seconds: pre.as_ref().map_or(0.0, |r| r.seconds),
         finetune_seconds: ft.seconds,
         eval_seconds,

@@ -77,10 +77,45 @@ pub fn record_pretrain_step(
     Ok(loss_value)
 }
 
+/// What a fine-tuning step updates, and how fast.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FinetuneObjective {
+    /// Update the head only (a linear probe).
+    pub freeze_encoder: bool,
+    /// The head's (`head.*`) learning rate is the step's lr times this.
+    pub head_lr_multiplier: f32,
+}
+
+impl FinetuneObjective {
+    /// The objective an experiment config asks for.
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            freeze_encoder: cfg.finetune.freeze_encoder,
+            head_lr_multiplier: cfg.finetune.head_lr_multiplier as f32,
+        }
+    }
+}
+
+impl Default for FinetuneObjective {
+    /// Every parameter, one learning rate.
+    fn default() -> Self {
+        Self {
+            freeze_encoder: false,
+            head_lr_multiplier: 1.0,
+        }
+    }
+}
+
+/// Whether a parameter belongs to the classification head.
+pub fn is_head(name: &str) -> bool {
+    name.starts_with("head.")
+}
+
 /// Records one fine-tuning step on x [B, N, T] (valid [B, T], labels [B]):
 /// forward, mean cross-entropy of the head, backward and one AdamW update —
 /// of the head only when `freeze_encoder` (a linear probe), else of every
-/// parameter. Returns the 1-element loss tensor.
+/// parameter; the head at `lr × head_lr_multiplier`, the encoder at `lr`.
+/// Returns the 1-element loss tensor.
 #[allow(clippy::too_many_arguments)]
 pub fn record_finetune_step(
     gpu: &Gpu,
@@ -88,7 +123,7 @@ pub fn record_finetune_step(
     x: &Tensor,
     valid: &Tensor,
     labels: &Tensor,
-    freeze_encoder: bool,
+    objective: &FinetuneObjective,
     opt: &mut AdamWState,
     lr: f32,
 ) -> Result<Tensor> {
@@ -99,12 +134,16 @@ pub fn record_finetune_step(
     gpu.set_stage("backward");
     tape.backward(loss, &model.params.store)?;
     gpu.set_stage("optimizer");
-    if freeze_encoder {
-        opt.update_where(gpu, &model.params.store, lr, |name| {
-            name.starts_with("head.")
-        })?;
-    } else {
-        opt.update(gpu, &model.params.store, lr)?;
-    }
+    let head_lr = lr * objective.head_lr_multiplier;
+    let freeze = objective.freeze_encoder;
+    opt.update_with(gpu, &model.params.store, |name| {
+        if is_head(name) {
+            Some(head_lr)
+        } else if freeze {
+            None
+        } else {
+            Some(lr)
+        }
+    })?;
     Ok(loss_value)
 }

@@ -27,7 +27,9 @@ use crate::train::checkpoint::{self, Checkpoint, CheckpointMeta, OptimizerState}
 use crate::train::metrics::{EpochDiagnostics, MetricsError, SplitDiagnostics};
 use crate::train::rundir::{self, MetricsRecord, RunDir};
 use crate::train::schedule::Schedule;
-use crate::train::step::{record_finetune_step, record_pretrain_step, PretrainObjective};
+use crate::train::step::{
+    record_finetune_step, record_pretrain_step, FinetuneObjective, PretrainObjective,
+};
 
 /// Steps between loss readbacks.
 pub const LOG_EVERY: usize = 10;
@@ -87,6 +89,12 @@ pub struct PhaseReport {
     pub losses: Vec<(u64, f64)>,
     /// Fine-tuning only: one entry per epoch run (also in metrics.jsonl).
     pub diagnostics: Vec<EpochDiagnostics>,
+    /// Fine-tuning with early stopping (`finetune.early_stopping_patience`):
+    /// the epoch whose weights the model ends with, the one of lowest
+    /// validation loss, numbered as the `finetune-epoch` rows of
+    /// metrics.jsonl (from 0). None without early stopping (the last epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<u64>,
 }
 
 /// Options that are not part of the experiment config.
@@ -294,8 +302,35 @@ pub fn train_phase(
             losses = earlier.iter().map(|r| (r.step, r.loss)).collect();
         }
     }
-    let freeze = phase == Phase::Finetune && cfg.finetune.freeze_encoder;
+    let finetune_objective = FinetuneObjective::from_config(cfg);
     let objective = PretrainObjective::from_config(cfg);
+    // Early stopping (fine-tuning only) keeps the best epoch's weights on
+    // the host and stops after `patience` epochs without a lower
+    // validation loss.
+    let patience = match phase {
+        Phase::Finetune => cfg.finetune.early_stopping_patience as u64,
+        Phase::Pretrain => 0,
+    };
+    if patience > 0 && opts.validation.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "finetune.early_stopping_patience = {patience} needs validation scans to choose the \
+             epoch by, and this run has none (finetune.validation_fraction = {}; `stptf finetune` \
+             holds out no validation split, `stptf evaluate` does); set the patience to 0",
+            cfg.finetune.validation_fraction
+        )));
+    }
+    if patience > 0 && resume.is_some() {
+        // The best epoch's weights and the epochs since it are not in the
+        // checkpoint, so a resumed run could pick another epoch than the
+        // uninterrupted one: refuse rather than silently differ.
+        return Err(TrainError::Invalid(
+            "a fine-tuning run with finetune.early_stopping_patience > 0 cannot be resumed \
+             (the best epoch so far is not checkpointed); start it again"
+                .to_string(),
+        ));
+    }
+    let mut best: Option<(f64, u64, Vec<HostTensor>)> = None;
+    let mut since_best = 0u64;
     let data_print = checkpoint::DataPrint::of(dataset);
     let ckpt_dir = opts
         .run
@@ -328,6 +363,7 @@ pub fn train_phase(
         .sum();
     let mut scans_done = scans_before;
     let mut step = first_epoch * steps_per_epoch;
+    let mut epochs_run = first_epoch;
     let last_epoch = opts
         .stop_after_epochs
         .map_or(epochs as u64, |n| (first_epoch + n).min(epochs as u64));
@@ -346,7 +382,7 @@ pub fn train_phase(
                 step,
                 &mut opt,
                 lr_now as f32,
-                freeze,
+                &finetune_objective,
             )?;
             gpu.copy_region(&loss, 0, &history, pending.len(), 1)?;
             gpu.flush()?;
@@ -400,24 +436,52 @@ pub fn train_phase(
                     diagnostics: Some(diag.clone()),
                 })?;
             }
+            if patience > 0 {
+                // A NaN validation loss is never an improvement.
+                let loss = diag.validation.as_ref().map_or(f64::NAN, |v| v.loss);
+                if best.as_ref().map_or(!loss.is_nan(), |(b, ..)| loss < *b) {
+                    best = Some((loss, epoch, model.params.to_host(gpu)?));
+                    since_best = 0;
+                } else {
+                    since_best += 1;
+                }
+            }
             diagnostics.push(diag);
         }
         if let Some(dir) = &ckpt_dir {
             let meta = CheckpointMeta::new(phase.name(), step, epoch + 1, &data_print, cfg);
             save_checkpoint(gpu, dir, model, &opt, meta)?;
         }
+        epochs_run = epoch + 1;
+        if patience > 0 && since_best >= patience {
+            break;
+        }
     }
     bar.finish_and_clear();
+    let best_epoch = match best {
+        Some((_, best_epoch, weights)) => {
+            // The final model is the best epoch's; the checkpoint (what
+            // `predict` loads) is rewritten with it.
+            model.params.write_host(gpu, &weights)?;
+            if let Some(dir) = &ckpt_dir {
+                let meta = CheckpointMeta::new(phase.name(), step, epochs_run, &data_print, cfg);
+                save_checkpoint(gpu, dir, model, &opt, meta)?;
+            }
+            Some(best_epoch)
+        }
+        None => None,
+    };
     // Whole-run totals: a resumed run reports what an uninterrupted one would.
     let seconds = seconds_before + started.elapsed().as_secs_f64();
     Ok(PhaseReport {
         phase: phase.name().to_string(),
         steps: step,
-        epochs: last_epoch,
+        epochs: epochs_run,
         seconds,
         scans_per_s: scans_done as f64 / seconds.max(1e-9),
         losses,
         diagnostics,
+        best_epoch,
     })
 }
 
@@ -620,7 +684,7 @@ fn record_step(
     step: u64,
     opt: &mut AdamWState,
     lr: f32,
-    freeze: bool,
+    finetune: &FinetuneObjective,
 ) -> Result<crate::gpu::Tensor> {
     let batch = uploader.upload(gpu, host)?;
     let loss = match phase {
@@ -633,7 +697,7 @@ fn record_step(
             &batch.x,
             &batch.valid,
             &batch.labels,
-            freeze,
+            finetune,
             opt,
             lr,
         )?,
