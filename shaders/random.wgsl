@@ -20,7 +20,9 @@ struct Params {
     step: u32,
     cols: u32,    // bernoulli: length of the last dimension
     prob_layout: u32,  // bernoulli: 0 prob per element, 1 per row, 2 per column
-    _pad: u32,
+    first: u32,   // counter of element 0 of the whole draw: a rank's shard of a
+                  // batch draws the numbers the whole batch's rows would get
+
 }
 
 @group(0) @binding(0) var<storage, read> src: array<f32>; // prob, or crop max offsets
@@ -69,7 +71,7 @@ fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 fn uniform(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    out[i] = uniform_at(p.base + i);
+    out[i] = uniform_at(p.first + p.base + i);
 }
 
 // out = 1 (keep) if u ≥ prob, else 0 (masked): masked with probability prob.
@@ -86,7 +88,7 @@ fn bernoulli(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         case 2u: { prob = src[gi % p.cols]; }
         default: { prob = src[i]; }
     }
-    out[i] = select(0.0, 1.0, uniform_at(gi) >= prob);
+    out[i] = select(0.0, 1.0, uniform_at(p.first + gi) >= prob);
 }
 
 // offset[b] = min(floor(u_b · (max[b] + 1)), max[b]): uniform over 0..=max[b].
@@ -96,5 +98,5 @@ fn crop_offsets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
     let mx = src[i];
-    out[i] = min(floor(uniform_at(p.base + i) * (mx + 1.0)), mx);
+    out[i] = min(floor(uniform_at(p.first + p.base + i) * (mx + 1.0)), mx);
 }

@@ -47,7 +47,18 @@ enum Command {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let outcome = match Cli::parse().command {
+    let command = Cli::parse().command;
+    if let Some(ranks) = stptf::dist::launched_size().filter(|&p| p > 1) {
+        if !matches!(command, Command::Pretrain(_)) {
+            eprintln!(
+                "error: an MPI launcher started this process as one of {ranks} ranks; only \
+                 `stptf pretrain` runs data-parallel (spread evaluation folds as separate jobs \
+                 with `stptf evaluate --fold K`, see assets/slurm/evaluate_array.sh)"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    let outcome = match command {
         Command::Baseline(args) => cmd::baseline::run(&args),
         Command::Bench(args) => cmd::bench::run(&args),
         Command::Pretrain(args) => cmd::pretrain::run(&args),

@@ -9,6 +9,7 @@
 //! Parameters live outside the tape in a [`ParamStore`]; their gradient
 //! buffers are zeroed once per step and backward accumulates into them.
 
+mod dist_ops;
 mod lstm_ops;
 mod model_ops;
 mod nn_ops;

@@ -76,7 +76,13 @@ pub fn default_out(command: &str) -> PathBuf {
 }
 
 pub fn open_gpu(quiet: bool) -> anyhow::Result<Gpu> {
-    let gpu = Gpu::new().context("opening the GPU")?;
+    open_gpu_for_local_rank(quiet, 0)
+}
+
+/// [`open_gpu`] for the `local_rank`-th rank on this machine (its own GPU
+/// where there are enough, `gpu::device::open_for_local_rank`).
+pub fn open_gpu_for_local_rank(quiet: bool, local_rank: usize) -> anyhow::Result<Gpu> {
+    let gpu = Gpu::for_local_rank(local_rank).context("opening the GPU")?;
     if !quiet {
         eprintln!(
             "GPU: {} ({:?})",
@@ -106,4 +112,31 @@ pub fn print_report(report: &PhaseReport, quiet: bool) {
         "{}: {} steps in {:.1} s ({:.1} scans/s), loss {first:.4} -> {last:.4}",
         report.phase, report.steps, report.seconds, report.scans_per_s
     );
+}
+
+/// This process's place in a data-parallel job (`stptf::dist`): None when
+/// no MPI launcher started it, or started it alone; else the collective
+/// and the rank's index among the ranks on this machine.
+pub fn data_parallel() -> anyhow::Result<Option<(stptf::dist::DataParallel, usize)>> {
+    let size = match stptf::dist::launched_size() {
+        None | Some(0 | 1) => return Ok(None),
+        Some(size) => size,
+    };
+    #[cfg(feature = "mpi")]
+    {
+        let _ = size;
+        let world = stptf::dist::mpi::MpiWorld::init().context("starting MPI")?;
+        let local_rank = world.local_rank();
+        Ok(Some((
+            stptf::dist::DataParallel(std::sync::Arc::new(world)),
+            local_rank,
+        )))
+    }
+    #[cfg(not(feature = "mpi"))]
+    anyhow::bail!(
+        "an MPI launcher started this process as one of {size} ranks, but this stptf was built \
+         without MPI, so each rank would train alone and race for the same run directory; \
+         rebuild with `cargo build --release --features mpi` (needs libopenmpi-dev), or run \
+         one process"
+    )
 }

@@ -80,6 +80,7 @@ fn train(
         run: Some(run.clone()),
         stop_after_epochs: None,
         validation: Vec::new(),
+        data_parallel: None,
     };
     let report = train_phase(
         &gpu,

@@ -77,8 +77,15 @@ fn parse_backends(value: &str) -> Result<wgpu::Backends, GpuError> {
     Ok(backends)
 }
 
-/// Finds an adapter and opens a device with the limits our kernels need.
-pub fn open() -> Result<(wgpu::Device, wgpu::Queue, AdapterReport), GpuError> {
+/// Finds an adapter and opens a device with the limits our kernels need:
+/// the adapter for the `local_rank`-th process on this machine of a
+/// data-parallel job (`crate::dist`): among the adapters of the best type
+/// (e.g. the node's discrete GPUs, in the order the driver lists them), the
+/// one at `local_rank` modulo their count, so each rank gets its own GPU
+/// when there are enough.
+pub fn open_for_local_rank(
+    local_rank: usize,
+) -> Result<(wgpu::Device, wgpu::Queue, AdapterReport), GpuError> {
     let backends = match std::env::var("WGPU_BACKEND") {
         Ok(s) if !s.trim().is_empty() => parse_backends(&s)?,
         _ => default_backends(),
@@ -104,8 +111,14 @@ pub fn open() -> Result<(wgpu::Device, wgpu::Queue, AdapterReport), GpuError> {
         })
         .collect();
     usable.sort_by_key(|a| rank(a.get_info().device_type));
+    let best = usable.first().map(|a| rank(a.get_info().device_type));
+    let peers = usable
+        .iter()
+        .filter(|a| Some(rank(a.get_info().device_type)) == best)
+        .count()
+        .max(1);
 
-    let Some(adapter) = usable.into_iter().next() else {
+    let Some(adapter) = usable.into_iter().nth(local_rank % peers) else {
         return Err(GpuError::NoAdapter {
             backends: format!("{backends:?}"),
             name_filter: wanted_name,

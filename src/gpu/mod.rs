@@ -90,6 +90,9 @@ pub enum GpuError {
     /// missing name): raised when the typed layers are built, before any step.
     #[error("the model has no parameter `{name}`")]
     UnknownParameter { name: String },
+    /// A collective of data-parallel training failed (`crate::dist`).
+    #[error(transparent)]
+    Collective(#[from] crate::dist::DistError),
     /// A launch that cannot be planned within one storage binding.
     #[error(
         "{op}: {what} is {bytes} bytes, over the {limit}-byte storage binding limit ({reason})"
@@ -165,9 +168,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Gpu {
-    /// Opens the best adapter (see `device::open` for the rules).
+    /// Opens the best adapter (see `device::open_for_local_rank` for the rules).
     pub fn new() -> Result<Self> {
-        let (device, queue, report) = device::open()?;
+        Self::for_local_rank(0)
+    }
+
+    /// The adapter of the `local_rank`-th rank on this machine
+    /// (`device::open_for_local_rank`).
+    pub fn for_local_rank(local_rank: usize) -> Result<Self> {
+        let (device, queue, report) = device::open_for_local_rank(local_rank)?;
         let belt = wgpu::util::StagingBelt::new(device.clone(), BELT_CHUNK_BYTES);
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();

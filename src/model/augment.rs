@@ -80,6 +80,21 @@ pub fn make_views(
     seed: u64,
     step: u64,
 ) -> Result<Views> {
+    make_views_from(gpu, x, valid, cfg, seed, step, 0)
+}
+
+/// [`make_views`] of scans `first_scan..` of a larger batch: a
+/// data-parallel rank's shard gets the masks those scans get in the whole
+/// batch (the masks are drawn per element of the batch, `ops::random`).
+pub fn make_views_from(
+    gpu: &Gpu,
+    x: &Tensor,
+    valid: &Tensor,
+    cfg: &AugmentConfig,
+    seed: u64,
+    step: u64,
+    first_scan: usize,
+) -> Result<Views> {
     let &[b, n, t] = x.shape() else {
         return Err(GpuError::Shape {
             op: "make_views",
@@ -106,12 +121,13 @@ pub fn make_views(
         if uniform {
             p = stiga::uniform_probabilities(gpu, &p, &zero, MaskKind::Excluded)?;
         }
-        let keep = random::bernoulli_mask(
+        let keep = random::bernoulli_mask_from(
             gpu,
             &[b, n],
             &p,
             ProbLayout::PerElement,
             rng_key(seed, STREAM_SCA, step),
+            first_scan * n,
         )?;
         (elementwise::mul_broadcast(gpu, x, &keep, 1, t)?, p)
     } else {
@@ -123,12 +139,13 @@ pub fn make_views(
         if uniform {
             p = stiga::uniform_probabilities(gpu, &p, valid, MaskKind::Valid)?;
         }
-        let keep = random::bernoulli_mask(
+        let keep = random::bernoulli_mask_from(
             gpu,
             &[b, t],
             &p,
             ProbLayout::PerElement,
             rng_key(seed, STREAM_TCA, step),
+            first_scan * t,
         )?;
         (elementwise::mul_broadcast(gpu, x, &keep, t, n)?, p)
     } else {

@@ -14,6 +14,7 @@ pub mod sizes;
 
 use crate::autograd::{Tape, Var};
 use crate::config::{Encoder, Fgco, HeadNorm, ModelConfig, Residual};
+use crate::dist::{Collective, Single};
 use crate::gpu::{GpuError, Result, Tensor};
 use crate::ops::batchnorm::{self, Running};
 use crate::ops::matmul::Spec;
@@ -605,15 +606,42 @@ impl Model {
         fgco: Fgco,
         lambda_offdiag: f32,
     ) -> Result<Var> {
+        self.pretrain_loss_sharded(tape, x, x_s, x_t, valid, fgco, lambda_offdiag, &Single)
+    }
+
+    /// [`Model::pretrain_loss`] of a global batch whose scans are sharded
+    /// over the ranks of `comm`, x being this rank's shard: the encoder runs
+    /// on the shard, and what couples the scans of the batch (the
+    /// projector's BatchNorm, Barlow Twins' batch standardization) runs on
+    /// the rows all-gathered from every rank, so the loss is the global
+    /// batch's (`crate::dist`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pretrain_loss_sharded(
+        &self,
+        tape: &mut Tape,
+        x: &Tensor,
+        x_s: &Tensor,
+        x_t: &Tensor,
+        valid: &Tensor,
+        fgco: Fgco,
+        lambda_offdiag: f32,
+        comm: &dyn Collective,
+    ) -> Result<Var> {
         let e0 = self.encode(tape, x, valid)?;
         let es = self.encode(tape, x_s, valid)?;
         let et = self.encode(tape, x_t, valid)?;
         tape.gpu.set_stage("loss");
+        let gather = |tape: &mut Tape, v: Var, what: &str| {
+            tape.all_gather_rows(v, comm, &format!("the all-gather of {what}"))
+        };
         match fgco {
             Fgco::Global => {
-                let p0 = self.project(tape, e0.z_st)?;
-                let ps = self.project(tape, es.z_st)?;
-                let pt = self.project(tape, et.z_st)?;
+                let z0 = gather(tape, e0.z_st, "Z_st (original view)")?;
+                let zs = gather(tape, es.z_st, "Z_st (SCA view)")?;
+                let zt = gather(tape, et.z_st, "Z_st (TCA view)")?;
+                let p0 = self.project(tape, z0)?;
+                let ps = self.project(tape, zs)?;
+                let pt = self.project(tape, zt)?;
                 let ls = tape.barlow(p0, ps, lambda_offdiag)?;
                 let lt = tape.barlow(p0, pt, lambda_offdiag)?;
                 tape.add(ls, lt)
@@ -627,15 +655,28 @@ impl Model {
                             .into(),
                     });
                 }
+                // [B·F, N] and [B·D, T], rows b-major: gathering the rows
+                // of the ranks in rank order is the global batch's layout.
                 let r0 = self.roi_embedding(tape, e0.z_fused)?;
+                let r0 = gather(tape, r0, "the region embedding (original view)")?;
                 let rs = self.roi_embedding(tape, es.z_fused)?;
+                let rs = gather(tape, rs, "the region embedding (SCA view)")?;
                 let ls = tape.barlow(r0, rs, lambda_offdiag)?;
                 let u0 = self.frame_embedding(tape, e0.z_temporal)?;
+                let u0 = gather(tape, u0, "the frame embedding (original view)")?;
                 let ut = self.frame_embedding(tape, et.z_temporal)?;
+                let ut = gather(tape, ut, "the frame embedding (TCA view)")?;
                 let lt = tape.barlow(u0, ut, lambda_offdiag)?;
                 tape.add(ls, lt)
             }
         }
+    }
+
+    /// The parameters whose gradient every rank computes whole under data
+    /// parallelism, because they act after the all-gather (the projector,
+    /// for `fgco = "global"`); the others' gradients are summed over ranks.
+    pub fn replicated_under_data_parallel(fgco: Fgco, name: &str) -> bool {
+        fgco == Fgco::Global && name.starts_with("proj.")
     }
 
     /// R = mean over t of the fused Z, as [B·F, N] (samples (b, f), features = regions).

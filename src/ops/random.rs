@@ -25,7 +25,8 @@ struct Params {
     step: u32,
     cols: u32,
     prob_layout: u32,
-    _pad: u32,
+    /// Counter of element 0 of the draw (`bernoulli_mask_from`).
+    first: u32,
 }
 
 /// Which numbers to draw: the run's seed, a purpose, and the training step.
@@ -57,7 +58,7 @@ fn params(key: RngKey) -> Params {
         step: key.step,
         cols: 1,
         prob_layout: 0,
-        _pad: 0,
+        first: 0,
     }
 }
 
@@ -124,6 +125,20 @@ pub fn bernoulli_mask(
     layout: ProbLayout,
     key: RngKey,
 ) -> Result<Tensor> {
+    bernoulli_mask_from(gpu, shape, prob, layout, key, 0)
+}
+
+/// [`bernoulli_mask`] whose element i draws counter `first + i`: rows
+/// r.. of a larger mask, e.g. a data-parallel rank's shard of the batch
+/// (`crate::dist`), get exactly the numbers the whole mask's rows r.. get.
+pub fn bernoulli_mask_from(
+    gpu: &Gpu,
+    shape: &[usize],
+    prob: &Tensor,
+    layout: ProbLayout,
+    key: RngKey,
+    first: usize,
+) -> Result<Tensor> {
     let cols = shape.last().copied().unwrap_or(1);
     let n: usize = shape.iter().product();
     let rows = n.checked_div(cols).unwrap_or(0);
@@ -141,10 +156,11 @@ pub fn bernoulli_mask(
             ),
         });
     }
-    check_len("bernoulli_mask", n)?;
+    check_len("bernoulli_mask", first + n)?;
     let out = gpu.empty(shape);
     let p = Params {
         cols: cols.max(1) as u32,
+        first: first as u32,
         prob_layout: match layout {
             ProbLayout::PerElement => 0,
             ProbLayout::PerRow => 1,
@@ -224,6 +240,17 @@ pub mod reference {
         prob: &[f32],
         layout: ProbLayout,
     ) -> Vec<f32> {
+        bernoulli_mask_from(key, shape, prob, layout, 0)
+    }
+
+    /// Element i draws counter `first + i` (the shader's `bernoulli_mask_from`).
+    pub fn bernoulli_mask_from(
+        key: RngKey,
+        shape: &[usize],
+        prob: &[f32],
+        layout: ProbLayout,
+        first: usize,
+    ) -> Vec<f32> {
         let cols = shape.last().copied().unwrap_or(1).max(1);
         let n: usize = shape.iter().product();
         (0..n)
@@ -233,7 +260,7 @@ pub mod reference {
                     ProbLayout::PerRow => prob[i / cols],
                     ProbLayout::PerColumn => prob[i % cols],
                 };
-                if to_unit(bits(key, i as u32)) >= pr {
+                if to_unit(bits(key, (first + i) as u32)) >= pr {
                     1.0
                 } else {
                     0.0
@@ -429,6 +456,50 @@ mod tests {
             )),
             "split"
         );
+    }
+
+    /// A data-parallel rank draws its shard's rows of the whole batch's
+    /// mask: the rows of a mask drawn `from` an offset equal those rows of
+    /// the whole mask, on the GPU and in the reference, also split over
+    /// launches.
+    #[test]
+    fn a_mask_drawn_from_an_offset_is_those_rows_of_the_whole_mask() {
+        let gpu = crate::check::gpu_with_binding_limit(1024);
+        for (rows, cols, first_row, take) in [(8usize, 37usize, 4usize, 4usize), (6, 200, 2, 3)] {
+            let pv: Vec<f32> = (0..rows * cols).map(|i| (i % 13) as f32 / 12.0).collect();
+            let whole = reference::bernoulli_mask(KEY, &[rows, cols], &pv, ProbLayout::PerElement);
+            let part_p = &pv[first_row * cols..(first_row + take) * cols];
+            let prob = gpu.upload(part_p, &[take, cols]).unwrap();
+            let mask = bernoulli_mask_from(
+                gpu,
+                &[take, cols],
+                &prob,
+                ProbLayout::PerElement,
+                KEY,
+                first_row * cols,
+            )
+            .unwrap();
+            let got = gpu.read(&mask).unwrap();
+            let want = &whole[first_row * cols..(first_row + take) * cols];
+            assert_eq!(
+                bits_of(&got),
+                bits_of(want),
+                "{rows}x{cols} from row {first_row}"
+            );
+            let host = reference::bernoulli_mask_from(
+                KEY,
+                &[take, cols],
+                part_p,
+                ProbLayout::PerElement,
+                first_row * cols,
+            );
+            assert_eq!(bits_of(&host), bits_of(want));
+            // The same probabilities drawn without the offset differ: the
+            // offset acts.
+            let unshifted =
+                reference::bernoulli_mask(KEY, &[take, cols], part_p, ProbLayout::PerElement);
+            assert_ne!(bits_of(&unshifted), bits_of(want), "the offset must act");
+        }
     }
 
     #[test]

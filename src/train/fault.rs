@@ -5,7 +5,13 @@
 //!
 //! - `pause`: prints `stptf-fault: paused at <point>` to stderr and sleeps
 //!   until the process is killed, so a test can `kill -9` it exactly there;
-//! - `enospc`: the write at that point fails as on a full disk (ENOSPC).
+//! - `enospc`: the write at that point fails as on a full disk (ENOSPC);
+//! - `die`: the process kills itself with SIGKILL (a rank that dies in a
+//!   data-parallel job, tests/mpi_data_parallel.rs).
+//!
+//! With `STPTF_FAULT_RANK=<r>` the fault acts only in MPI rank r (read from
+//! the launcher's environment, `OMPI_COMM_WORLD_RANK` or `PMI_RANK`): every
+//! rank of an `mpirun` job inherits `STPTF_FAULT`.
 //!
 //! Points are named where the code calls [`point`]; the checkpoint save has
 //! one per stage (see `checkpoint::save`). Unset (always, outside tests) it
@@ -23,6 +29,7 @@ pub const ENV: &str = "STPTF_FAULT";
 enum Action {
     Pause,
     NoSpace,
+    Die,
 }
 
 #[derive(Debug)]
@@ -37,6 +44,7 @@ fn parse(text: &str) -> Option<Spec> {
     let action = match action {
         "pause" => Action::Pause,
         "enospc" => Action::NoSpace,
+        "die" => Action::Die,
         _ => return None,
     };
     let (point, nth) = match rest.split_once('#') {
@@ -60,8 +68,16 @@ fn spec() -> Option<&'static Spec> {
         let spec = parse(&text);
         if spec.is_none() {
             eprintln!(
-                "stptf-fault: ignoring {ENV}={text:?}: expected pause@POINT or enospc@POINT, optionally #N"
+                "stptf-fault: ignoring {ENV}={text:?}: expected pause@POINT, enospc@POINT or die@POINT, optionally #N"
             );
+        }
+        if let Ok(wanted) = std::env::var("STPTF_FAULT_RANK") {
+            let rank = ["OMPI_COMM_WORLD_RANK", "PMI_RANK"]
+                .iter()
+                .find_map(|k| std::env::var(k).ok());
+            if rank.as_deref().map(str::trim) != Some(wanted.trim()) {
+                return None;
+            }
         }
         spec
     })
@@ -86,7 +102,25 @@ pub fn point(name: &str) -> io::Result<()> {
             }
         }
         Action::NoSpace => Err(no_space()),
+        Action::Die => {
+            eprintln!("stptf-fault: dying at {name}");
+            die()
+        }
     }
+}
+
+#[cfg(unix)]
+fn die() -> ! {
+    // SIGKILL: no unwinding, no exit handlers, no MPI_Finalize.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
+}
+
+#[cfg(not(unix))]
+fn die() -> ! {
+    std::process::abort()
 }
 
 #[cfg(unix)]
@@ -112,6 +146,7 @@ mod tests {
         );
         let s = parse("enospc@checkpoint-write-weights").unwrap();
         assert_eq!((s.action, s.nth), (Action::NoSpace, 1));
+        assert_eq!(parse("die@pretrain-step#2").unwrap().action, Action::Die);
         for bad in ["", "pause", "crash@x", "pause@", "pause@x#0", "pause@x#y"] {
             assert!(parse(bad).is_none(), "{bad}");
         }

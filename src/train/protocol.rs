@@ -625,6 +625,7 @@ pub fn run_fold(
         run: Some(fold_run.clone()),
         stop_after_epochs: None,
         validation: plan.validation.clone(),
+        data_parallel: None,
     };
     let pre = if cfg.pretrain.epochs == 0 {
         None

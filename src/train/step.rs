@@ -10,8 +10,9 @@
 use crate::autograd::optim::AdamWState;
 use crate::autograd::Tape;
 use crate::config::{AugmentConfig, Config, Fgco};
+use crate::dist::{all_reduce_gradients, Collective, Single};
 use crate::gpu::{Gpu, Result, Tensor};
-use crate::model::augment::make_views;
+use crate::model::augment::make_views_from;
 use crate::model::Model;
 
 /// What a pretraining step needs beyond the batch: how the views are drawn
@@ -53,14 +54,44 @@ pub fn record_pretrain_step(
     opt: &mut AdamWState,
     lr: f32,
 ) -> Result<Tensor> {
+    record_pretrain_step_sharded(gpu, model, x, valid, objective, step, opt, lr, &Single)
+}
+
+/// [`record_pretrain_step`] on this rank's shard x of a global batch split
+/// over the ranks of `comm` (`dist::shard_rows`): the views are the ones
+/// these scans get in the whole batch, the loss is the global batch's, and
+/// the gradients are all-reduced between the backward and the update, so
+/// every rank makes the one-process update (`crate::dist`). Returns the
+/// global batch's loss.
+#[allow(clippy::too_many_arguments)]
+pub fn record_pretrain_step_sharded(
+    gpu: &Gpu,
+    model: &Model,
+    x: &Tensor,
+    valid: &Tensor,
+    objective: &PretrainObjective,
+    step: u64,
+    opt: &mut AdamWState,
+    lr: f32,
+    comm: &dyn Collective,
+) -> Result<Tensor> {
     // Stage labels name the dispatches in a profile (`train::profile`).
     gpu.set_stage("views");
-    let views = make_views(gpu, x, valid, &objective.augment, objective.seed, step)?;
+    let first_scan = comm.rank() * x.shape().first().copied().unwrap_or(0);
+    let views = make_views_from(
+        gpu,
+        x,
+        valid,
+        &objective.augment,
+        objective.seed,
+        step,
+        first_scan,
+    )?;
     // Zeroing is recorded after the views and before the forward; the
     // backward accumulates into the gradients, so it must come first.
     model.params.store.zero_grads(gpu)?;
     let mut tape = Tape::new(gpu);
-    let loss = model.pretrain_loss(
+    let loss = model.pretrain_loss_sharded(
         &mut tape,
         x,
         &views.x_s,
@@ -68,11 +99,23 @@ pub fn record_pretrain_step(
         valid,
         objective.fgco,
         objective.lambda_offdiag,
+        comm,
     )?;
     let loss_value = tape.value(loss).clone();
     gpu.set_stage("backward");
     tape.backward(loss, &model.params.store)?;
     gpu.set_stage("optimizer");
+    // GPU ordering point: the all-reduce reads the gradients the backward
+    // recorded (a submit and a wait) and writes the sums back before the
+    // update is recorded.
+    let fgco = objective.fgco;
+    all_reduce_gradients(
+        gpu,
+        &model.params.store,
+        comm,
+        |name| Model::replicated_under_data_parallel(fgco, name),
+        step,
+    )?;
     opt.update(gpu, &model.params.store, lr)?;
     Ok(loss_value)
 }

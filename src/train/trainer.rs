@@ -15,9 +15,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::autograd::optim::AdamWState;
 use crate::autograd::Tape;
 use crate::config::Config;
-use crate::data::batch::{Batcher, HostBatch};
+use crate::data::batch::{Batcher, HostBatch, Plan};
 use crate::data::upload::BatchUploader;
 use crate::data::Dataset;
+use crate::dist::{
+    broadcast_parameters, check_identical, shard_rows, Collective, DataParallel, DistError, Single,
+};
 use crate::gpu::{Gpu, GpuError};
 use crate::model::{HostTensor, Model};
 use crate::ops::adamw::AdamW;
@@ -28,11 +31,16 @@ use crate::train::metrics::{EpochDiagnostics, MetricsError, SplitDiagnostics};
 use crate::train::rundir::{self, MetricsRecord, RunDir};
 use crate::train::schedule::Schedule;
 use crate::train::step::{
-    record_finetune_step, record_pretrain_step, FinetuneObjective, PretrainObjective,
+    record_finetune_step, record_pretrain_step_sharded, FinetuneObjective, PretrainObjective,
 };
 
 /// Steps between loss readbacks.
 pub const LOG_EVERY: usize = 10;
+
+/// Steps between the data-parallel ranks' check that their weights are
+/// still bit-identical (one readback of the weights and a 64-bit all-gather;
+/// also done at every epoch's end, before rank 0 checkpoints).
+pub const CHECK_IDENTICAL_EVERY: u64 = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -108,6 +116,9 @@ pub struct RunOptions {
     /// Fine-tuning: the held-out validation scans, scored after every epoch
     /// for the diagnostics (never trained on); empty = none.
     pub validation: Vec<usize>,
+    /// Pretraining over several ranks (`crate::dist`); None: this process
+    /// alone. Only rank 0 should be given a `run`.
+    pub data_parallel: Option<DataParallel>,
 }
 
 fn progress(quiet: bool, total: u64, phase: &str) -> ProgressBar {
@@ -368,8 +379,37 @@ pub fn train_phase(
         .stop_after_epochs
         .map_or(epochs as u64, |n| (first_epoch + n).min(epochs as u64));
 
+    let comm: &dyn Collective = match &opts.data_parallel {
+        Some(dp) => dp.0.as_ref(),
+        None => &Single,
+    };
+    if comm.size() > 1 {
+        if phase != Phase::Pretrain {
+            return Err(TrainError::Invalid(format!(
+                "{} runs in one process; only pretraining is data-parallel (run one \
+                 fine-tuning or evaluation fold per job instead: `stptf evaluate --fold K`)",
+                phase.name()
+            )));
+        }
+        shard_rows(batcher.batch_size, comm.rank(), comm.size()).map_err(GpuError::from)?;
+        // Every rank starts from rank 0's weights (after a resume they are
+        // already equal; the broadcast then changes nothing).
+        broadcast_parameters(gpu, &model.params.store, comm)?;
+    }
     for epoch in first_epoch..last_epoch {
         let plan = batcher.training_plan(dataset, scans, epoch);
+        // This rank's rows of every global batch (all of them on one rank).
+        let plan: Plan = if comm.size() > 1 {
+            plan.into_iter()
+                .map(|crops| {
+                    let rows = shard_rows(crops.len(), comm.rank(), comm.size())?;
+                    Ok(crops[rows].to_vec())
+                })
+                .collect::<Result<_, DistError>>()
+                .map_err(GpuError::from)?
+        } else {
+            plan
+        };
         for host in batcher.prefetch(dataset.clone(), plan) {
             let lr_now = schedule.at(step);
             let loss = record_step(
@@ -383,12 +423,19 @@ pub fn train_phase(
                 &mut opt,
                 lr_now as f32,
                 &finetune_objective,
+                comm,
             )?;
             gpu.copy_region(&loss, 0, &history, pending.len(), 1)?;
             gpu.flush()?;
             pending.push((step, epoch, lr_now));
-            scans_done += host.b;
+            scans_done += host.b * comm.size();
             step += 1;
+            if step % CHECK_IDENTICAL_EVERY == 0 {
+                check_identical(gpu, &model.params.store, comm, step)?;
+            }
+            // After the step is submitted (tests/mpi_data_parallel.rs).
+            crate::train::fault::point(&format!("{}-step", phase.name()))
+                .map_err(|e| TrainError::Invalid(e.to_string()))?;
             bar.inc(1);
             if pending.len() == LOG_EVERY {
                 drain(
@@ -448,6 +495,8 @@ pub fn train_phase(
             }
             diagnostics.push(diag);
         }
+        // Rank 0 checkpoints the weights of every rank.
+        check_identical(gpu, &model.params.store, comm, step)?;
         if let Some(dir) = &ckpt_dir {
             let meta = CheckpointMeta::new(phase.name(), step, epoch + 1, &data_print, cfg);
             save_checkpoint(gpu, dir, model, &opt, meta)?;
@@ -685,12 +734,21 @@ fn record_step(
     opt: &mut AdamWState,
     lr: f32,
     finetune: &FinetuneObjective,
+    comm: &dyn Collective,
 ) -> Result<crate::gpu::Tensor> {
     let batch = uploader.upload(gpu, host)?;
     let loss = match phase {
-        Phase::Pretrain => {
-            record_pretrain_step(gpu, model, &batch.x, &batch.valid, objective, step, opt, lr)?
-        }
+        Phase::Pretrain => record_pretrain_step_sharded(
+            gpu,
+            model,
+            &batch.x,
+            &batch.valid,
+            objective,
+            step,
+            opt,
+            lr,
+            comm,
+        )?,
         Phase::Finetune => record_finetune_step(
             gpu,
             model,
