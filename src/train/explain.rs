@@ -265,6 +265,7 @@ pub fn occlusion_per_scan(
             }
             Ok(d)
         };
+        #[allow(clippy::needless_range_loop)] // r is also the occlusion's id
         for r in 0..n {
             let d = drop_of(Occlusion::Region(r, 0, t), r)?;
             for (row, &scan) in host.scan_index.iter().enumerate() {
