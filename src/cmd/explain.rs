@@ -12,7 +12,7 @@ use clap::Args;
 
 use stptf::data::synth::{Planted, PLANTED_FILE};
 use stptf::train::explain::{
-    explain, precision_at_k, ranked_regions, region_scores, regions_csv, time_csv,
+    cells_csv, explain, precision_at_k, ranked_regions, region_scores, regions_csv, time_csv,
 };
 use stptf::train::plots::importance_svg;
 use stptf::train::protocol::read_dataset_description;
@@ -38,10 +38,11 @@ pub struct ExplainArgs {
     pub force: bool,
 }
 
-const FILES: [&str; 3] = [
+const FILES: [&str; 4] = [
     "importance_regions.csv",
     "importance_time.csv",
     "importance_regions.svg",
+    "importance_cells.csv",
 ];
 
 pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
@@ -68,7 +69,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     }
     let (dataset, gpu, model) = open_dataset_and_model(&args.dataset, &description, &dir, &ckpt)?;
     let scans: Vec<usize> = (0..dataset.scans.len()).collect();
-    let importance = explain(&gpu, &model, &dataset, &scans, &cfg)?;
+    let importance = explain(&gpu, &model, &dataset, &scans, &cfg, &Default::default())?;
     let names: Vec<String> = (0..dataset.n_regions)
         .map(|r| format!("region{r}"))
         .collect();
@@ -79,19 +80,22 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
         &region_scores(&importance),
         20,
     );
-    for (name, text) in
-        FILES
-            .iter()
-            .zip([regions_csv(&importance, &names), time_csv(&importance), svg])
-    {
+    for (name, text) in FILES.iter().zip([
+        regions_csv(&importance, &names),
+        time_csv(&importance),
+        svg,
+        cells_csv(&importance, &names),
+    ]) {
         let path = out.join(name);
         stptf::train::atomic::write(&path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let ranked = ranked_regions(&importance);
     println!(
-        "explained {} scans; top regions {:?}; written to {}",
+        "explained {} scans (accuracy {:.2} from the intact crops; perturbation {}); top regions {:?}; written to {}",
         scans.len(),
+        importance.accuracy,
+        importance.perturbation.name(),
         &ranked[..ranked.len().min(10)],
         out.display()
     );

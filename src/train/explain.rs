@@ -18,6 +18,11 @@
 
 use std::sync::Arc;
 
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
 use crate::autograd::Tape;
 use crate::config::Config;
 use crate::data::batch::{assemble, HostBatch};
@@ -44,28 +49,112 @@ pub struct Importance {
     pub regions: Vec<ClassProfile>,
     /// One profile over the ⌈T / P⌉ segments of the crop per class.
     pub segments: Vec<ClassProfile>,
+    /// One profile over N · K cells (region-major: cell r · K + k is region r
+    /// occluded in segment k only) per class; empty without the heatmap.
+    pub cells: Vec<ClassProfile>,
     /// Frames per segment (`model.segment`); the last segment may be shorter.
     pub segment_length: usize,
     pub crop_length: usize,
+    pub perturbation: Perturbation,
+    /// Fraction of the explained scans whose crop-averaged intact logits put
+    /// their own class first: a map of a model that does not decode means little.
+    pub accuracy: f64,
+}
+
+/// How a region's frames are replaced when it is occluded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Perturbation {
+    /// Set to 0 (the region's mean; inputs are z-scored per region).
+    Zero,
+    /// Rotated in time by half the crop (frame f takes frame (f + T/2) mod T):
+    /// the region keeps its values, variance and (circular) autocorrelation,
+    /// and loses its alignment, i.e. its coupling, with every other region.
+    Shift,
+    /// Its frames permuted at random (keeps values and variance, breaks both
+    /// its coupling and its autocorrelation). The default: on planted data it
+    /// is the variant that ranks the planted community first (docs/importance.md).
+    #[default]
+    Shuffle,
+    /// Independent Gaussian noise with the row's own mean and variance.
+    Noise,
+}
+
+impl Perturbation {
+    pub const ALL: [Perturbation; 4] = [
+        Perturbation::Zero,
+        Perturbation::Shift,
+        Perturbation::Shuffle,
+        Perturbation::Noise,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Perturbation::Zero => "zero",
+            Perturbation::Shift => "shift",
+            Perturbation::Shuffle => "shuffle",
+            Perturbation::Noise => "noise",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Perturbation> {
+        Perturbation::ALL.into_iter().find(|p| p.name() == text)
+    }
 }
 
 /// What to occlude in one forward.
 #[derive(Clone, Copy, Debug)]
 enum Occlusion {
-    Region(usize),
-    /// Frames [start, end) of the crop.
+    /// Frames [start, end) of one region, replaced by `Perturbation`.
+    Region(usize, usize, usize),
+    /// Frames [start, end) of the crop, set to 0 in every region.
     Frames(usize, usize),
 }
 
-fn occlude(host: &HostBatch, what: Occlusion) -> Vec<f32> {
+/// Replaces `row[start..end]` following `how`; the source frames of a shift
+/// and the values of a shuffle come from the whole row (the crop), so a
+/// segment-restricted occlusion breaks the segment's alignment with the rest.
+fn perturb(row: &mut [f32], start: usize, end: usize, how: Perturbation, rng: &mut ChaCha8Rng) {
+    let t = row.len();
+    if t == 0 || start >= end {
+        return;
+    }
+    match how {
+        Perturbation::Zero => row[start..end].fill(0.0),
+        Perturbation::Shift => {
+            let source = row.to_vec();
+            for (f, v) in row.iter_mut().enumerate().take(end).skip(start) {
+                *v = source[(f + t / 2) % t];
+            }
+        }
+        Perturbation::Shuffle => {
+            let mut source = row.to_vec();
+            source.shuffle(rng);
+            row[start..end].copy_from_slice(&source[start..end]);
+        }
+        Perturbation::Noise => {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / t as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / t as f64;
+            for v in &mut row[start..end] {
+                let z: f64 = StandardNormal.sample(rng);
+                *v = (mean + var.sqrt() * z) as f32;
+            }
+        }
+    }
+}
+
+fn occlude(host: &HostBatch, what: Occlusion, how: Perturbation, seed: u64) -> Vec<f32> {
     let mut x = host.x.clone();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for b in 0..host.b {
         for r in 0..host.n {
             let row = &mut x[(b * host.n + r) * host.t..(b * host.n + r + 1) * host.t];
             match what {
-                Occlusion::Region(region) if region == r => row.fill(0.0),
-                Occlusion::Frames(start, end) => row[start..end].fill(0.0),
-                Occlusion::Region(_) => {}
+                Occlusion::Region(region, start, end) if region == r => {
+                    perturb(row, start, end.min(host.t), how, &mut rng)
+                }
+                Occlusion::Frames(start, end) => row[start..end.min(host.t)].fill(0.0),
+                Occlusion::Region(..) => {}
             }
         }
     }
@@ -90,54 +179,121 @@ pub fn segments(t: usize, p: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// What to compute, beyond the region and segment drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExplainOptions {
+    pub perturbation: Perturbation,
+    /// Independent draws averaged per occlusion (random perturbations only).
+    pub draws: usize,
+    /// Also occlude each region within each segment (N · K more forwards per batch).
+    pub heatmap: bool,
+}
+
+impl Default for ExplainOptions {
+    fn default() -> Self {
+        ExplainOptions {
+            perturbation: Perturbation::default(),
+            draws: 1,
+            heatmap: true,
+        }
+    }
+}
+
+/// Per-scan results, in the order of the scans asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerScan {
+    /// [scans][N]: drop of the own-class logit with a region occluded.
+    pub regions: Vec<Vec<f64>>,
+    /// [scans][K]: with a segment zeroed in every region.
+    pub segments: Vec<Vec<f64>>,
+    /// [scans][N · K] (region-major), empty unless `heatmap`.
+    pub cells: Vec<Vec<f64>>,
+    /// [scans][C]: intact logits averaged over the scan's crops.
+    pub logits: Vec<Vec<f64>>,
+}
+
 /// Per-scan occlusion drops: for each scan in `scans` (in order), the mean over
 /// its crops of logit(own class, intact) − logit(own class, occluded), for each
-/// region and for each segment.
+/// region, each segment and (with `heatmap`) each region within each segment.
 pub fn occlusion_per_scan(
     gpu: &Gpu,
     model: &Model,
     dataset: &Arc<Dataset>,
     scans: &[usize],
     cfg: &Config,
-) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>), TrainError> {
+    options: &ExplainOptions,
+) -> Result<PerScan, TrainError> {
     let batcher = evaluation_batcher(cfg);
     let c = model.dims.n_classes;
     let n = model.dims.n_regions;
-    let segs = segments(cfg.model.crop, cfg.model.segment);
-    let mut region_sums = vec![vec![0.0f64; n]; dataset.scans.len()];
-    let mut segment_sums = vec![vec![0.0f64; segs.len()]; dataset.scans.len()];
-    let mut counts = vec![0usize; dataset.scans.len()];
-    for crops in batcher.evaluation_plan(dataset, scans) {
-        let host = assemble(dataset, &crops, cfg.model.crop);
+    let t = cfg.model.crop;
+    let segs = segments(t, cfg.model.segment);
+    let k_segs = segs.len();
+    let draws = match options.perturbation {
+        Perturbation::Zero | Perturbation::Shift => 1,
+        _ => options.draws.max(1),
+    };
+    let cell_count = if options.heatmap { n * k_segs } else { 0 };
+    let scans_total = dataset.scans.len();
+    let mut region_sums = vec![vec![0.0f64; n]; scans_total];
+    let mut segment_sums = vec![vec![0.0f64; k_segs]; scans_total];
+    let mut cell_sums = vec![vec![0.0f64; cell_count]; scans_total];
+    let mut logit_sums = vec![vec![0.0f64; c]; scans_total];
+    let mut counts = vec![0usize; scans_total];
+    for (batch, crops) in batcher
+        .evaluation_plan(dataset, scans)
+        .into_iter()
+        .enumerate()
+    {
+        let host = assemble(dataset, &crops, t);
         let base = logits(gpu, model, &host, &host.x)?;
-        let drops = |occluded: &[f32]| -> Vec<f64> {
-            (0..host.b)
-                .map(|row| {
+        // Mean drop per crop over the draws of one occlusion.
+        let drop_of = |what: Occlusion, id: usize| -> Result<Vec<f64>, TrainError> {
+            let mut d = vec![0.0f64; host.b];
+            for draw in 0..draws {
+                let seed = ((batch as u64) << 40) ^ ((id as u64) << 8) ^ draw as u64;
+                let occluded = logits(
+                    gpu,
+                    model,
+                    &host,
+                    &occlude(&host, what, options.perturbation, seed),
+                )?;
+                for (row, v) in d.iter_mut().enumerate() {
                     let k = row * c + host.labels[row] as usize;
-                    base[k] as f64 - occluded[k] as f64
-                })
-                .collect()
+                    *v += (base[k] as f64 - occluded[k] as f64) / draws as f64;
+                }
+            }
+            Ok(d)
         };
+        #[allow(clippy::needless_range_loop)] // r is also the occlusion's id
         for r in 0..n {
-            let d = drops(&logits(
-                gpu,
-                model,
-                &host,
-                &occlude(&host, Occlusion::Region(r)),
-            )?);
+            let d = drop_of(Occlusion::Region(r, 0, t), r)?;
             for (row, &scan) in host.scan_index.iter().enumerate() {
                 region_sums[scan][r] += d[row];
             }
         }
         for (k, &(start, end)) in segs.iter().enumerate() {
-            let x = occlude(&host, Occlusion::Frames(start, end));
-            let d = drops(&logits(gpu, model, &host, &x)?);
+            let d = drop_of(Occlusion::Frames(start, end), n + k)?;
             for (row, &scan) in host.scan_index.iter().enumerate() {
                 segment_sums[scan][k] += d[row];
             }
         }
-        for &scan in &host.scan_index {
+        if options.heatmap {
+            for r in 0..n {
+                for (k, &(start, end)) in segs.iter().enumerate() {
+                    let id = n + k_segs + r * k_segs + k;
+                    let d = drop_of(Occlusion::Region(r, start, end), id)?;
+                    for (row, &scan) in host.scan_index.iter().enumerate() {
+                        cell_sums[scan][r * k_segs + k] += d[row];
+                    }
+                }
+            }
+        }
+        for (row, &scan) in host.scan_index.iter().enumerate() {
             counts[scan] += 1;
+            for (j, sum) in logit_sums[scan].iter_mut().enumerate() {
+                *sum += base[row * c + j] as f64;
+            }
         }
     }
     let mean_of = |sums: &[Vec<f64>], s: usize| -> Result<Vec<f64>, TrainError> {
@@ -149,15 +305,19 @@ pub fn occlusion_per_scan(
         }
         Ok(sums[s].iter().map(|v| v / counts[s] as f64).collect())
     };
-    let regions = scans
-        .iter()
-        .map(|&s| mean_of(&region_sums, s))
-        .collect::<Result<_, _>>()?;
-    let segments = scans
-        .iter()
-        .map(|&s| mean_of(&segment_sums, s))
-        .collect::<Result<_, _>>()?;
-    Ok((regions, segments))
+    let pick = |sums: &[Vec<f64>]| -> Result<Vec<Vec<f64>>, TrainError> {
+        scans.iter().map(|&s| mean_of(sums, s)).collect()
+    };
+    Ok(PerScan {
+        regions: pick(&region_sums)?,
+        segments: pick(&segment_sums)?,
+        cells: if options.heatmap {
+            pick(&cell_sums)?
+        } else {
+            Vec::new()
+        },
+        logits: pick(&logit_sums)?,
+    })
 }
 
 /// Mean and (population) standard deviation per item over the rows whose
@@ -192,38 +352,75 @@ pub fn explain(
     dataset: &Arc<Dataset>,
     scans: &[usize],
     cfg: &Config,
+    options: &ExplainOptions,
 ) -> Result<Importance, TrainError> {
-    let (regions, segs) = occlusion_per_scan(gpu, model, dataset, scans, cfg)?;
+    let per = occlusion_per_scan(gpu, model, dataset, scans, cfg, options)?;
     let labels = dataset.labels();
     let classes: Vec<u32> = scans.iter().map(|&s| labels[s]).collect();
     let per_class = |rows: &[Vec<f64>]| {
+        if rows.is_empty() {
+            return Vec::new();
+        }
         (0..model.dims.n_classes)
             .map(|c| class_profile(rows, &classes, c))
             .collect()
     };
+    let correct = per
+        .logits
+        .iter()
+        .zip(&classes)
+        .filter(|(l, &c)| argmax(l) == c as usize)
+        .count();
     Ok(Importance {
-        regions: per_class(&regions),
-        segments: per_class(&segs),
+        regions: per_class(&per.regions),
+        segments: per_class(&per.segments),
+        cells: per_class(&per.cells),
         segment_length: cfg.model.segment.max(1),
         crop_length: cfg.model.crop,
+        perturbation: options.perturbation,
+        accuracy: correct as f64 / scans.len().max(1) as f64,
     })
+}
+
+fn argmax(values: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The region × segment heatmap over all explained scans, [N][K]: each cell
+/// the scan-count-weighted mean over classes (empty without the heatmap).
+pub fn cell_scores(importance: &Importance) -> Vec<Vec<f64>> {
+    let k = segments(importance.crop_length, importance.segment_length).len();
+    let flat = weighted_mean(&importance.cells);
+    if k == 0 || flat.is_empty() {
+        return Vec::new();
+    }
+    flat.chunks(k).map(<[f64]>::to_vec).collect()
+}
+
+fn weighted_mean(profiles: &[ClassProfile]) -> Vec<f64> {
+    let width = profiles.first().map_or(0, |p| p.mean.len());
+    let total: usize = profiles.iter().map(|p| p.scans).sum();
+    (0..width)
+        .map(|i| {
+            profiles
+                .iter()
+                .map(|p| p.mean[i] * p.scans as f64)
+                .sum::<f64>()
+                / total.max(1) as f64
+        })
+        .collect()
 }
 
 /// Each region's importance over all explained scans: the mean over classes
 /// of each class's mean drop, weighted by the class's scan count.
 pub fn region_scores(importance: &Importance) -> Vec<f64> {
-    let n = importance.regions.first().map_or(0, |p| p.mean.len());
-    let total: usize = importance.regions.iter().map(|p| p.scans).sum();
-    (0..n)
-        .map(|r| {
-            importance
-                .regions
-                .iter()
-                .map(|p| p.mean[r] * p.scans as f64)
-                .sum::<f64>()
-                / total.max(1) as f64
-        })
-        .collect()
+    weighted_mean(&importance.regions)
 }
 
 /// Regions ranked by [`region_scores`], most important first (ties by index).
@@ -278,6 +475,30 @@ pub fn time_csv(importance: &Importance) -> String {
     out
 }
 
+/// `importance_cells.csv`: region, segment, frames, class, mean, std (the heatmap).
+pub fn cells_csv(importance: &Importance, names: &[String]) -> String {
+    let segs = segments(importance.crop_length, importance.segment_length);
+    let k = segs.len();
+    let mut out = String::from("region,name,segment,first_frame,last_frame,class,mean,std,scans\n");
+    for p in &importance.cells {
+        for (i, (m, s)) in p.mean.iter().zip(&p.std).enumerate() {
+            let (r, seg) = (i / k.max(1), i % k.max(1));
+            let (start, end) = segs.get(seg).copied().unwrap_or((0, 0));
+            let name = names
+                .get(r)
+                .cloned()
+                .unwrap_or_else(|| format!("region{r}"));
+            out.push_str(&format!(
+                "{r},{name},{seg},{start},{},{},{m},{s},{}\n",
+                end.saturating_sub(1),
+                p.class,
+                p.scans
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,9 +536,21 @@ mod tests {
             n: 2,
             t: 3,
         };
-        let r = occlude(&host, Occlusion::Region(1));
+        let r = occlude(&host, Occlusion::Region(1, 0, 3), Perturbation::Zero, 0);
         assert_eq!(r, vec![1., 2., 3., 0., 0., 0., 7., 8., 9., 0., 0., 0.]);
-        let f = occlude(&host, Occlusion::Frames(1, 3));
+        let s = occlude(&host, Occlusion::Region(1, 0, 3), Perturbation::Shift, 0);
+        assert_eq!(s, vec![1., 2., 3., 5., 6., 4., 7., 8., 9., 11., 12., 10.]);
+        let s = occlude(&host, Occlusion::Region(0, 1, 2), Perturbation::Shift, 0);
+        assert_eq!(s, vec![1., 3., 3., 4., 5., 6., 7., 9., 9., 10., 11., 12.]);
+        let f = occlude(&host, Occlusion::Frames(1, 3), Perturbation::Shift, 0);
         assert_eq!(f, vec![1., 0., 0., 4., 0., 0., 7., 0., 0., 10., 0., 0.]);
+        // Shuffle keeps the row's values; noise leaves other regions alone.
+        let mut p = occlude(&host, Occlusion::Region(0, 0, 3), Perturbation::Shuffle, 3);
+        p[0..3].sort_by(f32::total_cmp);
+        p[6..9].sort_by(f32::total_cmp);
+        assert_eq!(p, host.x);
+        let z = occlude(&host, Occlusion::Region(0, 0, 3), Perturbation::Noise, 3);
+        assert_ne!(z[0..3], host.x[0..3]);
+        assert_eq!(z[3..6], host.x[3..6]);
     }
 }
