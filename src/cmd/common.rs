@@ -128,7 +128,7 @@ pub fn data_parallel() -> anyhow::Result<Option<(stptf::dist::DataParallel, usiz
         let world = stptf::dist::mpi::MpiWorld::init().context("starting MPI")?;
         let local_rank = world.local_rank();
         Ok(Some((
-            stptf::dist::DataParallel(std::sync::Arc::new(world)),
+            stptf::dist::DataParallel(std::rc::Rc::new(world)),
             local_rank,
         )))
     }

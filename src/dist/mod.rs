@@ -73,7 +73,7 @@ pub trait Collective {
 
 /// The ranks a training run is spread over (`train::trainer::RunOptions`).
 #[derive(Clone)]
-pub struct DataParallel(pub std::sync::Arc<dyn Collective>);
+pub struct DataParallel(pub std::rc::Rc<dyn Collective>);
 
 impl std::fmt::Debug for DataParallel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
