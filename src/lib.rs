@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod config;
 pub mod data;
+pub mod fuzzing;
 pub mod gpu;
 pub mod host;
 pub mod model;

@@ -45,6 +45,14 @@ struct RawTable {
 /// more regions than time points, which can mean the orientation is wrong.)
 pub fn read_scan(path: &Path, options: &ReadOptions) -> Result<Array2<f32>> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    parse_scan(path, bytes, options)
+}
+
+/// Parses the bytes of one scan file into [regions, time]; `path` names the
+/// file in errors and, with `Format::Auto`, picks the format by its
+/// extension. (`read_scan` reads the file and calls this; the fuzz targets
+/// call it directly.)
+pub fn parse_scan(path: &Path, bytes: Vec<u8>, options: &ReadOptions) -> Result<Array2<f32>> {
     if bytes.is_empty() {
         return Err(DataError::EmptyScanFile {
             path: shown(path),
