@@ -224,8 +224,7 @@ pub fn checkpoint(data: &[u8]) -> Outcome {
     let (selector, bytes) = split(data);
     let r = reference();
     let meta_bytes = if selector % 3 == 0 { bytes } else { &r.meta };
-    let meta = checkpoint::parse_meta(&r.dir.join(META_FILE), meta_bytes)
-        .map_err(|e| chain(&e))?;
+    let meta = checkpoint::parse_meta(&r.dir.join(META_FILE), meta_bytes).map_err(|e| chain(&e))?;
     let (weights, optimizer) = match selector % 3 {
         1 => (bytes, &r.optimizer[..]),
         2 => (&r.weights[..], bytes),
@@ -233,14 +232,17 @@ pub fn checkpoint(data: &[u8]) -> Outcome {
     };
     let loaded =
         checkpoint::from_parts(&r.dir, meta, weights, Some(optimizer)).map_err(|e| chain(&e))?;
-    let all = loaded.weights.iter().chain(
-        loaded
-            .optimizer
-            .iter()
-            .flat_map(|o| o.m.iter().chain(&o.v)),
-    );
+    let all = loaded
+        .weights
+        .iter()
+        .chain(loaded.optimizer.iter().flat_map(|o| o.m.iter().chain(&o.v)));
     for t in all {
-        assert_eq!(t.shape.iter().product::<usize>(), t.data.len(), "{}", t.name);
+        assert_eq!(
+            t.shape.iter().product::<usize>(),
+            t.data.len(),
+            "{}",
+            t.name
+        );
         assert!(t.data.iter().all(|v| v.is_finite()), "{}", t.name);
     }
     Ok(())

@@ -8,6 +8,11 @@ set -eu
 target=$1
 seconds=${2:-1800}
 bin=${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/$target
+# With autogroup scheduling (Linux's default for desktops and many
+# servers), `nice` only ranks processes within one session's group; lower
+# the whole group too, so the fuzzer yields to other sessions' builds.
+# Start this script with setsid so the group is the fuzzer's alone.
+if [ -w /proc/self/autogroup ]; then echo 19 > /proc/self/autogroup || true; fi
 mkdir -p "fuzz/work/$target" "fuzz/artifacts/$target"
 exec nice -n 19 /usr/bin/time -v "$bin" \
     -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \

@@ -55,8 +55,8 @@ def npz(compressed, **arrays):
 a = np.arange(12, dtype=np.float32).reshape(4, 3) / 4
 seed("npy", "f32_c", 0, npy(a))
 seed("npy", "f64_fortran", 2, npy(np.asfortranarray(a.astype(np.float64))))
-seed("npy", "i16_big_endian", 0, npy(a.astype(">i2")))
-seed("npy", "f16_1d", 0, npy(np.arange(5, dtype=np.float16)))
+seed("npy", "error_i16_big_endian", 0, npy(a.astype(">i2")))
+seed("npy", "error_f16_1d", 0, npy(np.arange(5, dtype=np.float16)))
 seed("npy", "npz_one", 1, npz(False, x=a))
 seed("npy", "npz_named_compressed", 1 | 4, npz(True, ts=a, other=a[:2]))
 
@@ -85,7 +85,7 @@ values = [float(v) for v in range(6)]
 seed("mat", "double", 0, mat_v5("x", 3, 2, values))
 seed("mat", "named_ts_region_by_time", 1 | 2, mat_v5("ts", 2, 3, values))
 seed("mat", "single", 0, mat_v5("x", 2, 3, values, mx_class=7, mi_type=7, fmt="<f"))
-seed("mat", "int16", 0, mat_v5("x", 2, 3, values, mx_class=10, mi_type=3, fmt="<h"))
+seed("mat", "error_int16", 0, mat_v5("x", 2, 3, values, mx_class=10, mi_type=3, fmt="<h"))
 seed("mat", "compressed", 2, mat_v5("ts", 3, 2, values, compress=True))
 seed("mat", "two_variables", 2, mat_v5("a", 1, 2, values[:2]) + mat_v5("ts", 3, 2, values)[128:])
 
