@@ -630,13 +630,11 @@ fn check_mat_elements(
         })
     };
     let mut offset = 0usize;
-    let mut index = 0usize;
     while let Some(first) = word(offset) {
         let at = base + offset;
         if first & 0xFFFF_0000 != 0 {
             // Small data element: type, size and up to 4 bytes in 8.
             offset += 8;
-            index += 1;
             continue;
         }
         let Some(size) = word(offset + 4) else {
@@ -669,8 +667,6 @@ fn check_mat_elements(
             }
             _ => {}
         }
-        let _ = index;
-        index += 1;
         // Uncompressed elements are padded to 8 bytes.
         offset = start
             + if first == 15 {
