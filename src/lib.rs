@@ -5,6 +5,7 @@ pub mod check;
 pub mod config;
 pub mod data;
 pub mod dist;
+pub mod fuzzing;
 pub mod gpu;
 pub mod host;
 pub mod model;

@@ -45,6 +45,14 @@ struct RawTable {
 /// more regions than time points, which can mean the orientation is wrong.)
 pub fn read_scan(path: &Path, options: &ReadOptions) -> Result<Array2<f32>> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    parse_scan(path, bytes, options)
+}
+
+/// Parses the bytes of one scan file into [regions, time]; `path` names the
+/// file in errors and, with `Format::Auto`, picks the format by its
+/// extension. (`read_scan` reads the file and calls this; the fuzz targets
+/// call it directly.)
+pub fn parse_scan(path: &Path, bytes: Vec<u8>, options: &ReadOptions) -> Result<Array2<f32>> {
     if bytes.is_empty() {
         return Err(DataError::EmptyScanFile {
             path: shown(path),
@@ -291,6 +299,7 @@ fn read_npy_bytes(path: &Path, bytes: &[u8]) -> Result<RawTable> {
         path: shown(path),
         message,
     };
+    check_npy_nesting(bytes).map_err(bad)?;
     let mut cursor = Cursor::new(bytes);
     let header = npyz::NpyHeader::from_reader(&mut cursor)
         .map_err(|e| bad(format!("not a valid .npy file: {e}")))?;
@@ -356,6 +365,49 @@ fn read_npy_bytes(path: &Path, bytes: &[u8]) -> Result<RawTable> {
 }
 
 /// "int8 (|i1)": numpy's name for a dtype, then its type string.
+/// Deepest bracket nesting a .npy header may have. A header is a Python
+/// dict literal: `{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }`
+/// is 2 deep; a structured dtype with a sub-array field is 4 (and is refused
+/// later anyway: only float32/float64 arrays are read).
+const NPY_MAX_NESTING: usize = 4;
+
+/// Refuses a header nested deeper than `NPY_MAX_NESTING`: npyz's header
+/// parser takes time exponential in the depth (about 3x per `{`: 10 took
+/// 12 s, 15 over a minute; found by the npy fuzz target). A file too short
+/// to hold its header is left to npyz, which names that.
+fn check_npy_nesting(bytes: &[u8]) -> std::result::Result<(), String> {
+    let Some(rest) = bytes.strip_prefix(b"\x93NUMPY") else {
+        return Ok(());
+    };
+    let (length, start) = match rest {
+        [1, _, a, b, ..] => (usize::from(u16::from_le_bytes([*a, *b])), 10),
+        [2 | 3, _, a, b, c, d, ..] => (
+            usize::try_from(u32::from_le_bytes([*a, *b, *c, *d])).unwrap_or(usize::MAX),
+            12,
+        ),
+        _ => return Ok(()),
+    };
+    let header = &bytes[start.min(bytes.len())..start.saturating_add(length).min(bytes.len())];
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for &b in header {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > NPY_MAX_NESTING {
+        return Err(format!(
+            "not a valid .npy file: its header nests brackets {deepest} deep; a .npy header \
+             is a dict of 'descr', 'fortran_order' and 'shape', at most {NPY_MAX_NESTING} deep"
+        ));
+    }
+    Ok(())
+}
+
 fn numpy_type_name(dtype: &npyz::DType) -> String {
     let descr = dtype.descr().trim_matches('\'').to_string();
     let npyz::DType::Plain(ts) = dtype else {
@@ -473,6 +525,10 @@ fn read_mat(path: &Path, bytes: &[u8], variable: Option<&str>) -> Result<RawTabl
     if is_hdf5 {
         return Err(DataError::MatV73 { path: shown(path) });
     }
+    check_mat_sizes(bytes).map_err(|message| DataError::BadMat {
+        path: shown(path),
+        message: format!("a damaged MATLAB v5/v7 MAT-file: {message}"),
+    })?;
     let mat = matfile::MatFile::parse(Cursor::new(bytes)).map_err(|e| DataError::BadMat {
         path: shown(path),
         // matfile's own message says only "An error occurred while parsing the
@@ -533,6 +589,153 @@ fn read_mat(path: &Path, bytes: &[u8], variable: Option<&str>) -> Result<RawTabl
     }
     // MATLAB stores column-major.
     from_stored_order(path, rows, cols, &stored, true)
+}
+
+/// Checks the sizes matfile trusts before it parses: every data element
+/// fits in what holds it, and no array's dimensions multiply past i32.
+/// matfile 0.5 computes both without checks (found by the mat fuzz target:
+/// an element of 0xFFFFFFF9+ bytes overflows its padding, dimensions such
+/// as 65536 x 65536 overflow their product); in a release build that wraps
+/// silently. Compressed elements are inflated and checked inside.
+/// A file too short for its header is left to matfile, which names that.
+fn check_mat_sizes(bytes: &[u8]) -> std::result::Result<(), String> {
+    let little = match bytes.get(126..128) {
+        Some(b"IM") => true,
+        Some(b"MI") => false,
+        _ => return Ok(()),
+    };
+    check_mat_elements(&bytes[128..], 128, little, "", 0)
+}
+
+const MAT_MAX_DEPTH: usize = 32;
+
+fn check_mat_elements(
+    data: &[u8],
+    base: usize,
+    little: bool,
+    within: &str,
+    depth: usize,
+) -> std::result::Result<(), String> {
+    if depth > MAT_MAX_DEPTH {
+        return Err(format!(
+            "elements nest more than {MAT_MAX_DEPTH} deep{within}"
+        ));
+    }
+    let word = |at: usize| -> Option<u32> {
+        let b: [u8; 4] = data.get(at..at + 4)?.try_into().ok()?;
+        Some(if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
+    };
+    let mut offset = 0usize;
+    while let Some(first) = word(offset) {
+        let at = base + offset;
+        if first & 0xFFFF_0000 != 0 {
+            // Small data element: type, size and up to 4 bytes in 8.
+            offset += 8;
+            continue;
+        }
+        let Some(size) = word(offset + 4) else {
+            return Ok(());
+        };
+        let start = offset + 8;
+        let remaining = data.len().saturating_sub(start);
+        if size as usize > remaining {
+            return Err(format!(
+                "the data element at byte {at}{within} declares {size} bytes but only {remaining} follow"
+            ));
+        }
+        let body = &data[start..start + size as usize];
+        match first {
+            // miMATRIX: flags, dimensions, name, data (or nested arrays).
+            14 => {
+                check_mat_elements(body, base + start, little, within, depth + 1)?;
+                check_mat_dimensions(body, base + start, little, within)?;
+            }
+            // miCOMPRESSED: a zlib stream of further elements.
+            15 if depth == 0 => {
+                let mut inflated = Vec::new();
+                if libflate::zlib::Decoder::new(body)
+                    .and_then(|mut d| d.read_to_end(&mut inflated))
+                    .is_ok()
+                {
+                    let within = format!(" (inflated from the compressed element at byte {at})");
+                    check_mat_elements(&inflated, 0, little, &within, depth + 1)?;
+                }
+            }
+            _ => {}
+        }
+        // Uncompressed elements are padded to 8 bytes.
+        offset = start
+            + if first == 15 {
+                size as usize
+            } else {
+                (size as usize).div_ceil(8) * 8
+            };
+    }
+    Ok(())
+}
+
+/// The dimensions of an miMATRIX (its second subelement, int32s): none
+/// negative, and their product within i32.
+fn check_mat_dimensions(
+    body: &[u8],
+    base: usize,
+    little: bool,
+    within: &str,
+) -> std::result::Result<(), String> {
+    let word = |at: usize| -> Option<u32> {
+        let b: [u8; 4] = body.get(at..at + 4)?.try_into().ok()?;
+        Some(if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
+    };
+    // Skip the flags subelement (always 16 bytes when well formed).
+    let Some(flags) = word(0) else {
+        return Ok(());
+    };
+    let offset = if flags & 0xFFFF_0000 != 0 {
+        8
+    } else {
+        match word(4) {
+            Some(size) => 8 + (size as usize).div_ceil(8) * 8,
+            None => return Ok(()),
+        }
+    };
+    let Some(tag) = word(offset) else {
+        return Ok(());
+    };
+    let (count, start) = if tag & 0xFFFF_0000 != 0 {
+        ((tag >> 16) as usize / 4, offset + 4)
+    } else {
+        match word(offset + 4) {
+            Some(size) => (size as usize / 4, offset + 8),
+            None => return Ok(()),
+        }
+    };
+    let mut dims = Vec::new();
+    for k in 0..count {
+        match word(start + 4 * k) {
+            Some(d) => dims.push(d as i32),
+            None => return Ok(()),
+        }
+    }
+    if dims.iter().any(|&d| d < 0)
+        || dims
+            .iter()
+            .try_fold(1i32, |p, &d| p.checked_mul(d))
+            .is_none()
+    {
+        return Err(format!(
+            "the array at byte {base}{within} has dimensions {dims:?}; \
+             expected non-negative sizes whose product fits in 2^31 - 1 elements"
+        ));
+    }
+    Ok(())
 }
 
 fn mat_type_name(data: &matfile::NumericData) -> &'static str {

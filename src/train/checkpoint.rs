@@ -539,42 +539,70 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     }
     let meta_path = source.join(META_FILE);
     let bytes = fs::read(&meta_path).map_err(io(&meta_path, "cannot read"))?;
+    let meta = parse_meta(&meta_path, &bytes)?;
+    let weights_path = source.join(WEIGHTS_FILE);
+    let weights = fs::read(&weights_path).map_err(io(&weights_path, "cannot read"))?;
+    let opt_path = source.join(OPTIMIZER_FILE);
+    let optimizer = if opt_path.exists() || meta.files.contains_key(OPTIMIZER_FILE) {
+        Some(fs::read(&opt_path).map_err(io(&opt_path, "cannot read"))?)
+    } else {
+        None
+    };
+    from_parts(&source, meta, &weights, optimizer.as_deref())
+}
+
+/// Parses and checks `checkpoint.json` (read from `path`, named in errors):
+/// its format version, its fields and its checksum. (`load` reads the file
+/// and calls this; the fuzz targets call it directly.)
+pub fn parse_meta(path: &Path, bytes: &[u8]) -> Result<CheckpointMeta> {
     let json_error = |source| CheckpointError::Json {
-        path: meta_path.display().to_string(),
+        path: path.display().to_string(),
         source,
     };
     // The format first, so an older checkpoint gets a clear message rather
     // than "unknown field".
-    let format = serde_json::from_slice::<serde_json::Value>(&bytes)
+    let format = serde_json::from_slice::<serde_json::Value>(bytes)
         .map_err(json_error)?
         .get("format")
         .and_then(|f| f.as_u64());
     if format != Some(u64::from(FORMAT_VERSION)) {
         return Err(CheckpointError::Format {
-            path: meta_path.display().to_string(),
+            path: path.display().to_string(),
             found: format.unwrap_or(0) as u32,
             expected: FORMAT_VERSION,
         });
     }
-    let meta: CheckpointMeta = serde_json::from_slice(&bytes).map_err(json_error)?;
+    let meta: CheckpointMeta = serde_json::from_slice(bytes).map_err(json_error)?;
     if meta.checksum != meta.computed_checksum() {
         return Err(CheckpointError::Edited {
-            path: meta_path.display().to_string(),
+            path: path.display().to_string(),
         });
     }
+    Ok(meta)
+}
+
+/// The checkpoint in `dir` from its parsed `checkpoint.json` and the bytes
+/// of its weights and (if it has one) optimizer file: decodes them and
+/// checks that they agree with each other and with the hashes in `meta`.
+/// (`load` reads the files and calls this; the fuzz targets call it directly.)
+pub fn from_parts(
+    dir: &Path,
+    meta: CheckpointMeta,
+    weights_bytes: &[u8],
+    optimizer_bytes: Option<&[u8]>,
+) -> Result<Checkpoint> {
     let mut files = Vec::new();
-    let weights_path = source.join(WEIGHTS_FILE);
-    let weights_bytes = fs::read(&weights_path).map_err(io(&weights_path, "cannot read"))?;
-    let (weights, _) = decode_safetensors(&weights_path, &weights_bytes)?;
-    files.push((WEIGHTS_FILE, weights_path, hash_bytes(&weights_bytes)));
-    let opt_path = source.join(OPTIMIZER_FILE);
-    let optimizer = if opt_path.exists() || meta.files.contains_key(OPTIMIZER_FILE) {
-        let bytes = fs::read(&opt_path).map_err(io(&opt_path, "cannot read"))?;
-        let (tensors, metadata) = decode_safetensors(&opt_path, &bytes)?;
-        files.push((OPTIMIZER_FILE, opt_path.clone(), hash_bytes(&bytes)));
-        Some(optimizer_state(&opt_path, tensors, &metadata)?)
-    } else {
-        None
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let (weights, _) = decode_safetensors(&weights_path, weights_bytes)?;
+    files.push((WEIGHTS_FILE, weights_path, hash_bytes(weights_bytes)));
+    let opt_path = dir.join(OPTIMIZER_FILE);
+    let optimizer = match optimizer_bytes {
+        Some(bytes) => {
+            let (tensors, metadata) = decode_safetensors(&opt_path, bytes)?;
+            files.push((OPTIMIZER_FILE, opt_path.clone(), hash_bytes(bytes)));
+            Some(optimizer_state(&opt_path, tensors, &metadata)?)
+        }
+        None => None,
     };
     let checkpoint = Checkpoint {
         meta,
@@ -583,8 +611,8 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     };
     // Named problems first (a missing tensor, a NaN), then the hashes, which
     // catch any other change to the files.
-    check_consistent(&source, &checkpoint)?;
-    check_finite(&source, &checkpoint)?;
+    check_consistent(dir, &checkpoint)?;
+    check_finite(dir, &checkpoint)?;
     for (name, path, hash) in files {
         if checkpoint.meta.files.get(name) != Some(&hash) {
             return Err(CheckpointError::FileChanged {

@@ -1,0 +1,6 @@
+//! See `stptf::fuzzing::npy` for what the input means.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = stptf::fuzzing::npy(data);
+});

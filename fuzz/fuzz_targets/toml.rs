@@ -1,0 +1,6 @@
+//! See `stptf::fuzzing::toml` for what the input means.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = stptf::fuzzing::toml(data);
+});
