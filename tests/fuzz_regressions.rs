@@ -130,6 +130,22 @@ fn npy_header_nested_brackets_is_refused_quickly() {
     }
 }
 
+/// Found by the npy target in its 30-minute rerun on the fixed code (a
+/// crash: npyz's element count overflowed): a shape whose size overflows
+/// 64 bits is refused naming it.
+#[test]
+fn npy_shape_whose_size_overflows_is_refused() {
+    let outcome = fuzzing::npy(&fixture("npy", "crash-b6f19c470819"));
+    assert_eq!(
+        outcome,
+        Err(
+            "scan.npy: not a valid .npy file: its shape [4715491176541352389, 6] holds more \
+             bytes than a file can"
+                .to_string()
+        )
+    );
+}
+
 /// The same header inside a .npz member is refused the same way, and a
 /// header 4 deep (the most allowed) still gets npyz's own verdict quickly.
 #[test]

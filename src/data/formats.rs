@@ -335,7 +335,18 @@ fn read_npy_bytes(path: &Path, bytes: &[u8]) -> Result<RawTable> {
             })
         }
     };
-    let expected = npy.len().saturating_mul(element_size);
+    // The element count from the shape, checked: npyz's own product
+    // (`len`) overflows for a header such as shape (4715491176541352389, 6)
+    // (found by the npy fuzz target), a panic with overflow checks and a
+    // wrapped, wrong size without.
+    let Some(expected) = [rows as u64, cols as u64, element_size]
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+    else {
+        return Err(bad(format!(
+            "not a valid .npy file: its shape [{rows}, {cols}] holds more bytes than a file can"
+        )));
+    };
     let found = data.len() as u64;
     if found < expected {
         return Err(DataError::TruncatedNpy {
