@@ -976,17 +976,7 @@ mod tests {
     use super::*;
     use ndarray::Array2;
 
-    /// The message and its causes, as the CLI prints them.
-    fn chain(e: &dyn std::error::Error) -> String {
-        let mut text = e.to_string();
-        let mut cause = e.source();
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        text
-    }
+    use crate::fuzzing::chain;
 
     fn dataset(labels: Vec<u32>, length: usize) -> Dataset {
         let arrays = (0..4)
