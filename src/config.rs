@@ -68,6 +68,7 @@ pub struct Config {
     pub finetune: FinetuneConfig,
     pub evaluate: EvaluateConfig,
     pub baseline: BaselineConfig,
+    pub explain: ExplainConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -254,6 +255,37 @@ pub enum SplitKind {
     Stratified,
     /// One fold per site.
     LeaveSiteOut,
+}
+
+/// Occlusion importance (`stptf explain`, and `evaluate` per fold; docs/importance.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExplainConfig {
+    /// `evaluate` also explains each fold's test scans into `fold-<name>/`
+    /// and summarises the folds' agreement in `summary.json`.
+    pub in_evaluate: bool,
+    /// Explain at most this many scans (a class-stratified subset drawn with
+    /// the seed); 0 = all. One explanation costs 1 + N + K (+ N·K with the
+    /// heatmap) forwards per batch of crops.
+    pub max_scans: usize,
+    /// Also occlude each region within each segment (the region × time heatmap).
+    pub heatmap: bool,
+    /// How an occluded region's frames are replaced: "shuffle", "zero", "shift" or "noise".
+    pub perturbation: crate::train::explain::Perturbation,
+    /// Random perturbations (shuffle, noise) averaged per occlusion; >= 1.
+    pub draws: usize,
+}
+
+impl Default for ExplainConfig {
+    fn default() -> Self {
+        ExplainConfig {
+            in_evaluate: false,
+            max_scans: 0,
+            heatmap: true,
+            perturbation: Default::default(),
+            draws: 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -521,6 +553,7 @@ impl Config {
             ("model.proj_dim", m.proj_dim),
             ("finetune.batch", self.finetune.batch),
             ("finetune.eval_crops", self.finetune.eval_crops),
+            ("explain.draws", self.explain.draws),
         ] {
             check(v >= 1, key, v.to_string(), "an integer >= 1")?;
         }

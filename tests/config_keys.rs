@@ -96,6 +96,7 @@ const CHANGES: &[(&str, &str)] = &[
     ("evaluate.include_test_unlabeled", "true"),
     ("baseline.c_reg", "0.01"),
     ("baseline.features", "partial"),
+    ("explain.in_evaluate", "true"),
 ];
 
 /// Keys that act only together with others: (key, value, the context both
@@ -105,15 +106,24 @@ const CHANGES: &[(&str, &str)] = &[
 /// Assignments (key, value) that set up a context.
 type Context = &'static [(&'static str, &'static str)];
 
-const IN_CONTEXT: &[(&str, &str, Context)] = &[(
-    "finetune.early_stopping_patience",
-    "1",
-    &[
-        ("finetune.validation_fraction", "0.25"),
-        ("finetune.epochs", "6"),
-        ("finetune.lr", "0.05"),
-    ],
-)];
+const IN_CONTEXT: &[(&str, &str, Context)] = &[
+    (
+        "finetune.early_stopping_patience",
+        "1",
+        &[
+            ("finetune.validation_fraction", "0.25"),
+            ("finetune.epochs", "6"),
+            ("finetune.lr", "0.05"),
+        ],
+    ),
+    // The explanation's settings act where evaluate explains its folds.
+    ("explain.max_scans", "3", EXPLAINED),
+    ("explain.heatmap", "false", EXPLAINED),
+    ("explain.perturbation", "zero", EXPLAINED),
+    ("explain.draws", "2", EXPLAINED),
+];
+
+const EXPLAINED: Context = &[("explain.in_evaluate", "true")];
 
 /// Every dotted key below a TOML table.
 fn keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
@@ -190,6 +200,17 @@ fn observe(cfg: &Config, scratch: &Path) -> BTreeMap<String, String> {
             format!("{name}/predictions.csv"),
             std::fs::read_to_string(fold.join("predictions.csv")).unwrap(),
         );
+        // The explanation's files, when evaluate explains the fold.
+        for entry in std::fs::read_dir(fold).unwrap() {
+            let path = entry.unwrap().path();
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            if file.starts_with("importance") {
+                seen.insert(
+                    format!("{name}/{file}"),
+                    std::fs::read_to_string(&path).unwrap(),
+                );
+            }
+        }
     }
     let folds = baseline_folds(&dataset, cfg).unwrap();
     let baseline = run_baseline(&dataset, cfg, &folds).unwrap().results;

@@ -36,6 +36,11 @@ pub struct DatasetConfig {
     pub labels: LabelsConfig,
     #[serde(default)]
     pub preprocess: PreprocessConfig,
+    /// Optional region table (CSV or TSV: `index,name[,x,y,z]`; `data::atlas`),
+    /// relative to the dataset description's folder. Names the regions in
+    /// importance maps; with coordinates, `explain` also draws a glass brain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -207,6 +212,12 @@ impl DatasetConfig {
             _ => DataError::io(path, e),
         })?;
         let mut config = Self::from_toml_str(&text, path)?;
+        let folder_of_description = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if let Some(table) = &config.regions {
+            if table.is_relative() {
+                config.regions = Some(folder_of_description.join(table));
+            }
+        }
         if config.data_dir.is_none() {
             let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
             config.data_dir = Some(if folder.as_os_str().is_empty() {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 use regex::Regex;
 
+use super::atlas::RegionTable;
 use super::config::{DatasetConfig, LabelsConfig, ShortScans};
 use super::error::{shown, DataError, Result};
 use super::formats::{read_scan, ReadOptions};
@@ -88,6 +89,8 @@ pub struct Dataset {
     pub crop_length: usize,
     pub scans: Vec<Scan>,
     pub report: LoadReport,
+    /// Region names and coordinates, when the description names a table.
+    pub regions: Option<RegionTable>,
 }
 
 /// One row of the labels table, as far as loading needs it.
@@ -260,6 +263,14 @@ impl Dataset {
             crop_length,
             scans,
             report,
+            regions: None,
+        };
+        let dataset = Dataset {
+            regions: match &config.regions {
+                Some(path) => Some(RegionTable::from_file(path, dataset.n_regions)?),
+                None => None,
+            },
+            ..dataset
         };
         dataset.check_classes()?;
         Ok(dataset)
@@ -304,6 +315,7 @@ impl Dataset {
                 ..LoadReport::default()
             },
             scans,
+            regions: None,
         };
         if dataset.scans.is_empty() {
             return Err(DataError::NothingLeft {

@@ -69,6 +69,13 @@ pub enum DataError {
     #[error("{path}: labels table has a header but no data rows; expected one row per scan")]
     LabelsWithoutRows { path: String },
 
+    #[error("{path}: line {line}: invalid region table: {message}")]
+    RegionTable {
+        path: String,
+        line: usize,
+        message: String,
+    },
+
     #[error("{path}: {message}")]
     BadNpy { path: String, message: String },
 

@@ -7,8 +7,10 @@
 //! - `preprocess`: per-region z-scoring over the whole scan
 //! - `split`: stratified subject-level k-fold, leave-site-out, label-fraction subsampling
 //! - `batch`: random training crops, fixed evaluation crops, background prefetch
+//! - `atlas`: the optional region table (names, coordinates) of a dataset
 //! - `synth`: synthetic datasets with planted spatial and temporal class differences
 
+pub mod atlas;
 pub mod batch;
 pub mod config;
 pub mod dataset;

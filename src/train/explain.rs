@@ -24,16 +24,17 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::autograd::Tape;
-use crate::config::Config;
+use crate::config::{Config, ExplainConfig};
 use crate::data::batch::{assemble, HostBatch};
 use crate::data::Dataset;
 use crate::gpu::Gpu;
 use crate::model::Model;
+use crate::train::plots::{glass_brain_svg, heatmap_svg, importance_svg};
 use crate::train::trainer::{evaluation_batcher, TrainError};
 
 /// Mean and standard deviation over the scans of one class, per item
 /// (region or segment).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClassProfile {
     pub class: usize,
     /// Scans of this class that were explained.
@@ -43,7 +44,7 @@ pub struct ClassProfile {
 }
 
 /// Occlusion importance of regions and of segments of the crop, per class.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Importance {
     /// One profile over the N regions per class.
     pub regions: Vec<ClassProfile>,
@@ -62,7 +63,7 @@ pub struct Importance {
 }
 
 /// How a region's frames are replaced when it is occluded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Perturbation {
     /// Set to 0 (the region's mean; inputs are z-scored per region).
@@ -187,6 +188,17 @@ pub struct ExplainOptions {
     pub draws: usize,
     /// Also occlude each region within each segment (N · K more forwards per batch).
     pub heatmap: bool,
+}
+
+impl ExplainOptions {
+    /// The options of an experiment's `[explain]` section.
+    pub fn from_config(cfg: &ExplainConfig) -> Self {
+        ExplainOptions {
+            perturbation: cfg.perturbation,
+            draws: cfg.draws,
+            heatmap: cfg.heatmap,
+        }
+    }
 }
 
 impl Default for ExplainOptions {
@@ -499,6 +511,319 @@ pub fn cells_csv(importance: &Importance, names: &[String]) -> String {
     out
 }
 
+/// A class-stratified subset of at most `max` of `scans` (all of them when
+/// `max` is 0 or not below their count), drawn with `seed`, in the order of
+/// `scans`. Each class keeps its share (largest remainders, ties to the
+/// lower class index), so a subset of a fold's test scans has the fold's
+/// class balance.
+pub fn stratified_subset(dataset: &Dataset, scans: &[usize], max: usize, seed: u64) -> Vec<usize> {
+    if max == 0 || max >= scans.len() {
+        return scans.to_vec();
+    }
+    let labels = dataset.labels();
+    let classes = dataset.num_classes();
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for &s in scans {
+        by_class[labels[s] as usize].push(s);
+    }
+    let total = scans.len();
+    let mut quota: Vec<usize> = by_class.iter().map(|c| c.len() * max / total).collect();
+    let mut remainders: Vec<(usize, usize)> = by_class
+        .iter()
+        .enumerate()
+        .map(|(c, members)| (members.len() * max % total, c))
+        .collect();
+    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut left = max - quota.iter().sum::<usize>();
+    for &(_, c) in &remainders {
+        if left == 0 {
+            break;
+        }
+        if quota[c] < by_class[c].len() {
+            quota[c] += 1;
+            left -= 1;
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6578_706c_6169_6e);
+    let mut chosen: Vec<usize> = Vec::with_capacity(max);
+    for (members, &q) in by_class.iter_mut().zip(&quota) {
+        members.shuffle(&mut rng);
+        chosen.extend_from_slice(&members[..q]);
+    }
+    scans
+        .iter()
+        .copied()
+        .filter(|s| chosen.contains(s))
+        .collect()
+}
+
+/// Everything one explanation produced, as `importance.json` holds it: the
+/// importance, which scans it explained, and the regions' names and
+/// coordinates (so that `evaluate --collect` needs no data to compare folds).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Explanation {
+    pub importance: Importance,
+    pub scan_ids: Vec<String>,
+    pub region_names: Vec<String>,
+    pub coordinates: Option<Vec<[f64; 3]>>,
+}
+
+/// The regions' names: the dataset's region table, or `region<r>` (0-based,
+/// as the CSVs' `region` column and `planted.json` count).
+pub fn region_names(dataset: &Dataset) -> Vec<String> {
+    match &dataset.regions {
+        Some(table) => table.names.clone(),
+        None => (0..dataset.n_regions)
+            .map(|r| format!("region{r}"))
+            .collect(),
+    }
+}
+
+/// Explains `scans` and names the result (see [`explain`]).
+pub fn explain_scans(
+    gpu: &Gpu,
+    model: &Model,
+    dataset: &Arc<Dataset>,
+    scans: &[usize],
+    cfg: &Config,
+    options: &ExplainOptions,
+) -> Result<Explanation, TrainError> {
+    Ok(Explanation {
+        importance: explain(gpu, model, dataset, scans, cfg, options)?,
+        scan_ids: scans.iter().map(|&s| dataset.scans[s].id.clone()).collect(),
+        region_names: region_names(dataset),
+        coordinates: dataset.regions.as_ref().and_then(|t| t.coordinates.clone()),
+    })
+}
+
+/// The files an explanation writes, in order; which exist depends on the
+/// heatmap and on whether the regions have coordinates, both known before
+/// anything is computed (so every name can be checked first).
+pub fn explanation_file_names(heatmap: bool, coordinates: bool) -> Vec<&'static str> {
+    let mut names = vec![
+        "importance.json",
+        "importance_regions.csv",
+        "importance_time.csv",
+        "importance_regions.svg",
+    ];
+    if heatmap {
+        names.extend(["importance_cells.csv", "importance_heatmap.svg"]);
+    }
+    if coordinates {
+        names.push("importance_brain.svg");
+    }
+    names
+}
+
+/// How many of the top regions the plots show.
+const TOP_REGIONS: usize = 20;
+
+/// The contents of [`explanation_file_names`], in the same order.
+pub fn explanation_files(e: &Explanation) -> Vec<(&'static str, String)> {
+    let imp = &e.importance;
+    let names = &e.region_names;
+    let scores = region_scores(imp);
+    let heatmap = !imp.cells.is_empty();
+    let file_names = explanation_file_names(heatmap, e.coordinates.is_some());
+    let json = serde_json::to_string_pretty(e).unwrap_or_default() + "\n";
+    let mut texts = vec![
+        json,
+        regions_csv(imp, names),
+        time_csv(imp),
+        importance_svg(
+            &format!(
+                "Occlusion importance ({}): drop in the own-class logit",
+                imp.perturbation.name()
+            ),
+            names,
+            &scores,
+            TOP_REGIONS,
+        ),
+    ];
+    if heatmap {
+        texts.push(cells_csv(imp, names));
+        let cells = cell_scores(imp);
+        let top: Vec<usize> = ranked_regions(imp).into_iter().take(TOP_REGIONS).collect();
+        let columns: Vec<String> = segments(imp.crop_length, imp.segment_length)
+            .iter()
+            .map(|&(start, _)| start.to_string())
+            .collect();
+        texts.push(heatmap_svg(
+            "Occlusion importance per region and segment (top regions)",
+            &top.iter().map(|&r| names[r].clone()).collect::<Vec<_>>(),
+            &columns,
+            &top.iter().map(|&r| cells[r].clone()).collect::<Vec<_>>(),
+            "first frame of the segment (within the crop)",
+        ));
+    }
+    if let Some(coordinates) = &e.coordinates {
+        texts.push(glass_brain_svg(
+            &format!(
+                "Top {} regions by occlusion importance ({} scans, accuracy {:.2})",
+                TOP_REGIONS.min(names.len()),
+                e.scan_ids.len(),
+                imp.accuracy
+            ),
+            names,
+            coordinates,
+            &scores,
+            TOP_REGIONS,
+        ));
+    }
+    file_names.into_iter().zip(texts).collect()
+}
+
+/// Ranks of `values`, 1 = largest, ties sharing their mean rank.
+fn descending_ranks(values: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    let mut ranks = vec![0.0; values.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && values[order[j + 1]] == values[order[i]] {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            ranks[k] = rank;
+        }
+        i = j + 1;
+    }
+    ranks
+}
+
+/// Spearman's rank correlation (Pearson's of the tie-averaged ranks); 0
+/// when either side is constant.
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let (ra, rb) = (descending_ranks(a), descending_ranks(b));
+    let n = ra.len().min(rb.len());
+    if n == 0 {
+        return 0.0;
+    }
+    let mean = |r: &[f64]| r.iter().take(n).sum::<f64>() / n as f64;
+    let (ma, mb) = (mean(&ra), mean(&rb));
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for k in 0..n {
+        let (da, db) = (ra[k] - ma, rb[k] - mb);
+        sab += da * db;
+        saa += da * da;
+        sbb += db * db;
+    }
+    if saa == 0.0 || sbb == 0.0 {
+        0.0
+    } else {
+        sab / (saa * sbb).sqrt()
+    }
+}
+
+/// One region's standing across folds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConsensusRegion {
+    /// 0-based, as in the folds' CSVs.
+    pub region: usize,
+    pub name: String,
+    /// Mean over folds of the region's rank (1 = most important).
+    pub mean_rank: f64,
+    /// Mean over folds of its importance (the own-class logit drop).
+    pub mean_score: f64,
+    /// Folds that rank it among their top 10.
+    pub top10_folds: usize,
+}
+
+/// How far the folds' region rankings agree.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FoldAgreement {
+    pub folds: Vec<String>,
+    /// Spearman correlation of the region scores for every pair of folds.
+    pub pairs: Vec<(String, String, f64)>,
+    pub mean_pairwise_spearman: f64,
+    /// Explained scans' accuracy per fold (a map of a fold that does not
+    /// decode means little).
+    pub accuracy: Vec<f64>,
+    /// Every region, by mean rank (best first).
+    pub regions: Vec<ConsensusRegion>,
+}
+
+/// Compares the folds' explanations (at least one; all over the same regions).
+pub fn fold_agreement(folds: &[(String, Explanation)]) -> FoldAgreement {
+    let scores: Vec<Vec<f64>> = folds
+        .iter()
+        .map(|(_, e)| region_scores(&e.importance))
+        .collect();
+    let ranks: Vec<Vec<f64>> = scores.iter().map(|s| descending_ranks(s)).collect();
+    let mut pairs = Vec::new();
+    for i in 0..folds.len() {
+        for j in i + 1..folds.len() {
+            pairs.push((
+                folds[i].0.clone(),
+                folds[j].0.clone(),
+                spearman(&scores[i], &scores[j]),
+            ));
+        }
+    }
+    let mean_pairwise_spearman = if pairs.is_empty() {
+        f64::NAN
+    } else {
+        pairs.iter().map(|p| p.2).sum::<f64>() / pairs.len() as f64
+    };
+    let n = scores.first().map_or(0, Vec::len);
+    let k = folds.len().max(1) as f64;
+    let names = folds
+        .first()
+        .map(|(_, e)| e.region_names.clone())
+        .unwrap_or_default();
+    let mut regions: Vec<ConsensusRegion> = (0..n)
+        .map(|r| ConsensusRegion {
+            region: r,
+            name: names
+                .get(r)
+                .cloned()
+                .unwrap_or_else(|| format!("region{r}")),
+            mean_rank: ranks.iter().map(|x| x[r]).sum::<f64>() / k,
+            mean_score: scores.iter().map(|x| x[r]).sum::<f64>() / k,
+            top10_folds: ranks.iter().filter(|x| x[r] <= 10.0).count(),
+        })
+        .collect();
+    regions.sort_by(|a, b| {
+        a.mean_rank
+            .total_cmp(&b.mean_rank)
+            .then(a.region.cmp(&b.region))
+    });
+    FoldAgreement {
+        folds: folds.iter().map(|(name, _)| name.clone()).collect(),
+        pairs,
+        mean_pairwise_spearman,
+        accuracy: folds.iter().map(|(_, e)| e.importance.accuracy).collect(),
+        regions,
+    }
+}
+
+/// `importance_folds.csv`: every region by mean rank over the folds, with
+/// each fold's score.
+pub fn agreement_csv(agreement: &FoldAgreement, folds: &[(String, Explanation)]) -> String {
+    let mut out = String::from("region,name,mean_rank,mean_score,top10_folds");
+    for name in &agreement.folds {
+        out.push_str(&format!(",fold_{name}"));
+    }
+    out.push('\n');
+    let scores: Vec<Vec<f64>> = folds
+        .iter()
+        .map(|(_, e)| region_scores(&e.importance))
+        .collect();
+    for r in &agreement.regions {
+        out.push_str(&format!(
+            "{},{},{},{},{}",
+            r.region, r.name, r.mean_rank, r.mean_score, r.top10_folds
+        ));
+        for s in &scores {
+            out.push_str(&format!(",{}", s[r.region]));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,6 +833,101 @@ mod tests {
         assert_eq!(precision_at_k(&[3, 1, 0, 2], &[1, 3]), 1.0);
         assert_eq!(precision_at_k(&[3, 0, 1, 2], &[1, 3]), 0.5);
         assert_eq!(precision_at_k(&[0, 2, 1, 3], &[1, 3]), 0.0);
+    }
+
+    #[test]
+    fn stratified_subsets_keep_the_class_shares_and_repeat() {
+        use ndarray::Array2;
+        // 10 scans: 7 of class 0, 3 of class 1.
+        let labels: Vec<u32> = vec![0, 1, 0, 0, 1, 0, 0, 1, 0, 0];
+        let arrays = (0..10)
+            .map(|i| Array2::from_shape_fn((2, 8), |(r, t)| (i * 3 + r * 5 + t * t) as f32))
+            .collect();
+        let d =
+            Dataset::from_arrays(arrays, labels.clone(), vec!["a".into(), "b".into()], 8).unwrap();
+        let all: Vec<usize> = (0..10).collect();
+        assert_eq!(stratified_subset(&d, &all, 0, 1), all);
+        assert_eq!(stratified_subset(&d, &all, 10, 1), all);
+        let picked = stratified_subset(&d, &all, 5, 1);
+        assert_eq!(picked.len(), 5);
+        // 7·5/10 = 3.5 and 3·5/10 = 1.5: the tie goes to class 0.
+        let ones = picked.iter().filter(|&&s| labels[s] == 1).count();
+        assert_eq!(ones, 1);
+        assert!(picked.windows(2).all(|w| w[0] < w[1]), "{picked:?}");
+        assert_eq!(stratified_subset(&d, &all, 5, 1), picked);
+        let others: Vec<Vec<usize>> = (2..8)
+            .map(|seed| stratified_subset(&d, &all, 5, seed))
+            .collect();
+        assert!(
+            others.iter().any(|o| o != &picked),
+            "the seed changes nothing"
+        );
+        // A subset of a subset stays within it.
+        let sub = stratified_subset(&d, &[1, 2, 3, 4], 2, 9);
+        assert_eq!(sub.iter().filter(|&&s| labels[s] == 1).count(), 1);
+        assert!(sub.iter().all(|s| [1, 2, 3, 4].contains(s)));
+    }
+
+    #[test]
+    fn spearman_matches_hand_computed_values() {
+        assert!((spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        // Ranks (desc) a: 4,3,2,1; b: 3,4,1,2 -> d² = 1,1,1,1: 1 - 6·4/(4·15) = 0.6.
+        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[2.0, 1.0, 4.0, 3.0]) - 0.6).abs() < 1e-12);
+        // Ties share their mean rank; a constant side gives 0, not NaN.
+        assert_eq!(descending_ranks(&[5.0, 1.0, 5.0]), vec![1.5, 3.0, 1.5]);
+        assert_eq!(spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), 0.0);
+    }
+
+    #[test]
+    fn fold_agreement_ranks_regions_by_their_mean_rank() {
+        let explanation = |scores: &[f64]| Explanation {
+            importance: Importance {
+                regions: vec![ClassProfile {
+                    class: 0,
+                    scans: 2,
+                    mean: scores.to_vec(),
+                    std: vec![0.0; scores.len()],
+                }],
+                segments: Vec::new(),
+                cells: Vec::new(),
+                segment_length: 4,
+                crop_length: 8,
+                perturbation: Perturbation::Zero,
+                accuracy: 0.75,
+            },
+            scan_ids: vec!["s0".into(), "s1".into()],
+            region_names: vec!["a".into(), "b".into(), "c".into()],
+            coordinates: None,
+        };
+        let folds = vec![
+            ("1".to_string(), explanation(&[3.0, 2.0, 1.0])),
+            ("2".to_string(), explanation(&[2.0, 3.0, 1.0])),
+            ("3".to_string(), explanation(&[3.0, 1.0, 2.0])),
+        ];
+        let a = fold_agreement(&folds);
+        assert_eq!(a.pairs.len(), 3);
+        assert!((a.pairs[0].2 - 0.5).abs() < 1e-12, "{:?}", a.pairs);
+        assert!((a.mean_pairwise_spearman - (0.5 + 0.5 - 0.5) / 3.0).abs() < 1e-12);
+        let order: Vec<&str> = a.regions.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(order, vec!["a", "b", "c"]);
+        assert!((a.regions[0].mean_rank - 4.0 / 3.0).abs() < 1e-12);
+        assert_eq!(a.regions[0].top10_folds, 3);
+        let csv = agreement_csv(&a, &folds);
+        assert_eq!(
+            csv.lines().next().unwrap(),
+            "region,name,mean_rank,mean_score,top10_folds,fold_1,fold_2,fold_3"
+        );
+        assert_eq!(
+            csv.lines().nth(1).unwrap(),
+            "0,a,1.3333333333333333,2.6666666666666665,3,3,2,3"
+        );
+        // The record survives its JSON round trip (what --collect reads).
+        let json = serde_json::to_string(&folds[0].1).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Explanation>(&json).unwrap(),
+            folds[0].1
+        );
     }
 
     #[test]

@@ -346,6 +346,219 @@ pub fn importance_svg(title: &str, names: &[String], values: &[f64], top_k: usiz
     out
 }
 
+/// Diverging colour of v in [-1, 1]: blue (negative), white (0), red (positive).
+fn diverging(v: f64) -> String {
+    let v = if v.is_finite() {
+        v.clamp(-1.0, 1.0)
+    } else {
+        0.0
+    };
+    let (r, g, b) = if v >= 0.0 {
+        (255.0, 255.0 * (1.0 - v), 255.0 * (1.0 - v))
+    } else {
+        (255.0 * (1.0 + v), 255.0 * (1.0 + v), 255.0)
+    };
+    format!("#{:02x}{:02x}{:02x}", r as u8, g as u8, b as u8)
+}
+
+/// A heatmap: one row per named item (e.g. the top regions), one column per
+/// labelled bin (e.g. a segment of frames), each cell a `<rect class="cell">`
+/// coloured on a diverging scale symmetric about 0 (red = positive), its
+/// value in a `<title>` for hover. Rows are drawn in the order given.
+pub fn heatmap_svg(
+    title: &str,
+    row_names: &[String],
+    column_labels: &[String],
+    values: &[Vec<f64>],
+    x_label: &str,
+) -> String {
+    let rows = row_names.len().min(values.len());
+    let cols = column_labels.len();
+    let max = values
+        .iter()
+        .take(rows)
+        .flatten()
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, |m, v| m.max(v.abs()))
+        .max(1e-300);
+    let (label_w, cell_h) = (150.0, 18.0);
+    let cell_w = ((WIDTH - label_w - 90.0) / cols.max(1) as f64).max(4.0);
+    let width = label_w + cell_w * cols as f64 + 90.0;
+    let height = TOP + BOTTOM + cell_h * rows.max(1) as f64;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect x=\"0\" y=\"0\" width=\"{width:.0}\" height=\"{height:.0}\" fill=\"white\"/>\n\
+         <text x=\"{:.1}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
+        width / 2.0,
+        escape(title)
+    );
+    for (i, name) in row_names.iter().take(rows).enumerate() {
+        let y = TOP + cell_h * i as f64;
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            label_w - 6.0,
+            y + 13.0,
+            escape(name)
+        );
+        for (k, v) in values[i].iter().take(cols).enumerate() {
+            let shown = if v.is_finite() { *v } else { 0.0 };
+            let _ = writeln!(
+                out,
+                "<rect class=\"cell\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{cell_w:.2}\" height=\"{cell_h:.1}\" fill=\"{}\"><title>{}, {}: {}</title></rect>",
+                label_w + cell_w * k as f64,
+                diverging(shown / max),
+                escape(name),
+                escape(&column_labels[k]),
+                tick_label(shown)
+            );
+        }
+    }
+    let bottom = TOP + cell_h * rows as f64;
+    for (k, label) in column_labels.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{}</text>",
+            label_w + cell_w * (k as f64 + 0.5),
+            bottom + 14.0,
+            escape(label)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n\
+         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\">red +{} / blue -{}</text>",
+        label_w + cell_w * cols as f64 / 2.0,
+        bottom + 34.0,
+        escape(x_label),
+        label_w + cell_w * cols as f64 + 6.0,
+        TOP + 12.0,
+        tick_label(max),
+        tick_label(max)
+    );
+    out.push_str("</svg>\n");
+    out
+}
+
+/// A glass brain: every region's centre (millimetres, MNI-like axes: x left
+/// to right, y posterior to anterior, z inferior to superior) projected onto
+/// the sagittal (y, z), coronal (x, z) and axial (x, y) planes, inside an
+/// outline of the MNI brain's extent. All regions are small grey dots; the
+/// `top_k` highest `scores` are `<circle class="top">`s, sized and coloured by
+/// score and numbered by rank, and listed with their names beneath.
+pub fn glass_brain_svg(
+    title: &str,
+    names: &[String],
+    coordinates: &[[f64; 3]],
+    scores: &[f64],
+    top_k: usize,
+) -> String {
+    let n = names.len().min(coordinates.len()).min(scores.len());
+    let mut order: Vec<usize> = (0..n).filter(|&i| scores[i].is_finite()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order.truncate(top_k);
+    let max = order
+        .iter()
+        .map(|&i| scores[i].abs())
+        .fold(0.0f64, f64::max)
+        .max(1e-300);
+    // The MNI152 brain's extent in millimetres, per axis (x, y, z).
+    const EXTENT: [(f64, f64); 3] = [(-72.0, 72.0), (-108.0, 74.0), (-56.0, 84.0)];
+    let scale = 1.2; // pixels per millimetre
+                     // (label, horizontal axis, vertical axis): the vertical axis grows
+                     // upwards on screen (superior up; anterior up in the axial view).
+    let views: [(&str, usize, usize); 3] = [
+        ("sagittal (y, z)", 1, 2),
+        ("coronal (x, z)", 0, 2),
+        ("axial (x, y)", 0, 1),
+    ];
+    let panel_h = (EXTENT[1].1 - EXTENT[1].0) * scale;
+    let list_h = 16.0 * order.len() as f64;
+    let panels_w: f64 = views
+        .iter()
+        .map(|&(_, h, _)| (EXTENT[h].1 - EXTENT[h].0) * scale + 20.0)
+        .sum();
+    let width = panels_w + 20.0;
+    let height = TOP + panel_h + 40.0 + list_h + 20.0;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect x=\"0\" y=\"0\" width=\"{width:.0}\" height=\"{height:.0}\" fill=\"white\"/>\n\
+         <text x=\"{:.1}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
+        width / 2.0,
+        escape(title)
+    );
+    let mut left = 20.0;
+    for &(label, h, v) in &views {
+        let (h0, h1) = EXTENT[h];
+        let (v0, v1) = EXTENT[v];
+        let w = (h1 - h0) * scale;
+        let ph = (v1 - v0) * scale;
+        let top = TOP + (panel_h - ph) / 2.0;
+        let at = |p: &[f64; 3]| -> (f64, f64) {
+            (left + (p[h] - h0) * scale, top + (v1 - p[v]) * scale)
+        };
+        let _ = writeln!(
+            out,
+            "<ellipse cx=\"{:.1}\" cy=\"{:.1}\" rx=\"{:.1}\" ry=\"{:.1}\" fill=\"#f4f4f4\" stroke=\"#999\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            left + w / 2.0,
+            top + ph / 2.0,
+            w / 2.0,
+            ph / 2.0,
+            left + w / 2.0,
+            TOP + panel_h + 16.0,
+            label
+        );
+        for p in coordinates.iter().take(n) {
+            let (x, y) = at(p);
+            let _ = writeln!(
+                out,
+                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"1.6\" fill=\"#bbb\"/>"
+            );
+        }
+        // Lowest-ranked first, so the first-ranked is drawn on top.
+        for (rank, &i) in order.iter().enumerate().rev() {
+            let (x, y) = at(&coordinates[i]);
+            let s = scores[i] / max;
+            let r = 3.0 + 5.0 * s.abs();
+            let _ = writeln!(
+                out,
+                "<circle class=\"top\" cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"{r:.1}\" fill=\"{}\" fill-opacity=\"0.85\" stroke=\"#333\" stroke-width=\"0.5\"><title>{}. {}: {}</title></circle>\n\
+                 <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\">{}</text>",
+                diverging(0.35 + 0.65 * s),
+                rank + 1,
+                escape(&names[i]),
+                tick_label(scores[i]),
+                x + r + 1.0,
+                y + 3.0,
+                rank + 1
+            );
+        }
+        left += w + 20.0;
+    }
+    let list_top = TOP + panel_h + 40.0;
+    for (rank, &i) in order.iter().enumerate() {
+        let p = coordinates[i];
+        let _ = writeln!(
+            out,
+            "<text x=\"20\" y=\"{:.1}\">{}. {} ({:.0}, {:.0}, {:.0}): {}</text>",
+            list_top + 16.0 * rank as f64,
+            rank + 1,
+            escape(&names[i]),
+            p[0],
+            p[1],
+            p[2],
+            tick_label(scores[i])
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,6 +665,53 @@ mod tests {
         let svg = importance_svg("few", &names[..3], &values[..3], 15);
         assert_eq!(svg.matches("class=\"bar\"").count(), 3);
         check_xml(&svg);
+    }
+
+    #[test]
+    fn heatmap_has_one_cell_per_value_coloured_by_sign() {
+        let rows: Vec<String> = vec!["a".into(), "b & c".into()];
+        let cols: Vec<String> = (0..3).map(|k| format!("{}", 8 * k)).collect();
+        let values = vec![vec![2.0, 0.0, -1.0], vec![f64::NAN, 1.0, -2.0]];
+        let svg = heatmap_svg("cells", &rows, &cols, &values, "frame");
+        check_xml(&svg);
+        assert_eq!(svg.matches("class=\"cell\"").count(), 6);
+        // The extremes saturate: +max pure red, -max pure blue, 0 white.
+        assert!(svg.contains("fill=\"#ff0000\"><title>a, 0: 2</title>"));
+        assert!(svg.contains("fill=\"#0000ff\"><title>b &amp; c, 16: -2</title>"));
+        assert!(svg.contains("fill=\"#ffffff\"><title>a, 8: 0</title>"));
+    }
+
+    #[test]
+    fn glass_brain_marks_the_top_regions_in_three_views() {
+        let names: Vec<String> = (1..=5).map(|i| format!("r{i}")).collect();
+        let coords = vec![
+            [-40.0, -80.0, 0.0],
+            [0.0, 0.0, 0.0],
+            [40.0, 50.0, 60.0],
+            [10.0, -20.0, -30.0],
+            [0.0, 10.0, 20.0],
+        ];
+        let scores = vec![0.1, f64::NAN, 3.0, -1.0, 2.0];
+        let svg = glass_brain_svg("brain", &names, &coords, &scores, 2);
+        check_xml(&svg);
+        // Every region a grey dot in each of the three views; the top two
+        // marked in each view, and listed once, ranked, with coordinates.
+        assert_eq!(svg.matches("fill=\"#bbb\"").count(), 15);
+        assert_eq!(svg.matches("class=\"top\"").count(), 6);
+        assert!(svg.contains(">1. r3 (40, 50, 60): 3</text>"));
+        assert!(svg.contains(">2. r5 (0, 10, 20): 2</text>"));
+        assert!(!svg.contains("3. r"));
+        // Superior is up: in the sagittal view r3 (z 60) lies above r5 (z 20).
+        let cy = |title: &str| -> f64 {
+            let at = svg.find(title).unwrap();
+            let circle = svg[..at].rfind("<circle").unwrap();
+            let tail = &svg[circle..];
+            let start = tail.find("cy=\"").unwrap() + 4;
+            tail[start..start + tail[start..].find('"').unwrap()]
+                .parse()
+                .unwrap()
+        };
+        assert!(cy("<title>1. r3") < cy("<title>2. r5"));
     }
 
     #[test]

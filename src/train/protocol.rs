@@ -23,10 +23,16 @@ use crate::model::sizes::{self, Limits, SizeError};
 use crate::model::{DataDims, Model};
 use crate::train::baseline::{evaluate_connectivity, BaselineError, BaselineFold, Connectivity};
 use crate::train::checkpoint;
+use crate::train::explain::{
+    agreement_csv, explain_scans, explanation_files, fold_agreement, stratified_subset,
+    ExplainOptions, Explanation,
+};
 use crate::train::metrics::{
     roc_curve, single_predicted_class, FoldMetrics, MetricsError, Scores, Summary,
 };
-use crate::train::plots::{importance_svg, loss_curve_svg, roc_svg, RocCurve, Series};
+use crate::train::plots::{
+    glass_brain_svg, importance_svg, loss_curve_svg, roc_svg, RocCurve, Series,
+};
 use crate::train::rundir::{RunDir, RunDirError};
 use crate::train::trainer::{score_scans, train_phase, Phase, PhaseReport, RunOptions, TrainError};
 
@@ -680,6 +686,9 @@ pub fn run_fold(
         };
         fold_run.write_json(FOLD_ROC, &roc)?;
     }
+    if cfg.explain.in_evaluate {
+        write_fold_explanation(gpu, &model, dataset, &fold_cfg, plan, &fold_run, quiet)?;
+    }
     let predictions = Scores::new(&flat, dataset.num_classes())?.predictions();
     let single_predicted_class = single_predicted_class(&predictions, &dataset.class_names);
     if let Some(class) = &single_predicted_class {
@@ -718,6 +727,87 @@ pub fn run_fold(
         );
     }
     Ok(record)
+}
+
+/// Occlusion importance of (a stratified subset of) the fold's test scans:
+/// `explain::explanation_files` into the fold's folder.
+fn write_fold_explanation(
+    gpu: &Gpu,
+    model: &Model,
+    dataset: &Arc<Dataset>,
+    fold_cfg: &Config,
+    plan: &FoldPlan,
+    fold_run: &RunDir,
+    quiet: bool,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let scans = stratified_subset(dataset, &plan.test, fold_cfg.explain.max_scans, plan.seed);
+    let options = ExplainOptions::from_config(&fold_cfg.explain);
+    let explanation = explain_scans(gpu, model, dataset, &scans, fold_cfg, &options)?;
+    for (name, text) in explanation_files(&explanation) {
+        fold_run.write_text(name, &text)?;
+    }
+    if !quiet {
+        eprintln!(
+            "fold {}: explained {} test scans in {:.0} s (accuracy on them {:.2})",
+            plan.name,
+            scans.len(),
+            t0.elapsed().as_secs_f64(),
+            explanation.importance.accuracy
+        );
+    }
+    Ok(())
+}
+
+/// Across-fold agreement of the folds' explanations (when every fold has
+/// one): `importance_folds.csv`, the mean importance plots, and the JSON
+/// for `summary.json`'s "importance".
+fn collect_explanations(run: &RunDir, folds: &[String]) -> Result<Option<serde_json::Value>> {
+    let mut explained = Vec::new();
+    for name in folds {
+        let path = run.file(&format!("fold-{name}")).join("importance.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        explained.push((name.clone(), read_json::<Explanation>(&path)?));
+    }
+    let agreement = fold_agreement(&explained);
+    run.write_text(
+        "importance_folds.csv",
+        &agreement_csv(&agreement, &explained),
+    )?;
+    let names: Vec<String> = agreement.regions.iter().map(|r| r.name.clone()).collect();
+    let scores: Vec<f64> = agreement.regions.iter().map(|r| r.mean_score).collect();
+    let title = format!(
+        "Mean occlusion importance over {} folds (mean pairwise Spearman {:.2})",
+        folds.len(),
+        agreement.mean_pairwise_spearman
+    );
+    run.write_text(
+        "importance_regions.svg",
+        &importance_svg(&title, &names, &scores, 20),
+    )?;
+    if let Some(coordinates) = &explained[0].1.coordinates {
+        let mut by_region = vec![0.0; coordinates.len()];
+        for r in &agreement.regions {
+            by_region[r.region] = r.mean_score;
+        }
+        run.write_text(
+            "importance_brain.svg",
+            &glass_brain_svg(
+                &title,
+                &explained[0].1.region_names,
+                coordinates,
+                &by_region,
+                20,
+            ),
+        )?;
+    }
+    let mut json = serde_json::to_value(&agreement).unwrap_or_default();
+    if let Some(regions) = json.get_mut("regions").and_then(|v| v.as_array_mut()) {
+        regions.truncate(20);
+    }
+    Ok(Some(json))
 }
 
 /// Merges the finished folds of an evaluate run directory into
@@ -773,7 +863,8 @@ pub fn collect(run: &RunDir, wall_seconds: Option<f64>) -> Result<Evaluation> {
     });
     let mut adapters: Vec<&str> = records.iter().map(|r| r.adapter.as_str()).collect();
     adapters.dedup();
-    let doc = serde_json::json!({
+    let importance = collect_explanations(run, &index.folds)?;
+    let mut doc = serde_json::json!({
         "accuracy": summary.accuracy,
         "auc": summary.auc,
         "recall": summary.recall,
@@ -788,6 +879,10 @@ pub fn collect(run: &RunDir, wall_seconds: Option<f64>) -> Result<Evaluation> {
         "adapter": adapters.join(", "),
         "data_fingerprint": index.data_fingerprint,
     });
+    if let (Some(importance), Some(map)) = (importance, doc.as_object_mut()) {
+        // The top 20 regions by mean rank; all of them in importance_folds.csv.
+        map.insert("importance".to_string(), importance);
+    }
     run.write_summary(&doc)?;
     if !curves.is_empty() {
         run.write_text("roc.svg", &roc_svg("ROC per fold", &curves))?;
