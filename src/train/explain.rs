@@ -632,7 +632,7 @@ pub fn explanation_files(e: &Explanation) -> Vec<(&'static str, String)> {
         time_csv(imp),
         importance_svg(
             &format!(
-                "Occlusion importance ({}): drop in the own-class logit",
+                "Occlusion importance ({}): drop in the own-class logit (red: a rise)",
                 imp.perturbation.name()
             ),
             names,

@@ -429,12 +429,12 @@ pub fn heatmap_svg(
     let _ = writeln!(
         out,
         "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n\
-         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\">red +{} / blue -{}</text>",
+         <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" font-size=\"10\">colour scale: red +{}, white 0, blue -{}</text>",
         label_w + cell_w * cols as f64 / 2.0,
         bottom + 34.0,
         escape(x_label),
-        label_w + cell_w * cols as f64 + 6.0,
-        TOP + 12.0,
+        label_w + cell_w * cols as f64,
+        TOP - 4.0,
         tick_label(max),
         tick_label(max)
     );
