@@ -1,17 +1,19 @@
 //! `stptf evaluate`: the paper's cross-validation protocol
 //! (`train::protocol::cross_validate`), printed in the paper's form; or one
 //! fold of it (`--fold K`, for a cluster's job array), or the merge of the
-//! finished folds (`--collect RUN`).
+//! finished folds (`--collect RUN`); or train on one dataset and score
+//! another (`--test-dataset D2`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
 use stptf::train::metrics::format_table;
 use stptf::train::protocol::{
-    check_evaluable, collect, cross_validate, fold_index, load_dataset, plan_folds, run_fold,
-    select_fold, write_fold_index, Evaluation,
+    check_evaluable, collect, cross_validate, evaluate_transfer, fold_index, load_dataset,
+    load_dataset_file, plan_folds, run_fold, select_fold, write_fold_index, Evaluation,
 };
 use stptf::train::rundir::RunDir;
 
@@ -34,6 +36,16 @@ pub struct EvaluateArgs {
         conflicts_with_all = ["fold", "config", "dataset", "data", "out", "seed", "set"]
     )]
     pub collect: Option<PathBuf>,
+    /// Train on the dataset (pretrain and fine-tune as one fold of the
+    /// protocol would, on all of its scans) and score every scan of this
+    /// second dataset: how a lab checks a model on a new site. Same region
+    /// count and classes required. Writes the same summary.json and ROC as a
+    /// cross-validation, with the one fold `transfer`.
+    #[arg(long, value_name = "D2", conflicts_with_all = ["fold", "collect"])]
+    pub test_dataset: Option<PathBuf>,
+    /// Data directory of the test dataset, replacing its description's `data_dir`.
+    #[arg(long, value_name = "DIR", requires = "test_dataset")]
+    pub test_data: Option<PathBuf>,
 }
 
 pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
@@ -50,6 +62,33 @@ pub fn run(args: &EvaluateArgs) -> anyhow::Result<()> {
     // Refused before anything is written.
     check_evaluable(&cfg)?;
     let dataset = load_dataset(&cfg, c.data.as_deref(), c.quiet)?;
+    if let Some(test_path) = &args.test_dataset {
+        // Both datasets load, and must agree, before anything is written.
+        let test = load_dataset_file(test_path, args.test_data.as_deref())?;
+        let first_test = dataset.scans.len();
+        let combined = Arc::new(
+            Arc::unwrap_or_clone(dataset)
+                .followed_by(test)
+                .with_context(|| format!("cannot test on {}", test_path.display()))?,
+        );
+        let out = c.out.clone().unwrap_or_else(|| default_out("evaluate"));
+        let run = RunDir::create(&out)?;
+        let evaluation = run.attempt(|run| {
+            run.write_config(&cfg)?;
+            let gpu = open_gpu(c.quiet)?;
+            anyhow::Ok(evaluate_transfer(
+                &gpu, &combined, first_test, &cfg, run, c.quiet,
+            )?)
+        })?;
+        println!(
+            "trained on {} scans, tested on the {} scans of {}",
+            first_test,
+            combined.scans.len() - first_test,
+            test_path.display()
+        );
+        print(&evaluation, run.path().display().to_string());
+        return Ok(());
+    }
     if let Some(key) = &args.fold {
         let out = c.out.as_ref().expect("clap requires --out with --fold");
         let plans = plan_folds(&dataset, &cfg)?;

@@ -345,6 +345,42 @@ impl Dataset {
         self.class_names.len()
     }
 
+    /// The scans of `self` followed by those of `test` (`evaluate
+    /// --test-dataset`: train on the first, score the second). Both must
+    /// have the same region count and class names, in the same order. The
+    /// test scans' subjects are prefixed with `test:` so that a subject id
+    /// that happens to occur in both datasets is two subjects; the first
+    /// dataset's region table names the regions.
+    pub fn followed_by(self, test: Dataset) -> Result<Dataset> {
+        if test.n_regions != self.n_regions {
+            return Err(DataError::TransferMismatch {
+                what: "region count",
+                train: format!("{} ({})", self.n_regions, self.name),
+                test: format!("{} ({})", test.n_regions, test.name),
+            });
+        }
+        if test.class_names != self.class_names {
+            return Err(DataError::TransferMismatch {
+                what: "classes",
+                train: format!("{:?} ({})", self.class_names, self.name),
+                test: format!("{:?} ({})", test.class_names, test.name),
+            });
+        }
+        let mut scans = self.scans;
+        scans.extend(test.scans.into_iter().map(|scan| Scan {
+            subject: format!("test:{}", scan.subject),
+            ..scan
+        }));
+        let mut report = self.report;
+        report.files_found += test.report.files_found;
+        Ok(Dataset {
+            name: format!("{} then {}", self.name, test.name),
+            scans,
+            report,
+            ..self
+        })
+    }
+
     /// At least two classes present, and each subject has a single label
     /// (splits are by subject and stratify by the subject's label).
     fn check_classes(&self) -> Result<()> {
@@ -718,7 +754,19 @@ impl fmt::Display for Summary<'_> {
             d.scans.len(),
             d.report.files_found
         )?;
-        writeln!(f, "regions   {}", d.n_regions)?;
+        match &d.regions {
+            Some(table) => writeln!(
+                f,
+                "regions   {} (named by the region table{})",
+                d.n_regions,
+                if table.coordinates.is_some() {
+                    ", with coordinates"
+                } else {
+                    ", without coordinates"
+                }
+            )?,
+            None => writeln!(f, "regions   {}", d.n_regions)?,
+        }
         writeln!(
             f,
             "length    min {}, median {}, max {} frames",

@@ -76,6 +76,13 @@ pub enum DataError {
         message: String,
     },
 
+    #[error("the test dataset's {what} is {test}, the training dataset's {train}; a model trained on one cannot score the other")]
+    TransferMismatch {
+        what: &'static str,
+        train: String,
+        test: String,
+    },
+
     #[error("{path}: {message}")]
     BadNpy { path: String, message: String },
 

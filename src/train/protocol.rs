@@ -371,6 +371,74 @@ pub fn plan_folds(dataset: &Dataset, cfg: &Config) -> Result<Vec<FoldPlan>> {
         .collect()
 }
 
+/// The one "fold" of `evaluate --test-dataset`: `dataset` is the training
+/// dataset's scans followed, from index `first_test`, by the test dataset's
+/// (`Dataset::followed_by`). Pretraining and fine-tuning see only the
+/// training dataset (its `data.pretrain_sites` / `data.finetune_sites`
+/// scans, `finetune.label_fraction`, the validation split), exactly as one
+/// fold of [`plan_folds`] does; every test-dataset scan is scored (and, with
+/// `evaluate.include_test_unlabeled`, also pretrained on without its label).
+pub fn plan_transfer(dataset: &Dataset, first_test: usize, cfg: &Config) -> Result<FoldPlan> {
+    let training = |scans: Vec<usize>| -> Vec<usize> {
+        scans.into_iter().filter(|&s| s < first_test).collect()
+    };
+    let train = training(scans_of_sites(
+        dataset,
+        &cfg.data.finetune_sites,
+        "data.finetune_sites",
+    )?);
+    let test: Vec<usize> = (first_test..dataset.scans.len()).collect();
+    let mut pretrain = Vec::new();
+    if cfg.pretrain.epochs > 0 {
+        pretrain = training(scans_of_sites(
+            dataset,
+            &cfg.data.pretrain_sites,
+            "data.pretrain_sites",
+        )?);
+        if cfg.evaluate.include_test_unlabeled {
+            pretrain.extend(&test);
+        }
+    }
+    let seed = cfg.seed;
+    let mut finetune = subsample_labeled(
+        &train,
+        &dataset.labels(),
+        &dataset.subjects(),
+        cfg.finetune.label_fraction,
+        seed,
+    )?;
+    let validation = validation_split(dataset, &mut finetune, cfg, seed, TRANSFER_FOLD)?;
+    Ok(FoldPlan {
+        name: TRANSFER_FOLD.to_string(),
+        seed,
+        pretrain,
+        finetune,
+        validation,
+        train,
+        test,
+    })
+}
+
+/// The fold name of `evaluate --test-dataset` (its folder is `fold-transfer/`).
+pub const TRANSFER_FOLD: &str = "transfer";
+
+/// `evaluate --test-dataset`: [`plan_transfer`]'s fold by [`run_fold`], then
+/// [`collect`]: the same files as a cross-validation with one fold.
+pub fn evaluate_transfer(
+    gpu: &Gpu,
+    dataset: &Arc<Dataset>,
+    first_test: usize,
+    cfg: &Config,
+    run: &RunDir,
+    quiet: bool,
+) -> Result<Evaluation> {
+    let started = Instant::now();
+    let plan = plan_transfer(dataset, first_test, cfg)?;
+    write_fold_index(run, &fold_index(dataset, cfg, std::slice::from_ref(&plan)))?;
+    run_fold(gpu, dataset, cfg, &plan, run, quiet)?;
+    collect(run, Some(started.elapsed().as_secs_f64()))
+}
+
 /// Moves `finetune.validation_fraction` of `finetune`'s subjects (per class,
 /// seeded) into the returned validation split. Refuses a split that would
 /// leave a class with no training subject.
