@@ -12,6 +12,9 @@
 // z = batch items in this launch. backward_weight: x = ceil(Cin/32),
 // y = ceil(Cout/32), z = k. backward_bias: linear over Cout, 64 per group.
 //
+// These direct kernels are the fallback: shapes the matmul path (the layout
+// kernels at the end of this file plus matmul.wgsl) does not take.
+//
 // Weight and bias gradients sum over batch and time (up to 64 × 316 terms):
 // blocked two-level sums (per 64 time steps, then into the total) keep them
 // within Tolerance::Accumulation. With ACCUMULATE they add into `out`, which
@@ -215,4 +218,70 @@ fn backward_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         total = total + out[o];
     }
     out[o] = total;
+}
+
+// ---------------------------------------------------------------------------
+// Layout kernels of the matmul path (src/ops/conv1d.rs): with kk = c·k + j
+// (w's own row-major layout, so w is a [Cout, Cin·k] matrix as stored),
+//   y[b] (Cout x T) = w (Cout x Cin·k) · X_b (Cin·k x T),
+//   X_b[kk, t] = x[b, c, t + j − h]  (zero outside [0, T): the padding),
+// the input gradient is the same product of dy with the weight flipped
+// (`flip_weight`), and dw = Σ_b dy[b] · X_bᵀ, a single Aᵀ·B product over the
+// B·T rows of dy and X transposed (`im2col_t`). The products run on
+// matmul.wgsl's vec4 kernels; these entry points only rearrange data.
+// All are linear over their output, 64 per group (grid folded into y).
+// Their p.cin / p.cout are the channels of the tensor they read (`src`).
+
+fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 64u + lid;
+}
+
+// out [B, Cin·k, T]: out[b, kk, t] = src[b, c, t + j − h].
+@compute @workgroup_size(64)
+fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    let ck = p.cin * p.k;
+    if (i >= p.batch * ck * p.t) { return; }
+    let t = i % p.t;
+    let kk = (i / p.t) % ck;
+    let b = i / (p.t * ck);
+    let c = kk / p.k;
+    let j = kk % p.k;
+    out[i] = src_at(b, p.cin, c, i32(t) + i32(j) - i32(p.k / 2u));
+}
+
+// out [B, T, Cin·k]: out[b, t, kk] = src[b, c, t + j − h] (X_b transposed,
+// so the weight gradient's contraction over b and t is along rows).
+@compute @workgroup_size(64)
+fn im2col_t(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    let ck = p.cin * p.k;
+    if (i >= p.batch * ck * p.t) { return; }
+    let kk = i % ck;
+    let t = (i / ck) % p.t;
+    let b = i / (ck * p.t);
+    let c = kk / p.k;
+    let j = kk % p.k;
+    out[i] = src_at(b, p.cin, c, i32(t) + i32(j) - i32(p.k / 2u));
+}
+
+// out[c, o, j] = w[o, c, k − 1 − j] (p.cin, p.cout: the convolution's own):
+// dx[b, c, t] = Σ_o Σ_j w[o, c, j] · dy[b, o, t + h − j] is, with
+// j' = k − 1 − j, the forward of dy with this weight (t + h − j = t + j' − h).
+@compute @workgroup_size(64)
+fn flip_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.cout * p.cin * p.k) { return; }
+    let j = i % p.k;
+    let o = (i / p.k) % p.cout;
+    let c = i / (p.k * p.cout);
+    out[i] = w[(o * p.cin + c) * p.k + (p.k - 1u - j)];
+}
+
+// out [B, Cout, T] = bias[o]: the forward's product then accumulates onto it.
+@compute @workgroup_size(64)
+fn bias_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.batch * p.cout * p.t) { return; }
+    out[i] = bias[(i / p.t) % p.cout];
 }

@@ -182,11 +182,29 @@ fn family_cases(gpu: &Gpu) -> Result<Vec<Case>> {
     let xc = input(gpu, &[b, d, t], 7)?;
     let wc = input(gpu, &[d, d, 3], 8)?;
     let bc = input(gpu, &[d], 9)?;
+    let gc = input(gpu, &[b, d, t], 23)?;
+    let (xg, wg, gg) = (xc.clone(), wc.clone(), gc.clone());
+    let (xw, ww) = (xc.clone(), wc.clone());
     cases.push(case(
         "conv1d k3 (calibration V)",
         format!("[{b},{d},{t}]*[{d},{d},3]"),
         Work::Flops(2.0 * (b * d * d * 3 * t) as f64),
         move |gpu| conv1d::conv1d(gpu, &xc, &wc, &bc).map(drop),
+    ));
+    // The two gradients of the same convolution: together with the forward
+    // they are the profile's conv1d family (the weight gradient contracts
+    // over B·T = 4096 terms per output, the others over Cin·k = 384).
+    cases.push(case(
+        "conv1d k3 dx (calibration V)",
+        format!("[{b},{d},{t}]*[{d},{d},3]"),
+        Work::Flops(2.0 * (b * d * d * 3 * t) as f64),
+        move |gpu| conv1d::conv1d_backward_input(gpu, &xg, &wg, &gg).map(drop),
+    ));
+    cases.push(case(
+        "conv1d k3 dw (calibration V)",
+        format!("[{b},{d},{t}]*[{d},{d},3]"),
+        Work::Flops(2.0 * (b * d * d * 3 * t) as f64),
+        move |gpu| conv1d::conv1d_backward_weight(gpu, &xw, &ww, &gc).map(drop),
     ));
 
     let xs = input(gpu, &[b, n, t], 10)?;

@@ -6,8 +6,25 @@
 //! Inputs larger than one storage binding (the fusion conv's [B, N·F, T] is
 //! over 128 MiB at the paper's sizes) are split over batch items; the weight
 //! and bias gradients then add up the launches' parts on the GPU.
+//!
+//! Two implementations of the forward, input and weight gradients
+//! ([`Path`]). `Matmul`, taken where its conditions hold ([`forward_path`]
+//! and siblings: every convolution of the calibration at the model's
+//! sizes): the convolution as a matrix product, w viewed as [Cout, Cin·k]
+//! times the im2col matrix of x ([B, Cin·k, T], rows = x's channels
+//! shifted by each tap, zero-padded exactly as the direct kernels pad),
+//! on matmul's vec4 register-tiled kernels; the input gradient is the same
+//! product of dy with the weight flipped, the weight gradient one Aᵀ·B
+//! product over the B·T rows (so matmul's split-K applies to long sums).
+//! `Direct`: the 4x4-tile convolution kernels, for the other shapes.
+//! (Measured on lavapipe: the products ran 1.2–1.3x faster as matmul's
+//! kernels plus a layout pass than as direct kernels, and 1.3x faster than
+//! vec4 direct kernels that shift x's rows on the fly, which were tried and
+//! dropped: docs/benchmarks.md, 2026-12-02.)
 
 use crate::gpu::{Gpu, GpuError, Result, Tensor, MAX_GROUPS_PER_DIM};
+use crate::ops::matmul::{self, Spec};
+use crate::ops::transpose;
 
 const SHADER: crate::gpu::Shader = crate::shader!("conv1d");
 
@@ -109,14 +126,186 @@ fn for_each_chunk(gpu: &Gpu, d: Dims, mut f: impl FnMut(usize, usize) -> Result<
     Ok(())
 }
 
+/// Which implementation a product runs (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Layout kernels plus matmul's vec4 kernels.
+    Matmul,
+    /// The convolution kernels of `shaders/conv1d.wgsl`.
+    Direct,
+}
+
+/// Whether a tensor of `elems` fits one storage binding: the matmul path
+/// binds its im2col operands whole (the direct kernels split over batch
+/// items instead), so a larger one takes the direct path.
+fn fits(gpu: &Gpu, elems: usize) -> bool {
+    elems <= gpu.planner("conv1d").limit_elems()
+}
+
+/// The forward's path: matmul's NN vec4 kernel needs K = Cin·k and N = T
+/// multiples of 4 (otherwise its scalar kernel would be no faster than the
+/// direct one).
+pub fn forward_path(gpu: &Gpu, d: Dims) -> Path {
+    let ck = d.cin * d.k;
+    if d.t % 4 == 0 && ck % 4 == 0 && fits(gpu, d.batch * ck * d.t) {
+        Path::Matmul
+    } else {
+        Path::Direct
+    }
+}
+
+/// The input gradient's: the forward of dy (Cout channels) with the
+/// flipped weight, so K = Cout·k.
+pub fn backward_input_path(gpu: &Gpu, d: Dims) -> Path {
+    let ck = d.cout * d.k;
+    if d.t % 4 == 0 && ck % 4 == 0 && fits(gpu, d.batch * ck * d.t) {
+        Path::Matmul
+    } else {
+        Path::Direct
+    }
+}
+
+/// The weight gradient's: matmul's TN vec4 kernel needs M = Cout,
+/// N = Cin·k and K = B·T multiples of 4.
+pub fn backward_weight_path(gpu: &Gpu, d: Dims) -> Path {
+    let ck = d.cin * d.k;
+    let rows = d.batch * d.t;
+    if d.cout % 4 == 0
+        && ck % 4 == 0
+        && rows % 4 == 0
+        && fits(gpu, rows * ck)
+        && fits(gpu, rows * d.cout)
+    {
+        Path::Matmul
+    } else {
+        Path::Direct
+    }
+}
+
+/// Runs one of the layout kernels (linear over `elems` outputs) into a new
+/// tensor of `shape`.
+fn layout(
+    gpu: &Gpu,
+    entry: &'static str,
+    args: &[(u32, crate::gpu::Arg<'_>)],
+    p: &Params,
+    shape: &[usize],
+) -> Result<Tensor> {
+    let out = gpu.empty(shape);
+    let mut all = args.to_vec();
+    all.push((4, out.arg()));
+    gpu.launch_threads(
+        SHADER.kernel(entry),
+        &all,
+        p,
+        shape.iter().product::<usize>() as u64,
+    )?;
+    Ok(out)
+}
+
+/// src [B, d.cin, T] as the im2col matrix [B, Cin·k, T] (`transposed`:
+/// [B, T, Cin·k]), zero outside [0, T) like the direct kernels' padding.
+fn im2col(gpu: &Gpu, d: Dims, src: &Tensor, transposed: bool) -> Result<Tensor> {
+    let ck = d.cin * d.k;
+    let (entry, shape) = if transposed {
+        ("im2col_t", [d.batch, d.t, ck])
+    } else {
+        ("im2col", [d.batch, ck, d.t])
+    };
+    layout(
+        gpu,
+        entry,
+        &[(0, src.arg())],
+        &params(d, d.batch, false),
+        &shape,
+    )
+}
+
+// Every launch below is its own compute pass, and wgpu makes a pass's
+// storage writes visible to the next pass's reads of the same buffer: each
+// layout kernel's output is complete before the product that reads it.
+
+fn forward_matmul(gpu: &Gpu, d: Dims, x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    // y starts as the bias rows; the product accumulates onto them.
+    let y = layout(
+        gpu,
+        "bias_rows",
+        &[(2, bias.arg())],
+        &params(d, d.batch, false),
+        &[d.batch, d.cout, d.t],
+    )?;
+    // A 1x1 convolution's im2col matrix is x itself.
+    let cols = if d.k == 1 {
+        x.clone()
+    } else {
+        im2col(gpu, d, x, false)?
+    };
+    let w2 = w.reshape(&[d.cout, d.cin * d.k])?;
+    matmul::matmul_into(gpu, &w2, &cols, &y, Spec::NN.accumulate(), 1.0)?;
+    Ok(y)
+}
+
+fn backward_input_matmul(gpu: &Gpu, d: Dims, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let flipped = layout(
+        gpu,
+        "flip_weight",
+        &[(1, w.arg())],
+        &params(d, d.batch, false),
+        &[d.cin, d.cout * d.k],
+    )?;
+    // dy read as the source: its Cout channels are the im2col's channels.
+    let swapped = Dims {
+        cin: d.cout,
+        cout: d.cin,
+        ..d
+    };
+    let cols = if d.k == 1 {
+        dy.clone()
+    } else {
+        im2col(gpu, swapped, dy, false)?
+    };
+    let dx = gpu.empty(&[d.batch, d.cin, d.t]);
+    matmul::matmul_into(gpu, &flipped, &cols, &dx, Spec::NN, 1.0)?;
+    Ok(dx)
+}
+
+fn backward_weight_matmul(gpu: &Gpu, d: Dims, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let rows = d.batch * d.t;
+    let ck = d.cin * d.k;
+    // dw [Cout, Cin·k] = Σ_b Σ_t dy[b, :, t] ⊗ X_b[:, t]: dyᵀ and X_bᵀ stacked
+    // over b are [B·T, Cout] and [B·T, Cin·k], one Aᵀ·B product (split over
+    // its B·T rows by matmul when the output is small and the sum long).
+    let dyt = transpose::transpose(gpu, dy)?.reshape(&[rows, d.cout])?;
+    let colst = im2col(gpu, d, x, true)?.reshape(&[rows, ck])?;
+    let dw = gpu.empty(&[d.cout, d.cin, d.k]);
+    matmul::matmul_into(
+        gpu,
+        &dyt,
+        &colst,
+        &dw.reshape(&[d.cout, ck])?,
+        Spec::TN,
+        1.0,
+    )?;
+    Ok(dw)
+}
+
 /// y = conv1d(x, w) + bias.
 pub fn conv1d(gpu: &Gpu, x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let d = dims(x, w)?;
+    conv1d_via(gpu, forward_path(gpu, d), x, w, bias)
+}
+
+/// [`conv1d`] on a chosen path (tests run both on the same inputs).
+pub fn conv1d_via(gpu: &Gpu, path: Path, x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let d = dims(x, w)?;
     if bias.len() != d.cout {
         return Err(GpuError::Shape {
             op: "conv1d",
             message: format!("bias {:?} for {} output channels", bias.shape(), d.cout),
         });
+    }
+    if path == Path::Matmul {
+        return forward_matmul(gpu, d, x, w, bias);
     }
     let y = gpu.empty(&[d.batch, d.cout, d.t]);
     let kernel = SHADER.kernel("forward");
@@ -161,7 +350,22 @@ fn check_dy(d: Dims, dy: &Tensor) -> Result<()> {
 /// dx [B, Cin, T] from the output gradient dy [B, Cout, T].
 pub fn conv1d_backward_input(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let d = dims(x, w)?;
+    conv1d_backward_input_via(gpu, backward_input_path(gpu, d), x, w, dy)
+}
+
+/// [`conv1d_backward_input`] on a chosen path.
+pub fn conv1d_backward_input_via(
+    gpu: &Gpu,
+    path: Path,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+) -> Result<Tensor> {
+    let d = dims(x, w)?;
     check_dy(d, dy)?;
+    if path == Path::Matmul {
+        return backward_input_matmul(gpu, d, w, dy);
+    }
     let dx = gpu.empty(x.shape());
     let kernel = SHADER.kernel("backward_input");
     let tile = tile(gpu, kernel)?;
@@ -190,7 +394,22 @@ pub fn conv1d_backward_input(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor) -> 
 /// dw [Cout, Cin, k], summed over batch and time.
 pub fn conv1d_backward_weight(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let d = dims(x, w)?;
+    conv1d_backward_weight_via(gpu, backward_weight_path(gpu, d), x, w, dy)
+}
+
+/// [`conv1d_backward_weight`] on a chosen path.
+pub fn conv1d_backward_weight_via(
+    gpu: &Gpu,
+    path: Path,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+) -> Result<Tensor> {
+    let d = dims(x, w)?;
     check_dy(d, dy)?;
+    if path == Path::Matmul {
+        return backward_weight_matmul(gpu, d, x, dy);
+    }
     let dw = gpu.empty(w.shape());
     let kernel = SHADER.kernel("backward_weight");
     let tile = tile(gpu, kernel)?;
@@ -413,6 +632,151 @@ mod tests {
             3,
             "{trace:?}"
         );
+    }
+
+    /// Runs `check_case` traced; asserts each product took the path its
+    /// selector names (the matmul path: its layout kernels and matmul
+    /// dispatches; the direct path: the convolution kernel) and returns
+    /// the trace.
+    fn check_traced(gpu: &Gpu, d: Dims, seed: u64) -> Vec<crate::gpu::Recorded> {
+        let paths = [
+            forward_path(gpu, d),
+            backward_input_path(gpu, d),
+            backward_weight_path(gpu, d),
+        ];
+        let ((), trace) = gpu.traced(|| check_case(gpu, d, seed));
+        let ran = |name: &str| !crate::check::dispatches(&trace, name).is_empty();
+        let markers = [
+            ("conv1d::forward", "conv1d::bias_rows"),
+            ("conv1d::backward_input", "conv1d::flip_weight"),
+            ("conv1d::backward_weight", "conv1d::im2col_t"),
+        ];
+        for (path, (direct, layout)) in paths.into_iter().zip(markers) {
+            assert_eq!(
+                ran(direct),
+                path == Path::Direct,
+                "{d:?} {path:?}: {trace:?}"
+            );
+            assert_eq!(
+                ran(layout),
+                path == Path::Matmul,
+                "{d:?} {path:?}: {trace:?}"
+            );
+        }
+        if paths.contains(&Path::Matmul) {
+            let vec4 = ["matmul_nn_vec4", "matmul_tn_vec4"]
+                .iter()
+                .any(|k| ran(&format!("matmul::{k}")));
+            assert!(vec4, "{d:?}: no vec4 matmul in {trace:?}");
+        }
+        trace
+    }
+
+    #[test]
+    fn matmul_path_matches_reference() {
+        let gpu = gpu();
+        // (shape, [forward, input gradient, weight gradient] on the matmul path?)
+        for (i, (d, want)) in [
+            // one vector of time steps: both paddings inside it
+            (dims_of(1, 4, 4, 4, 3), [true, true, true]),
+            // odd Cout: the input gradient's K = Cout·k = 15 and the weight
+            // gradient's M = 5 are not multiples of 4, so those run direct
+            (dims_of(3, 4, 5, 12, 3), [true, false, false]),
+            (dims_of(2, 8, 12, 36, 3), [true, true, true]),
+            // k = 5 (taps ±2), odd batch
+            (dims_of(3, 12, 8, 20, 5), [true, true, true]),
+            // k = 9 > T: taps past both ends
+            (dims_of(1, 4, 4, 8, 9), [true, true, true]),
+            // Q/K (D = 128 → 64) at T = 44
+            (dims_of(2, 128, 64, 44, 3), [true, true, true]),
+            // the calibration's 1×1 output convolution (no im2col pass)
+            (dims_of(2, 128, 128, 32, 1), [true, true, true]),
+            // Cin·k = 9: a direct forward and weight gradient
+            (dims_of(2, 9, 20, 16, 1), [false, true, false]),
+            // more output channels than one 64-row matmul tile
+            (dims_of(2, 4, 68, 8, 3), [true, true, true]),
+            // B·T = 8,960 rows into a 4 x 12 weight gradient: matmul's split-K
+            (dims_of(70, 4, 4, 128, 3), [true, true, true]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let got = [
+                forward_path(gpu, d) == Path::Matmul,
+                backward_input_path(gpu, d) == Path::Matmul,
+                backward_weight_path(gpu, d) == Path::Matmul,
+            ];
+            assert_eq!(got, want, "{d:?}");
+            check_traced(gpu, d, 1300 + 10 * i as u64);
+        }
+    }
+
+    #[test]
+    fn direct_path_covers_the_other_shapes() {
+        let gpu = gpu();
+        for (i, d) in [dims_of(3, 16, 8, 33, 3), dims_of(2, 3, 5, 7, 3)]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(forward_path(gpu, d), Path::Direct);
+            assert_eq!(backward_input_path(gpu, d), Path::Direct);
+            assert_eq!(backward_weight_path(gpu, d), Path::Direct);
+            check_traced(gpu, d, 1500 + 10 * i as u64);
+        }
+    }
+
+    #[test]
+    fn both_paths_agree_on_the_same_inputs() {
+        // The calibration's V shape at a shorter T: each path on request.
+        let gpu = gpu();
+        let d = dims_of(2, 128, 128, 16, 3);
+        let x = gpu
+            .upload(&random_vec(2 * 128 * 16, 1), &[2, 128, 16])
+            .unwrap();
+        let w = gpu
+            .upload(&random_vec(128 * 128 * 3, 2), &[128, 128, 3])
+            .unwrap();
+        let b = gpu.upload(&random_vec(128, 3), &[128]).unwrap();
+        let g = gpu
+            .upload(&random_vec(2 * 128 * 16, 4), &[2, 128, 16])
+            .unwrap();
+        let run = |path| {
+            let out = [
+                conv1d_via(gpu, path, &x, &w, &b).unwrap(),
+                conv1d_backward_input_via(gpu, path, &x, &w, &g).unwrap(),
+                conv1d_backward_weight_via(gpu, path, &x, &w, &g).unwrap(),
+            ];
+            out.map(|t| to_f64(&gpu.read(&t).unwrap()))
+        };
+        let ((direct, via_matmul), trace) = gpu.traced(|| (run(Path::Direct), run(Path::Matmul)));
+        for name in [
+            "conv1d::forward",
+            "conv1d::backward_weight",
+            "matmul::matmul_tn_vec4",
+        ] {
+            assert!(!crate::check::dispatches(&trace, name).is_empty(), "{name}");
+        }
+        for ((a, b), what) in direct.iter().zip(&via_matmul).zip(["y", "dx", "dw"]) {
+            let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+            assert_close(&a32, b, Tolerance::ACCUMULATION, &format!("{d:?}: {what}"));
+        }
+    }
+
+    #[test]
+    fn operands_too_large_for_a_binding_take_the_direct_path() {
+        // 2 KiB (512-value) bindings: the im2col matrix of 24 items of
+        // 4 x 8 (2,304 values) does not fit, so all three products run
+        // direct, x (768 values) split over two launches; 4 items (384) fit.
+        let gpu = crate::check::gpu_with_binding_limit(2048);
+        let d = dims_of(24, 4, 4, 8, 3);
+        assert_eq!(forward_path(gpu, d), Path::Direct);
+        assert_eq!(backward_input_path(gpu, d), Path::Direct);
+        assert_eq!(backward_weight_path(gpu, d), Path::Direct);
+        let trace = check_traced(gpu, d, 1700);
+        assert_eq!(crate::check::dispatches(&trace, "conv1d::forward").len(), 2);
+        let small = dims_of(4, 4, 4, 8, 3);
+        assert_eq!(forward_path(gpu, small), Path::Matmul);
+        check_traced(gpu, small, 1710);
     }
 
     #[test]
