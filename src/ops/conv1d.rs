@@ -142,11 +142,12 @@ fn fits(gpu: &Gpu, elems: usize) -> bool {
     elems <= gpu.planner("conv1d").limit_elems()
 }
 
-/// The forward's path: matmul's NN vec4 kernel needs K = Cin·k and N = T
-/// multiples of 4 (otherwise its scalar kernel would be no faster than the
-/// direct one).
-pub fn forward_path(gpu: &Gpu, d: Dims) -> Path {
-    let ck = d.cin * d.k;
+/// The path of a product over the im2col matrix of a `channels`-channel
+/// input: matmul's NN vec4 kernel needs K = channels·k and N = T multiples
+/// of 4 (otherwise its scalar kernel would be no faster than the direct
+/// one), and the im2col matrix must fit one binding.
+fn im2col_product_path(gpu: &Gpu, d: Dims, channels: usize) -> Path {
+    let ck = channels * d.k;
     if d.t % 4 == 0 && ck % 4 == 0 && fits(gpu, d.batch * ck * d.t) {
         Path::Matmul
     } else {
@@ -154,15 +155,15 @@ pub fn forward_path(gpu: &Gpu, d: Dims) -> Path {
     }
 }
 
+/// The forward's path: the product over im2col(x), K = Cin·k.
+pub fn forward_path(gpu: &Gpu, d: Dims) -> Path {
+    im2col_product_path(gpu, d, d.cin)
+}
+
 /// The input gradient's: the forward of dy (Cout channels) with the
 /// flipped weight, so K = Cout·k.
 pub fn backward_input_path(gpu: &Gpu, d: Dims) -> Path {
-    let ck = d.cout * d.k;
-    if d.t % 4 == 0 && ck % 4 == 0 && fits(gpu, d.batch * ck * d.t) {
-        Path::Matmul
-    } else {
-        Path::Direct
-    }
+    im2col_product_path(gpu, d, d.cout)
 }
 
 /// The weight gradient's: matmul's TN vec4 kernel needs M = Cout,
