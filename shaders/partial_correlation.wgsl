@@ -14,6 +14,27 @@
 //            place, without pivoting.
 //   partial  one invocation per output element.
 //
+// When T < N (ABIDE's 200 regions with crops of 48 or 128 frames) the host
+// takes the low-rank path instead, which never forms or inverts an N×N
+// matrix. Σ̂ = s·μ·I + ((1 − s)/T)·xc·xcᵀ is the identity plus a rank-T term,
+// so by Woodbury
+//   Σ̂⁻¹ ∝ I − (1 − s)·xc·M⁻¹·xcᵀ,   M = (1 − s)·G + s·μ·T·I,   G = xcᵀ·xc [T, T],
+// and P is invariant to the positive scale that ∝ drops. Every Ledoit–Wolf
+// statistic comes from G as well: tr S = tr G / T, ‖S‖²_F = ‖G‖²_F / T² (S and
+// G share their nonzero eigenvalues) and Σ_t (Σ_i xc_it²)² = Σ_t G_tt².
+//   center        as above.
+//   (matmul)      a = G = xcᵀ·xc [B, T, T].
+//   shrink_gram   one workgroup per item: s from G, then a ← M in place.
+//   invert        as above, with n = T: a ← M⁻¹.
+//   (matmul ×2)   k = (xc·M⁻¹)·xcᵀ [B, N, N].
+//   partial_low_rank  one invocation per output element:
+//                 P_ij = (1 − s)·k_ij / √((1 − (1 − s)·k_ii)(1 − (1 − s)·k_jj)).
+// M has every eigenvalue ≥ s·μ·T and the same condition number as Σ̂ (its
+// eigenvalues are T times Σ̂'s nonzero-signal ones), so Gauss–Jordan without
+// pivoting is as safe here as on Σ̂; the scale (1 − s) is applied at the end,
+// so s = 1 (Σ̂ = μI) gives P = 0 without dividing by zero. A zero region has
+// a zero row of xc, hence of k: its partial correlations are exactly 0.
+//
 // Conditioning: the shrunk matrix is symmetric positive definite with every
 // eigenvalue ≥ s·μ, so Gauss–Jordan without pivoting is stable (the pivots are
 // Schur complements of an SPD matrix, all ≥ the smallest eigenvalue) and its
@@ -162,6 +183,79 @@ fn invert(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         storageBarrier();
         workgroupBarrier();
     }
+}
+
+// The low-rank path's shrinkage from G = xcᵀ·xc [T, T] (in `a`, with n = N
+// and t = T as everywhere else), then G ← (1 − s)·G + s·μ·T·I in place.
+@compute @workgroup_size(256)
+fn shrink_gram(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let b = wid.x + wid.y * nwg.x;
+    // Uniform per workgroup, so the barriers below stay in uniform control flow.
+    if (b >= p.b) { return; }
+    let tt = p.t * p.t;
+    let gbase = b * tt;
+    var tr = 0.0;
+    var fro = 0.0;
+    var beta_ = 0.0;
+    for (var idx = lid; idx < tt; idx = idx + 256u) {
+        let v = a[gbase + idx];
+        fro = fro + v * v;
+        if (idx % (p.t + 1u) == 0u) {
+            tr = tr + v;
+            beta_ = beta_ + v * v;
+        }
+    }
+    sums[lid] = vec4<f32>(tr, fro, beta_, 0.0);
+    // All partial sums are in workgroup memory (and every read of `a` above
+    // is done) before the reduction reads them.
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            sums[lid] = sums[lid] + sums[lid + stride];
+        }
+        // One level's sums land before the next level reads them.
+        workgroupBarrier();
+    }
+    let total = sums[0];
+    let pf = f32(p.n);
+    let nf = f32(p.t);
+    let tr_s = total.x / nf;
+    let fro_s = total.y / (nf * nf);
+    let mu = tr_s / pf;
+    let beta = (total.z / nf - fro_s) / (pf * nf);
+    let delta = (fro_s - 2.0 * mu * tr_s + pf * mu * mu) / pf;
+    var s = 0.0;
+    if (p.n > 1u && delta > 0.0) {
+        s = clamp(min(beta, delta) / delta, 0.0, 1.0);
+    }
+    if (lid == 0u) {
+        shrink_out[b] = s;
+    }
+    // Each element is rewritten by the invocation that read it above.
+    for (var idx = lid; idx < tt; idx = idx + 256u) {
+        var v = (1.0 - s) * a[gbase + idx];
+        if (idx % (p.t + 1u) == 0u) { v = v + s * mu * nf; }
+        a[gbase + idx] = v;
+    }
+}
+
+// The low-rank path's output from k = xc·M⁻¹·xcᵀ [B, N, N] (in `a`) and s.
+@compute @workgroup_size(256)
+fn partial_low_rank(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let idx = linear(wid, nwg, lid, 256u);
+    let nn = p.n * p.n;
+    if (idx >= p.b * nn) { return; }
+    let b = idx / nn;
+    let i = (idx % nn) / p.n;
+    let j = idx % p.n;
+    if (i == j) {
+        out[idx] = 1.0;
+        return;
+    }
+    let base = b * nn;
+    let keep = 1.0 - shrink_out[b];
+    let d = sqrt((1.0 - keep * a[base + i * p.n + i]) * (1.0 - keep * a[base + j * p.n + j]));
+    out[idx] = keep * a[idx] / d;
 }
 
 @compute @workgroup_size(256)
