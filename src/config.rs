@@ -110,6 +110,25 @@ pub struct ModelConfig {
     pub encoder: Encoder,
     /// What Z_st goes through before the head (docs/model.md step 7).
     pub head_norm: HeadNorm,
+    /// What each region's GCN input is (docs/model.md step 3).
+    pub node_features: NodeFeatures,
+}
+
+/// Each region's input to the GCN branches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeFeatures {
+    /// The literal model: the region's BOLD value at frame t, lifted to F
+    /// channels per frame.
+    #[default]
+    Series,
+    /// The region's row of the crop's Pearson correlation matrix (its
+    /// connectivity profile, as BrainNetCNN and BNT use), the same for every
+    /// frame: the lift is [N, F].
+    Pearson,
+    /// The region's row of the crop's Ledoit–Wolf partial correlation (the
+    /// static graph's, before the absolute value), as BrainGNN uses.
+    Partial,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -314,6 +333,7 @@ impl Default for ModelConfig {
             residual: Residual::Spatial,
             encoder: Encoder::Psta,
             head_norm: HeadNorm::None,
+            node_features: NodeFeatures::Series,
         }
     }
 }
@@ -575,6 +595,14 @@ impl Config {
             "\"fine\"".to_string(),
             "\"global\" with model.encoder = \"lstm\" (the LSTM has no region embeddings)",
         )?;
+        // Only PSTA's branches take connectivity profiles; the ablation
+        // encoders keep the literal scalar input.
+        check(
+            m.node_features == NodeFeatures::Series || m.encoder == Encoder::Psta,
+            "model.node_features",
+            format!("{:?} with model.encoder = {:?}", m.node_features, m.encoder).to_lowercase(),
+            "\"series\" unless model.encoder = \"psta\"",
+        )?;
         check(
             m.window <= m.crop,
             "model.window",
@@ -823,6 +851,30 @@ mod tests {
             experiments >= 14,
             "found only {experiments} experiment configs"
         );
+    }
+
+    /// Connectivity profiles are PSTA's: with another encoder the pair is
+    /// refused naming both keys; an unknown kind names the key.
+    #[test]
+    fn node_features_are_validated() {
+        let mut c = Config::default();
+        c.apply_override("model.node_features", "pearson").unwrap();
+        assert_eq!(c.model.node_features, NodeFeatures::Pearson);
+        for encoder in ["lstm", "gcn-only", "stgcn-style"] {
+            let e = c
+                .apply_override("model.encoder", encoder)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("model.node_features") && e.contains("model.encoder"),
+                "{encoder}: {e}"
+            );
+        }
+        let e = c
+            .apply_override("model.node_features", "tangent")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.node_features"), "{e}");
     }
 
     /// Issue 9's switches: a bad value is an error naming the key, and early

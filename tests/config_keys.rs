@@ -67,6 +67,7 @@ const CHANGES: &[(&str, &str)] = &[
     ("model.residual", "input"),
     ("model.encoder", "gcn-only"),
     ("model.head_norm", "batch"),
+    ("model.node_features", "pearson"),
     ("augment.kind", "random"),
     ("augment.sca", "false"),
     ("augment.tca", "false"),

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use stptf::autograd::Tape;
 use stptf::check::gpu;
-use stptf::config::{Fgco, ModelConfig, Norm, Residual};
+use stptf::config::{Fgco, ModelConfig, NodeFeatures, Norm, Residual};
 use stptf::model::params::read_safetensors;
 use stptf::model::{DataDims, HostTensor, Model};
 use stptf::ops::elementwise::mul_broadcast;
@@ -58,6 +58,13 @@ fn model_config(c: &serde_json::Value) -> (ModelConfig, DataDims) {
             Residual::Input
         } else {
             Residual::Spatial
+        },
+        // Absent in the fixtures written before the switch existed.
+        node_features: match c["node_features"].as_str().unwrap_or("series") {
+            "series" => NodeFeatures::Series,
+            "pearson" => NodeFeatures::Pearson,
+            "partial" => NodeFeatures::Partial,
+            other => panic!("config.node_features {other:?}"),
         },
         ..ModelConfig::default()
     };
@@ -224,4 +231,14 @@ fn parity_zero_region_and_padded_frames() {
 #[test]
 fn parity_layer_norm_trained_weights() {
     check_case("layer");
+}
+
+#[test]
+fn parity_pearson_profiles_zero_region_and_padded_frames() {
+    check_case("pearson");
+}
+
+#[test]
+fn parity_partial_profiles_zero_region() {
+    check_case("partial");
 }

@@ -60,6 +60,25 @@ CASES = [
         seed=3,
         perturb=0.2,
     ),
+    dict(
+        name="pearson",
+        description="node_features = pearson, T = 30 (3 windows of 10, the last frames on window 2); region 3 of "
+        "scan 1 all zero and scan 3 padded from frame 20, so zero rows of R; weights perturbed from init",
+        cfg=dict(TINY, crop=30, node_features="pearson"),
+        seed=4,
+        zero_region=(1, 3),
+        padded=(3, 20),
+        perturb=0.2,
+    ),
+    dict(
+        name="partial",
+        description="node_features = partial (the static graph's Ledoit-Wolf partial correlation rows), T = 32, "
+        "region 3 of scan 1 all zero; weights perturbed from init",
+        cfg=dict(TINY, node_features="partial"),
+        seed=5,
+        zero_region=(1, 3),
+        perturb=0.2,
+    ),
 ]
 
 # Intermediates (to keep the files small): every view gets ALL_VIEW_KEYS; view X

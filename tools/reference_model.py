@@ -64,12 +64,15 @@ class Config:
     n_classes: int = 2  # C
     norm: str = "none"  # "none" | "layer"
     residual: str = "spatial"  # "spatial" | "input" (input: no residual, see docs)
+    node_features: str = "series"  # "series" | "pearson" | "partial" (a region's row of the crop's matrix)
 
     def __post_init__(self) -> None:
         if self.norm not in ("none", "layer"):
             raise ValueError(f"norm must be 'none' or 'layer', got {self.norm!r}")
         if self.residual not in ("spatial", "input"):
             raise ValueError(f"residual must be 'spatial' or 'input', got {self.residual!r}")
+        if self.node_features not in ("series", "pearson", "partial"):
+            raise ValueError(f"node_features must be 'series', 'pearson' or 'partial', got {self.node_features!r}")
         if self.crop < self.window:
             raise ValueError(f"crop T={self.crop} shorter than the window L={self.window}")
 
@@ -104,8 +107,9 @@ def param_specs(cfg: Config) -> "OrderedDict[str, Tuple[Tuple[int, ...], tuple]]
     def zeros(shape):
         return (tuple(shape), ("zeros",))
 
+    lift_in = 1 if cfg.node_features == "series" else N  # a value per frame, or a connectivity profile
     for br in ("static", "dynamic"):
-        s[f"{br}.lift.weight"] = xav([1, F], 1, F)
+        s[f"{br}.lift.weight"] = xav([lift_in, F], lift_in, F)
         s[f"{br}.lift.bias"] = zeros([F])
         for g in ("gcn1", "gcn2"):
             s[f"{br}.{g}.weight"] = xav([F, F], F, F)
@@ -274,12 +278,45 @@ def frame_windows(cfg: Config) -> List[Tuple[int, int, int]]:
 # --------------------------------------------------------------------------
 
 
-def gcn(p: Params, branch: str, X: Tensor, adj_apply) -> Tensor:
-    """H0 = x * lift.weight[0] + lift.bias; H <- ReLU(Â_t H W + b), twice.
+def pearson_correlation(X: Tensor) -> Tensor:
+    """Pearson correlation of each scan's N series over its T frames,
+    [B, N, N]; a region without variance correlates 0 with every region,
+    itself included (ops/correlation.rs)."""
+    Xc = X - X.mean(dim=2, keepdim=True)
+    ss = (Xc * Xc).sum(dim=2)  # [B, N]
+    has = ss > 0
+    inv = torch.where(has, ss.clamp_min(1e-300).rsqrt(), torch.zeros_like(ss))
+    return (Xc @ Xc.transpose(1, 2)) * inv[:, :, None] * inv[:, None, :]
+
+
+def node_profiles(cfg: Config, X: Tensor) -> Optional[Tensor]:
+    """The GCN input of ``node_features``: None for the literal per-frame
+    series, else each region's row of the crop's Pearson or partial
+    correlation matrix (diagonal 1, as nilearn writes it), [B, N, N], no
+    gradient."""
+    if cfg.node_features == "series":
+        return None
+    with torch.no_grad():
+        if cfg.node_features == "pearson":
+            return pearson_correlation(X.detach())
+        P = partial_correlation(X.detach())
+        eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
+        return P * (1 - eye) + eye
+
+
+def gcn(p: Params, branch: str, X: Tensor, adj_apply, profiles: Optional[Tensor] = None) -> Tensor:
+    """H0 = x * lift.weight[0] + lift.bias (or, with connectivity profiles
+    R [B, N, N], H0 = R @ lift.weight + lift.bias at every frame);
+    H <- ReLU(Â_t H W + b), twice, frame by frame.
     ``adj_apply(H)`` multiplies each frame's node features by that frame's
     adjacency: H [B, T, N, F] -> [B, T, N, F]. Returns H2 [B, T, N, F]."""
-    x = X.transpose(1, 2)[..., None]  # [B, T, N, 1]
-    H = x * p[f"{branch}.lift.weight"][0] + p[f"{branch}.lift.bias"]
+    if profiles is None:
+        x = X.transpose(1, 2)[..., None]  # [B, T, N, 1]
+        H = x * p[f"{branch}.lift.weight"][0] + p[f"{branch}.lift.bias"]
+    else:
+        B, N, T = X.shape
+        H0 = profiles @ p[f"{branch}.lift.weight"] + p[f"{branch}.lift.bias"]  # [B, N, F]
+        H = H0[:, None].expand(B, T, N, H0.shape[-1])
     for g in ("gcn1", "gcn2"):
         H = torch.relu(adj_apply(H) @ p[f"{branch}.{g}.weight"] + p[f"{branch}.{g}.bias"])
     return H
@@ -318,7 +355,8 @@ def forward(p: Params, cfg: Config, X: Tensor, valid: Optional[Tensor] = None) -
     # 1. static graph + GCN
     A_s = static_adjacency(X).to(X.dtype)
     out["A_static"] = A_s
-    Z_s = gcn(p, "static", X, lambda H: torch.einsum("bnm,btmf->btnf", A_s, H))
+    R = node_profiles(cfg, X)
+    Z_s = gcn(p, "static", X, lambda H: torch.einsum("bnm,btmf->btnf", A_s, H), R)
 
     # 2. dynamic graphs + GCN (frames grouped by the window they use)
     A_d = dynamic_adjacency(p, cfg, X)
@@ -335,7 +373,7 @@ def forward(p: Params, cfg: Config, X: Tensor, valid: Optional[Tensor] = None) -
         head = torch.einsum("bwnm,bwsmf->bwsnf", A_d[:, : W - 1], head).reshape(Bh, t_last, Nh, Fh)
         return torch.cat([head, last], dim=1)
 
-    Z_d = gcn(p, "dynamic", X, dyn_apply)
+    Z_d = gcn(p, "dynamic", X, dyn_apply, R)
     out["Z_s"], out["Z_d"] = Z_s, Z_d
 
     # 4. fusion

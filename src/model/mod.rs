@@ -13,7 +13,7 @@ pub mod params;
 pub mod sizes;
 
 use crate::autograd::{Tape, Var};
-use crate::config::{Encoder, Fgco, HeadNorm, ModelConfig, Residual};
+use crate::config::{Encoder, Fgco, HeadNorm, ModelConfig, NodeFeatures, Residual};
 use crate::dist::{Collective, Single};
 use crate::gpu::{GpuError, Result, Tensor};
 use crate::ops::batchnorm::{self, Running};
@@ -216,13 +216,73 @@ impl Model {
     }
 
     /// Â = normalized |partial correlation| of x, [B, 1, N, N], as a tape
-    /// input (no gradient).
-    fn static_adjacency(&self, tape: &mut Tape, x: &Tensor) -> Result<Var> {
+    /// input (no gradient), and the partial correlation [B, N, N] itself.
+    fn static_adjacency(&self, tape: &mut Tape, x: &Tensor) -> Result<(Var, Tensor)> {
         let gpu = tape.gpu;
         let (b, n) = (x.shape()[0], x.shape()[1]);
         let pc = partial_correlation::partial_correlation(gpu, x)?;
         let a_static = graph_conv::normalize_adjacency(gpu, &pc.partial)?.reshape(&[b, 1, n, n])?;
-        Ok(tape.input(a_static))
+        Ok((tape.input(a_static), pc.partial))
+    }
+
+    /// The connectivity profiles R [B, N, N] that `model.node_features`
+    /// names (a tape input: no gradient flows into them), or None for the
+    /// literal per-frame series. `partial` is the static graph's.
+    fn node_profiles(&self, tape: &mut Tape, x: &Tensor, partial: Tensor) -> Result<Option<Var>> {
+        let (b, n) = (x.shape()[0], x.shape()[1]);
+        let r = match self.cfg.node_features {
+            NodeFeatures::Series => return Ok(None),
+            NodeFeatures::Partial => partial,
+            NodeFeatures::Pearson => {
+                crate::ops::correlation::correlation_whole(tape.gpu, x)?.reshape(&[b, n, n])?
+            }
+        };
+        Ok(Some(tape.input(r)))
+    }
+
+    /// One GCN branch on connectivity profiles r [B, N, N]: the lift
+    /// `H0 = r·lift.weight + lift.bias` [B, N, F] is the same for every
+    /// frame, so the two layers run once per adjacency window (W of them in
+    /// `adj` [B, W, N, N]; 1 for the static graph) instead of once per
+    /// frame, and frame t then takes window min(t / stride, W − 1)'s
+    /// features, exactly as the per-frame computation would give them.
+    /// Returns [B, T, N, F].
+    fn gcn_on_profiles(
+        &self,
+        tape: &mut Tape,
+        gcn: &Gcn,
+        adj: Var,
+        r: Var,
+        t: usize,
+        stride: usize,
+    ) -> Result<Var> {
+        tape.gpu.set_stage("GCNs");
+        let gpu = tape.gpu;
+        let (b, w, n) = (tape.shape(adj)[0], tape.shape(adj)[1], tape.shape(adj)[2]);
+        let f = self.cfg.node_channels;
+        let h0 = self.linear(tape, &gcn.lift, r)?; // [B, N, F]
+        let h0 = tape.reshape(h0, &[b, 1, n * f])?;
+        // Window w's input is H0 for every w: ones [W, 1] · H0.
+        let ones = tape.input(gpu.full(&[w, 1], 1.0)?);
+        let h0 = tape.matmul(ones, h0, Spec::NN)?;
+        let h0 = tape.reshape(h0, &[b, w, n, f])?;
+        let mut h = h0;
+        for layer in &gcn.layers {
+            // Window w's features use window w's adjacency: stride 1.
+            let ah = tape.graph_conv(adj, h, 1)?;
+            let z = self.linear(tape, layer, ah)?;
+            h = tape.relu(z)?;
+            tape.release(z); // read by its ReLU only, whose backward reads the output
+        }
+        // Frames from windows: frame t takes window min(t / stride, W − 1).
+        let mut pick = vec![0.0f32; t * w];
+        for ti in 0..t {
+            pick[ti * w + (ti / stride.max(1)).min(w - 1)] = 1.0;
+        }
+        let pick = tape.input(gpu.upload(&pick, &[t, w])?);
+        let h = tape.reshape(h, &[b, w, n * f])?;
+        let frames = tape.matmul(pick, h, Spec::NN)?; // [B, T, N·F]
+        tape.reshape(frames, &[b, t, n, f])
     }
 
     /// The PSTA encoder (docs/model.md, Forward).
@@ -248,8 +308,12 @@ impl Model {
         let xt = tape.transpose(xv)?; // [B, T, N]
 
         // Static branch: Ledoit–Wolf partial correlation → normalized |P| (no gradient).
-        let a_static = self.static_adjacency(tape, x)?;
-        let z_s = self.gcn(tape, static_gcn, a_static, xt, t.max(1))?;
+        let (a_static, partial) = self.static_adjacency(tape, x)?;
+        let profiles = self.node_profiles(tape, x, partial)?;
+        let z_s = match profiles {
+            None => self.gcn(tape, static_gcn, a_static, xt, t.max(1))?,
+            Some(r) => self.gcn_on_profiles(tape, static_gcn, a_static, r, t, t.max(1))?,
+        };
 
         // Dynamic branch: per-window adaptive adjacency softmax(ReLU(E Eᵀ)/√d).
         gpu.set_stage("dynamic graph");
@@ -266,7 +330,10 @@ impl Model {
         let sim = tape.relu(sim)?;
         let a_dyn = tape.softmax(sim, 1.0 / (e as f32).sqrt())?;
         let a_dyn = tape.reshape(a_dyn, &[b, w, n, n])?;
-        let z_d = self.gcn(tape, &dynamic.gcn, a_dyn, xt, s)?;
+        let z_d = match profiles {
+            None => self.gcn(tape, &dynamic.gcn, a_dyn, xt, s)?,
+            Some(r) => self.gcn_on_profiles(tape, &dynamic.gcn, a_dyn, r, t, s)?,
+        };
 
         // Fusion (eq. 1): β = softmax(−α), Z = β₀Z_s + β₁Z_d.
         gpu.set_stage("fusion");
@@ -416,7 +483,7 @@ impl Model {
         let t = x.shape()[2];
         let xv = tape.input(x.clone());
         let xt = tape.transpose(xv)?; // [B, T, N]
-        let a_static = self.static_adjacency(tape, x)?;
+        let (a_static, _) = self.static_adjacency(tape, x)?;
         let z_s = self.gcn(tape, static_gcn, a_static, xt, t.max(1))?;
         let z_sp = self.frame_readout(tape, readout, z_s)?; // [B, T, D]
         let (z_st, frame_weights, segment_weights) = self.mean_readout(tape, z_sp, valid)?;
@@ -484,7 +551,7 @@ impl Model {
         let f = self.cfg.node_channels;
         let xv = tape.input(x.clone());
         let xt = tape.transpose(xv)?; // [B, T, N]
-        let a_static = self.static_adjacency(tape, x)?;
+        let (a_static, _) = self.static_adjacency(tape, x)?;
         let mut h = xt;
         for (i, (layer, tcn)) in static_gcn.layers.iter().zip(tcn).enumerate() {
             let z = if i == 0 {

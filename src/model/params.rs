@@ -9,7 +9,7 @@ use rand_distr::{Distribution, Normal};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
 use crate::autograd::{ParamId, ParamStore};
-use crate::config::{Encoder, HeadNorm, ModelConfig, Norm};
+use crate::config::{Encoder, HeadNorm, ModelConfig, NodeFeatures, Norm};
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 /// Sizes that come from the data rather than the config.
@@ -50,8 +50,18 @@ fn layout(m: &ModelConfig, d: DataDims) -> Vec<(String, Vec<usize>, Init)> {
     let x = |fan_in, fan_out| Init::Xavier { fan_in, fan_out };
     let zero = Init::Constant(0.0);
     let mut v: Vec<(String, Vec<usize>, Init)> = Vec::new();
+    // The lift's input: one value per node (its BOLD value at a frame) or
+    // its connectivity profile, N values.
+    let lift_in = match m.node_features {
+        NodeFeatures::Series => 1,
+        NodeFeatures::Pearson | NodeFeatures::Partial => n,
+    };
     for branch in ["static", "dynamic"] {
-        v.push((format!("{branch}.lift.weight"), vec![1, f], x(1, f)));
+        v.push((
+            format!("{branch}.lift.weight"),
+            vec![lift_in, f],
+            x(lift_in, f),
+        ));
         v.push((format!("{branch}.lift.bias"), vec![f], zero));
         for layer in ["gcn1", "gcn2"] {
             v.push((format!("{branch}.{layer}.weight"), vec![f, f], x(f, f)));
