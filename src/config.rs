@@ -255,6 +255,12 @@ pub struct FinetuneConfig {
     /// without a lower validation loss and keep the best epoch's weights;
     /// 0 = off (train every epoch, keep the last).
     pub early_stopping_patience: usize,
+    /// The per-epoch diagnostics score at most this many training scans (a
+    /// fixed class-stratified subset, seeded); 0 = all. Scoring every
+    /// training scan at K crops each epoch cost more than the training
+    /// itself on ABIDE (532 scans × K forwards per epoch). The validation
+    /// split is always scored whole.
+    pub diagnostic_scans: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -380,6 +386,7 @@ impl Default for FinetuneConfig {
             eval_crops: 8,
             head_lr_multiplier: 1.0,
             early_stopping_patience: 0,
+            diagnostic_scans: 128,
         }
     }
 }

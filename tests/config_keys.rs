@@ -68,6 +68,7 @@ const CHANGES: &[(&str, &str)] = &[
     ("model.encoder", "gcn-only"),
     ("model.head_norm", "batch"),
     ("model.node_features", "pearson"),
+    ("finetune.diagnostic_scans", "3"),
     ("augment.kind", "random"),
     ("augment.sca", "false"),
     ("augment.tca", "false"),

@@ -362,6 +362,10 @@ pub fn train_phase(
     let history = gpu.zeros(&[LOG_EVERY])?;
     let mut pending: Vec<(u64, u64, f64)> = Vec::new(); // (step, epoch, lr) awaiting their loss
     let mut diagnostics = Vec::new();
+    // The training scans the per-epoch diagnostics score: the same subset
+    // every epoch, so the curves compare across epochs.
+    let diagnostic_scans =
+        super::explain::stratified_subset(dataset, scans, cfg.finetune.diagnostic_scans, cfg.seed);
     let mut last_finite = (f64::NAN, 0u64);
     let scans_before: usize = (0..first_epoch)
         .map(|e| {
@@ -469,7 +473,14 @@ pub fn train_phase(
         if phase == Phase::Finetune {
             // After the epoch's last step: its gradients are still in the
             // parameters' gradient buffers (the next step zeroes them).
-            let diag = epoch_diagnostics(gpu, model, dataset, scans, &opts.validation, cfg)?;
+            let diag = epoch_diagnostics(
+                gpu,
+                model,
+                dataset,
+                &diagnostic_scans,
+                &opts.validation,
+                cfg,
+            )?;
             if let Some(log) = log.as_mut() {
                 let elapsed = started.elapsed().as_secs_f64();
                 log.append(&MetricsRecord {
