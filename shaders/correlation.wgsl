@@ -10,6 +10,13 @@
 //     the window, so its correlations come out 0 instead of NaN.
 //   correlation: one invocation per output element (b, w, i, j).
 //
+// The matmul path (the host's choice when y and out fit a binding) replaces
+// `correlation` by three launches: `standardize` writes each window's
+// deviations times the inverse root, y [B·W, N, L] (a zero row for a region
+// without variance); matmul forms y·yᵀ [B·W, N, N] at matmul's rate; and
+// `finish` sets the diagonal (1, or 0 without variance) and clamps the
+// off-diagonal to [−1, 1], in place.
+//
 // Launches may cover a range of batch items (the output of a large batch
 // exceeds one storage binding): stats and out are bound at that range, so
 // indices into them are relative to it; x (small) is bound whole and indexed
@@ -90,4 +97,37 @@ fn correlation(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     // Rounding can push |r| a hair over 1; downstream log/abs expect [-1, 1].
     out[idx] = clamp(acc * inv_i * inv_j, -1.0, 1.0);
+}
+
+// The matmul path's rows: y[(b·W + w)·N + n, k] = (x − mean)·inv over the
+// window (stats as written by window_stats; stats and y cover this launch's
+// items, x is bound whole). Binding 2 is y here.
+@compute @workgroup_size(256)
+fn standardize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let idx = linear(wid, nwg, lid); // ((b·W + w)·N + n)·L + k
+    if (idx >= p.items * p.w * p.n * p.l) { return; }
+    let k = idx % p.l;
+    let row = idx / p.l; // (b·W + w)·N + n: the stats index
+    let n = row % p.n;
+    let bw = row / p.n;
+    let b = bw / p.w;
+    let w = bw % p.w;
+    let v = x[((p.first + b) * p.n + n) * p.t + w * p.s + k];
+    out[idx] = (v - stats[2u * row]) * stats[2u * row + 1u];
+}
+
+// The matmul path's last pass over out = y·yᵀ [items·W, N, N], in place.
+@compute @workgroup_size(256)
+fn finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let idx = linear(wid, nwg, lid);
+    if (idx >= p.items * p.w * p.n * p.n) { return; }
+    let j = idx % p.n;
+    let row = idx / p.n;
+    let i = row % p.n;
+    if (i == j) {
+        out[idx] = select(0.0, 1.0, stats[2u * row + 1u] > 0.0);
+    } else {
+        // Rounding can push |r| a hair over 1; downstream log/abs expect [-1, 1].
+        out[idx] = clamp(out[idx], -1.0, 1.0);
+    }
 }

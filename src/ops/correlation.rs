@@ -14,6 +14,7 @@
 //! is 72 MB, lavapipe's limit 128 MiB) is split over batch items.
 
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
+use crate::ops::matmul::{matmul_into, Spec};
 
 const SHADER: crate::gpu::Shader = crate::shader!("correlation");
 
@@ -51,6 +52,27 @@ pub fn window_count(t: usize, window: usize, stride: usize) -> Result<usize> {
     Ok((t - window) / stride + 1)
 }
 
+/// Which implementation forms the products (see the shader).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Standardized rows, then matmul's y·yᵀ, then a diagonal/clamp pass.
+    Matmul,
+    /// One invocation per output element, each a dot product over L frames.
+    Direct,
+}
+
+/// The path for a batch whose standardized rows (`rows` elements) and
+/// output (`out` elements) would be bound whole: matmul's when both fit one
+/// binding, else the direct kernel (which splits the output over items).
+pub fn path(gpu: &Gpu, rows: usize, out: usize) -> Path {
+    let limit = gpu.planner("correlation").limit_elems();
+    if rows <= limit && out <= limit {
+        Path::Matmul
+    } else {
+        Path::Direct
+    }
+}
+
 /// Pearson correlation per window: x [B, N, T] → [B, W, N, N].
 pub fn correlation(gpu: &Gpu, x: &Tensor, window: usize, stride: usize) -> Result<Tensor> {
     let &[b, n, t] = x.shape() else {
@@ -60,8 +82,60 @@ pub fn correlation(gpu: &Gpu, x: &Tensor, window: usize, stride: usize) -> Resul
         )));
     };
     let w = window_count(t, window, stride)?;
+    let chosen = path(gpu, b * w * n * window, b * w * n * n);
+    correlation_on(gpu, x, window, stride, chosen)
+}
+
+fn correlation_on(
+    gpu: &Gpu,
+    x: &Tensor,
+    window: usize,
+    stride: usize,
+    chosen: Path,
+) -> Result<Tensor> {
+    let &[b, n, t] = x.shape() else {
+        return Err(shape_err(format!(
+            "input {:?} must be [B, N, T]",
+            x.shape()
+        )));
+    };
+    let w = window_count(t, window, stride)?;
     let out = gpu.empty(&[b, w, n, n]);
     if out.is_empty() {
+        return Ok(out);
+    }
+    if chosen == Path::Matmul {
+        let p = Params {
+            n: n as u32,
+            t: t as u32,
+            l: window as u32,
+            s: stride as u32,
+            w: w as u32,
+            items: b as u32,
+            first: 0,
+        };
+        let stats = gpu.empty(&[b, w, n, 2]);
+        gpu.launch_threads(
+            SHADER.kernel("window_stats"),
+            &[(0, x.arg()), (1, stats.arg())],
+            &p,
+            (b * w * n) as u64,
+        )?;
+        let y = gpu.empty(&[b * w, n, window]);
+        gpu.launch_threads(
+            SHADER.kernel("standardize"),
+            &[(0, x.arg()), (1, stats.arg()), (2, y.arg())],
+            &p,
+            y.len() as u64,
+        )?;
+        let products = out.reshape(&[b * w, n, n])?;
+        matmul_into(gpu, &y, &y, &products, Spec::NT, 1.0)?;
+        gpu.launch_threads(
+            SHADER.kernel("finish"),
+            &[(1, stats.arg()), (2, out.arg())],
+            &p,
+            out.len() as u64,
+        )?;
         return Ok(out);
     }
     let planner = gpu.planner("correlation");
@@ -230,6 +304,37 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Both paths on the same inputs, each against the reference; the
+    /// trace shows which kernels ran.
+    #[test]
+    fn matmul_and_direct_paths_match_the_reference() {
+        let gpu = gpu();
+        for (ci, &(b, n, t, l, s)) in [(3, 7, 20, 6, 4), (2, 200, 64, 64, 1), (2, 33, 45, 30, 15)]
+            .iter()
+            .enumerate()
+        {
+            let x = series(b, n, t, 950 + ci as u64);
+            let tx = gpu.upload(&x, &[b, n, t]).unwrap();
+            let want = reference::correlation(&to_f64(&x), b, n, t, l, s);
+            let w = window_count(t, l, s).unwrap();
+            assert_eq!(path(gpu, b * w * n * l, b * w * n * n), Path::Matmul);
+            for chosen in [Path::Matmul, Path::Direct] {
+                let (got, trace) = gpu.traced(|| correlation_on(gpu, &tx, l, s, chosen).unwrap());
+                let ran = |k: &str| !dispatches(&trace, k).is_empty();
+                assert_eq!(ran("correlation::standardize"), chosen == Path::Matmul);
+                assert_eq!(ran("correlation::finish"), chosen == Path::Matmul);
+                assert_eq!(ran("correlation::correlation"), chosen == Path::Direct);
+                let what = format!("correlation {chosen:?} B={b} N={n} T={t} L={l} S={s}");
+                assert_close(
+                    &gpu.read(&got).unwrap(),
+                    &want,
+                    Tolerance::ACCUMULATION,
+                    &what,
+                );
             }
         }
     }
