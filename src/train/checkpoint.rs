@@ -208,13 +208,38 @@ impl CheckpointMeta {
         }
     }
 
+    /// The checksum `save` writes: that of this description's JSON as
+    /// [`json_checksum`] reads it back from the file.
     fn computed_checksum(&self) -> String {
         let mut unsealed = self.clone();
         unsealed.checksum.clear();
-        // Serializing a struct cannot fail (no maps with non-string keys).
+        // Serializing a struct cannot fail (no maps with non-string keys),
+        // and its own output always parses.
         let bytes = serde_json::to_vec(&unsealed).unwrap_or_default();
-        hash_bytes(&bytes)
+        serde_json::from_slice(&bytes).map_or_else(|_| String::new(), |v| json_checksum(v))
     }
+
+    /// The checksum of the first format-2 binaries: a hash of this struct
+    /// re-serialized. It breaks whenever a config key is added (the parsed
+    /// struct then holds a default the file never had), so it is only
+    /// accepted for checkpoints written before [`json_checksum`].
+    fn legacy_checksum(&self) -> String {
+        let mut unsealed = self.clone();
+        unsealed.checksum.clear();
+        hash_bytes(&serde_json::to_vec(&unsealed).unwrap_or_default())
+    }
+}
+
+/// A checksum of checkpoint.json's own content: its JSON value with
+/// `checksum` emptied, re-serialized canonically (keys sorted, numbers as
+/// parsed from the file's text). Hashing what the file says, not the struct
+/// it parses into, keeps a checkpoint valid when a later version adds a
+/// config key with a default.
+fn json_checksum(mut value: serde_json::Value) -> String {
+    if let Some(map) = value.as_object_mut() {
+        map.insert("checksum".into(), serde_json::Value::String(String::new()));
+    }
+    hash_bytes(&serde_json::to_vec(&value).unwrap_or_default())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -561,10 +586,8 @@ pub fn parse_meta(path: &Path, bytes: &[u8]) -> Result<CheckpointMeta> {
     };
     // The format first, so an older checkpoint gets a clear message rather
     // than "unknown field".
-    let format = serde_json::from_slice::<serde_json::Value>(bytes)
-        .map_err(json_error)?
-        .get("format")
-        .and_then(|f| f.as_u64());
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(json_error)?;
+    let format = value.get("format").and_then(|f| f.as_u64());
     if format != Some(u64::from(FORMAT_VERSION)) {
         return Err(CheckpointError::Format {
             path: path.display().to_string(),
@@ -573,7 +596,7 @@ pub fn parse_meta(path: &Path, bytes: &[u8]) -> Result<CheckpointMeta> {
         });
     }
     let meta: CheckpointMeta = serde_json::from_slice(bytes).map_err(json_error)?;
-    if meta.checksum != meta.computed_checksum() {
+    if meta.checksum != json_checksum(value) && meta.checksum != meta.legacy_checksum() {
         return Err(CheckpointError::Edited {
             path: path.display().to_string(),
         });
@@ -1255,6 +1278,38 @@ mod tests {
             e.contains("weights.safetensors: does not match the checkpoint.json beside it"),
             "{e}"
         );
+    }
+
+    /// A checkpoint written by a build that did not know a config key (here
+    /// `finetune.diagnostic_scans`, added later with a default) still
+    /// verifies and loads with the key's default; the pre-fix checksum of a
+    /// checkpoint whose config has every current key is accepted too.
+    #[test]
+    fn a_checkpoint_from_before_a_new_config_key_still_loads() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        save(&dir, &sample(5)).unwrap();
+        let meta_path = dir.join(META_FILE);
+        let mut value: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&meta_path).unwrap()).unwrap();
+        let finetune = value["config"]["finetune"].as_object_mut().unwrap();
+        assert!(finetune.remove("diagnostic_scans").is_some());
+        // What the older build wrote: its own content, sealed by its checksum.
+        let sealed = json_checksum(value.clone());
+        value["checksum"] = serde_json::Value::String(sealed);
+        fs::write(&meta_path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+        let loaded = load(&dir).unwrap();
+        assert_eq!(loaded.meta.config.finetune.diagnostic_scans, 128);
+        // Editing that file is still caught.
+        let text = fs::read_to_string(&meta_path).unwrap();
+        fs::write(&meta_path, text.replace("\"step\": 5", "\"step\": 6")).unwrap();
+        assert!(chain(&load(&dir).unwrap_err()).contains("was edited or damaged"));
+        // The legacy checksum (a hash of the re-serialized struct).
+        save(&dir, &sample(5)).unwrap();
+        let mut meta = load(&dir).unwrap().meta;
+        meta.checksum = meta.legacy_checksum();
+        fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+        assert_eq!(load(&dir).unwrap().meta.step, 5);
     }
 
     #[test]
