@@ -253,3 +253,102 @@ fn matmul_tn_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         c[idx + 3u] = v.w;
     }
 }
+
+// ---------------------------------------------------------------------------
+// Workgroup-memory tiling, the variant for GPUs (`Tiling::Workgroup`; the
+// register-tiled entry points above are for CPU adapters, docs/design.md §6).
+// A 16x16 workgroup computes a 64x64 tile of C, each invocation a 4x4 block.
+// K advances in slices of 16: the workgroup stages op(A)[64 rows, 16] and
+// op(B)[16, 64 columns] in workgroup memory (8 KiB), so each element read
+// from device memory serves 64 multiply-adds instead of 4. One entry point
+// serves every layout: the transpose flags only change which way the staging
+// loads walk memory (along the stored rows, so neighbouring invocations read
+// neighbouring addresses). Any M, N, K: out-of-range elements are staged as 0
+// and never stored. Grid: x = ceil(N/64), y = ceil(M/64), z = batch.
+const TILED_WG: u32 = 16u;
+const TILED_ROWS_PER_INVOCATION: u32 = 4u;
+const TILED_COLS_PER_INVOCATION: u32 = 4u;
+const TILED_TILE: u32 = 64u;
+const TILED_K: u32 = 16u;
+// Both staged as [TILED_K][TILED_TILE]: row kk of a_tile holds op(A)[row0.., k0 + kk].
+var<workgroup> a_tile: array<f32, 1024>;
+var<workgroup> b_tile: array<f32, 1024>;
+
+@compute @workgroup_size(TILED_WG, TILED_WG, 1)
+fn matmul_workgroup(@builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>,
+                    @builtin(local_invocation_index) li: u32) {
+    let row0 = wid.y * TILED_TILE;
+    let col0 = wid.x * TILED_TILE;
+    let a_base = p.a_off + wid.z * p.a_stride;
+    let b_base = p.b_off + wid.z * p.b_stride;
+    let c_base = p.c_off + wid.z * p.c_stride;
+    let trans_a = (p.flags & 1u) != 0u;
+    let trans_b = (p.flags & 2u) != 0u;
+    var acc: array<vec4<f32>, 4>;
+    for (var q = 0u; q < 4u; q = q + 1u) { acc[q] = vec4<f32>(0.0); }
+    // Every invocation runs every slice, in range or not: the barriers below
+    // must be reached by the whole workgroup (uniform control flow).
+    for (var k0 = 0u; k0 < p.k; k0 = k0 + TILED_K) {
+        // 1024 elements of each tile, 4 per invocation.
+        for (var e = 0u; e < 4u; e = e + 1u) {
+            let idx = li + e * 256u;
+            // A stored [M, K] walks K fastest; stored transposed ([K, M]), M.
+            var i = idx / TILED_K;
+            var kk = idx % TILED_K;
+            if (trans_a) {
+                i = idx % TILED_TILE;
+                kk = idx / TILED_TILE;
+            }
+            let r = row0 + i;
+            let ka = k0 + kk;
+            var av = 0.0;
+            if (r < p.m && ka < p.k) {
+                if (trans_a) { av = a[a_base + ka * p.m + r]; } else { av = a[a_base + r * p.k + ka]; }
+            }
+            a_tile[kk * TILED_TILE + i] = av;
+            // B stored [K, N] walks N fastest; stored transposed ([N, K]), K.
+            var j = idx % TILED_TILE;
+            var kb = idx / TILED_TILE;
+            if (trans_b) {
+                j = idx / TILED_K;
+                kb = idx % TILED_K;
+            }
+            let col = col0 + j;
+            let kbk = k0 + kb;
+            var bv = 0.0;
+            if (col < p.n && kbk < p.k) {
+                if (trans_b) { bv = b[b_base + col * p.k + kbk]; } else { bv = b[b_base + kbk * p.n + col]; }
+            }
+            b_tile[kb * TILED_TILE + j] = bv;
+        }
+        // The tiles are complete before anyone reads them.
+        workgroupBarrier();
+        let ti = lid.y * TILED_ROWS_PER_INVOCATION;
+        let tj = lid.x * TILED_COLS_PER_INVOCATION;
+        for (var kk = 0u; kk < TILED_K; kk = kk + 1u) {
+            let ar = kk * TILED_TILE + ti;
+            let br = kk * TILED_TILE + tj;
+            let bv = vec4<f32>(b_tile[br], b_tile[br + 1u], b_tile[br + 2u], b_tile[br + 3u]);
+            acc[0] = acc[0] + a_tile[ar] * bv;
+            acc[1] = acc[1] + a_tile[ar + 1u] * bv;
+            acc[2] = acc[2] + a_tile[ar + 2u] * bv;
+            acc[3] = acc[3] + a_tile[ar + 3u] * bv;
+        }
+        // Everyone is done reading before the next slice overwrites the tiles.
+        workgroupBarrier();
+    }
+    let accumulate = (p.flags & 4u) != 0u;
+    for (var q = 0u; q < 4u; q = q + 1u) {
+        let i = row0 + lid.y * TILED_ROWS_PER_INVOCATION + q;
+        if (i >= p.m) { break; }
+        for (var jj = 0u; jj < 4u; jj = jj + 1u) {
+            let j = col0 + lid.x * TILED_COLS_PER_INVOCATION + jj;
+            if (j >= p.n) { break; }
+            let idx = c_base + i * p.n + j;
+            var v = p.alpha * acc[q][jj];
+            if (accumulate) { v = v + c[idx]; }
+            c[idx] = v;
+        }
+    }
+}

@@ -106,6 +106,27 @@ pub fn gpu_with_binding_limit(bytes: u64) -> &'static Gpu {
     gpu
 }
 
+/// A device of its own whose matrix products use `tiling` whatever the
+/// adapter type (and whatever `STPTF_TILING` says), with poisoned new
+/// tensors: how CI runs the GPU variants' tests on lavapipe. One device per
+/// tiling, opened on first use and kept for the process.
+pub fn gpu_with_tiling(tiling: crate::gpu::Tiling) -> &'static Gpu {
+    static DEVICES: std::sync::Mutex<Vec<(crate::gpu::Tiling, &'static Gpu)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut devices = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(&(_, gpu)) = devices.iter().find(|(t, _)| *t == tiling) {
+        return gpu;
+    }
+    let gpu: &'static Gpu = match Gpu::with_tiling(tiling) {
+        Ok(gpu) => Box::leak(Box::new(gpu)),
+        Err(e) => panic!("GPU tests need an adapter and none could be opened: {e}"),
+    };
+    assert_eq!(gpu.tiling(), tiling);
+    gpu.set_poison_new_tensors(true);
+    devices.push((tiling, gpu));
+    gpu
+}
+
 /// The grids of the dispatches of `kernel` (`shader::entry`) in a trace from
 /// [`Gpu::traced`], in order: how a test asserts which launch path ran.
 pub fn dispatches(trace: &[crate::gpu::Recorded], kernel: &str) -> Vec<[u32; 3]> {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use stptf::autograd::Tape;
 use stptf::check::gpu;
 use stptf::config::{Fgco, ModelConfig, NodeFeatures, Norm, Residual};
+use stptf::gpu::{Gpu, Tiling};
 use stptf::model::params::read_safetensors;
 use stptf::model::{DataDims, HostTensor, Model};
 use stptf::ops::elementwise::mul_broadcast;
@@ -82,8 +83,7 @@ fn norm(v: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// Runs one loss; returns (loss, gradients) from our GPU implementation.
-fn run(case: &str, loss: &str) -> (f64, Vec<HostTensor>) {
-    let gpu = gpu();
+fn run(gpu: &Gpu, case: &str, loss: &str) -> (f64, Vec<HostTensor>) {
     let dir = fixture_dir(case);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
@@ -134,7 +134,7 @@ fn run(case: &str, loss: &str) -> (f64, Vec<HostTensor>) {
 }
 
 /// Compares one case and loss; returns the worst relative error per parameter.
-fn compare(case: &str, loss: &str) -> Vec<(String, f64)> {
+fn compare(gpu: &Gpu, case: &str, loss: &str) -> Vec<(String, f64)> {
     let dir = fixture_dir(case);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
@@ -152,7 +152,7 @@ fn compare(case: &str, loss: &str) -> Vec<(String, f64)> {
         })
         .collect();
     let want = read_safetensors(&dir.join(format!("grads_{loss}.safetensors"))).unwrap();
-    let (got_loss, got) = run(case, loss);
+    let (got_loss, got) = run(gpu, case, loss);
     let loss_err = (got_loss - want_loss).abs() / want_loss.abs();
     assert!(
         loss_err < REL,
@@ -197,8 +197,12 @@ fn compare(case: &str, loss: &str) -> Vec<(String, f64)> {
 }
 
 fn check_case(case: &str) {
+    check_case_on(gpu(), case);
+}
+
+fn check_case_on(gpu: &Gpu, case: &str) {
     for loss in ["fgco_global", "fgco_fine", "finetune"] {
-        let report = compare(case, loss);
+        let report = compare(gpu, case, loss);
         let worst = report[1..]
             .iter()
             .max_by(|a, b| a.1.total_cmp(&b.1))
@@ -241,4 +245,28 @@ fn parity_pearson_profiles_zero_region_and_padded_frames() {
 #[test]
 fn parity_partial_profiles_zero_region() {
     check_case("partial");
+}
+
+/// The whole model with the workgroup-memory matmul that GPUs get by
+/// default (`Tiling::Workgroup`), forced on lavapipe: every matrix product
+/// of the forward and backward must take it, and parity must hold.
+#[test]
+fn parity_base_t32_with_workgroup_tiling() {
+    let gpu = stptf::check::gpu_with_tiling(Tiling::Workgroup);
+    let ((), trace) = gpu.traced(|| check_case_on(gpu, "base"));
+    let tiled = stptf::check::dispatches(&trace, "matmul::matmul_workgroup").len();
+    let register: usize = [
+        "matmul::matmul",
+        "matmul::matmul_nn_vec4",
+        "matmul::matmul_nt_vec4",
+        "matmul::matmul_tn_vec4",
+    ]
+    .iter()
+    .map(|k| stptf::check::dispatches(&trace, k).len())
+    .sum();
+    assert!(tiled > 0, "no workgroup-tiled matmul ran");
+    assert_eq!(
+        register, 0,
+        "a register-tiled matmul ran on the workgroup device"
+    );
 }

@@ -13,6 +13,13 @@ pub fn run() -> anyhow::Result<()> {
     println!("device type     {:?}", i.device_type);
     println!("driver          {} {}", i.driver, i.driver_info);
     println!("vendor/device   {:#06x}/{:#06x}", i.vendor, i.device);
+    let env = stptf::gpu::TILING_ENV;
+    let why = if std::env::var_os(env).is_some() {
+        format!("set by {env}")
+    } else {
+        format!("the adapter type's choice; {env} overrides it")
+    };
+    println!("matmul tiling   {} ({why})", gpu.tiling().name());
     println!();
     println!("limits (as granted to stptf)");
     println!(

@@ -82,6 +82,14 @@ pub enum GpuError {
     Launch { kernel: String, message: String },
     #[error("GPU error: {0}")]
     Device(String),
+    /// An environment variable that chooses a runtime setting has a value
+    /// that is not one of its choices.
+    #[error("{name}={value:?}: expected {expected}")]
+    Environment {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("reading back a buffer failed: {0}")]
     Readback(String),
     #[error("shape mismatch in {op}: {message}")]
@@ -146,6 +154,76 @@ pub struct Gpu {
     stage: Mutex<&'static str>,
     /// Submits so far (for `stptf profile`).
     submits: std::sync::atomic::AtomicU64,
+    /// How the matrix-product kernels tile their work on this adapter.
+    tiling: Tiling,
+}
+
+/// How the matrix-product kernels (`ops::matmul`) tile their work. Chosen
+/// once per device: by [`TILING_ENV`] when it is set, otherwise by the
+/// adapter's type (docs/design.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tiling {
+    /// Each invocation keeps a block of the output in registers and reads
+    /// its operands straight from the buffers; no workgroup memory, no
+    /// barriers. The fastest form on CPU adapters (lavapipe), where
+    /// workgroup memory is ordinary memory and a barrier is a thread switch.
+    Registers,
+    /// Each workgroup stages slices of both operands in workgroup memory
+    /// behind barriers, so every element read from device memory serves a
+    /// whole tile: the textbook form for GPUs, whose device memory is far
+    /// slower than their on-chip memory.
+    Workgroup,
+}
+
+/// The environment variable that overrides the tiling the adapter type
+/// chooses: `registers` or `workgroup`. CI runs every variant's tests on
+/// lavapipe through [`Gpu::with_tiling`]; this makes a whole run use one.
+pub const TILING_ENV: &str = "STPTF_TILING";
+
+impl Tiling {
+    /// What suits the adapter: registers on a CPU, workgroup memory on a GPU.
+    pub fn for_adapter(device_type: wgpu::DeviceType) -> Tiling {
+        match device_type {
+            wgpu::DeviceType::Cpu => Tiling::Registers,
+            _ => Tiling::Workgroup,
+        }
+    }
+
+    /// [`TILING_ENV`] if set (an unknown value is an error naming the
+    /// choices), otherwise [`Tiling::for_adapter`].
+    pub fn from_env(device_type: wgpu::DeviceType) -> Result<Tiling> {
+        const EXPECTED: &str = "`registers` or `workgroup`";
+        match std::env::var(TILING_ENV) {
+            Err(std::env::VarError::NotPresent) => Ok(Tiling::for_adapter(device_type)),
+            Err(std::env::VarError::NotUnicode(value)) => Err(GpuError::Environment {
+                name: TILING_ENV,
+                value: value.to_string_lossy().into_owned(),
+                expected: EXPECTED,
+            }),
+            Ok(value) => Tiling::parse(&value).ok_or(GpuError::Environment {
+                name: TILING_ENV,
+                value,
+                expected: EXPECTED,
+            }),
+        }
+    }
+
+    /// `registers` or `workgroup` (surrounding blanks ignored).
+    pub fn parse(value: &str) -> Option<Tiling> {
+        match value.trim() {
+            "registers" => Some(Tiling::Registers),
+            "workgroup" => Some(Tiling::Workgroup),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tiling::Registers => "registers",
+            Tiling::Workgroup => "workgroup",
+        }
+    }
 }
 
 /// One command recorded into the pending encoder (see [`Gpu::traced`]).
@@ -186,6 +264,7 @@ impl Gpu {
             lock(&sink).push(e.to_string());
         }));
         let max_binding = report.limits.max_storage_buffer_binding_size;
+        let tiling = Tiling::from_env(report.info.device_type)?;
         Ok(Self {
             device,
             queue,
@@ -206,6 +285,7 @@ impl Gpu {
             profiling: Default::default(),
             stage: Mutex::new("other"),
             submits: Default::default(),
+            tiling,
         })
     }
 
@@ -235,6 +315,20 @@ impl Gpu {
         let mut gpu = Self::new()?;
         let cap = gpu.report.limits.max_storage_buffer_binding_size;
         gpu.max_binding_bytes = bytes.min(cap);
+        Ok(gpu)
+    }
+
+    /// How this device's matrix products tile their work.
+    pub fn tiling(&self) -> Tiling {
+        self.tiling
+    }
+
+    /// A device of its own whose matrix products use `tiling` whatever the
+    /// adapter type, so CI proves every variant on lavapipe. Tests get one
+    /// through `check::gpu_with_tiling`.
+    pub fn with_tiling(tiling: Tiling) -> Result<Self> {
+        let mut gpu = Self::new()?;
+        gpu.tiling = tiling;
         Ok(gpu)
     }
 

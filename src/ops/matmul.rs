@@ -9,7 +9,7 @@
 //! first (at offsets that respect the storage offset alignment), then over
 //! row blocks of a single large matrix.
 
-use crate::gpu::{Gpu, GpuError, Result, Tensor};
+use crate::gpu::{Gpu, GpuError, Result, Tensor, Tiling};
 
 const SHADER: crate::gpu::Shader = crate::shader!("matmul");
 
@@ -143,11 +143,16 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, spec: Spec) -> Result<Tensor> {
     Ok(c)
 }
 
-/// The entry point for a layout. The vec4 fast paths need 16-byte-aligned
-/// rows and offsets; every range offset the launcher binds is a multiple of
-/// K, of N, of M·K or of K·N, so these divisibility conditions are enough.
-/// The scalar `matmul` covers every other case.
-pub fn kernel_entry(spec: Spec, m: usize, n: usize, k: usize) -> &'static str {
+/// The entry point for a layout on a device with the given tiling. With
+/// workgroup-memory tiling one entry point serves every layout. With
+/// register tiling, the vec4 fast paths need 16-byte-aligned rows and
+/// offsets; every range offset the launcher binds is a multiple of K, of N,
+/// of M·K or of K·N, so these divisibility conditions are enough. The scalar
+/// `matmul` covers every other case.
+pub fn kernel_entry(spec: Spec, m: usize, n: usize, k: usize, tiling: Tiling) -> &'static str {
+    if tiling == Tiling::Workgroup {
+        return "matmul_workgroup";
+    }
     match (spec.trans_a, spec.trans_b) {
         (false, false) if k % 4 == 0 && n % 4 == 0 => "matmul_nn_vec4",
         (false, true) if k % 4 == 0 => "matmul_nt_vec4",
@@ -180,19 +185,18 @@ pub fn matmul_into(
     let c_stride = m * n;
     let flags = spec.trans_a as u32 | (spec.trans_b as u32) << 1 | (spec.accumulate as u32) << 2;
     let planner = gpu.planner("matmul");
-    let entry = kernel_entry(spec, m, n, k);
-    let vec4 = entry != "matmul";
+    let entry = kernel_entry(spec, m, n, k, gpu.tiling());
     let kernel = SHADER.kernel(entry);
     // The output tile one workgroup computes, from the shader's own sizes.
     let compiled = gpu.kernel(kernel)?;
     let [wg_x, wg_y, _] = compiled.workgroup_size;
-    let tile_cols = wg_x * compiled.constant("COLS_PER_INVOCATION")?;
-    let tile_rows = wg_y
-        * compiled.constant(if vec4 {
-            "VEC4_ROWS_PER_INVOCATION"
-        } else {
-            "ROWS_PER_INVOCATION"
-        })?;
+    let (rows_name, cols_name) = match entry {
+        "matmul" => ("ROWS_PER_INVOCATION", "COLS_PER_INVOCATION"),
+        "matmul_workgroup" => ("TILED_ROWS_PER_INVOCATION", "TILED_COLS_PER_INVOCATION"),
+        _ => ("VEC4_ROWS_PER_INVOCATION", "COLS_PER_INVOCATION"),
+    };
+    let tile_cols = wg_x * compiled.constant(cols_name)?;
+    let tile_rows = wg_y * compiled.constant(rows_name)?;
     // B is never split inside a matrix: each launch binds one of its
     // matrices (plus the alignment remainder) or the broadcast one whole.
     let b_whole = if b_stride > 0 {
@@ -549,64 +553,115 @@ mod tests {
         (3, 1, 4, 4, 4),
     ];
 
-    const ENTRIES: [&str; 4] = [
-        "matmul::matmul",
-        "matmul::matmul_nn_vec4",
-        "matmul::matmul_nt_vec4",
-        "matmul::matmul_tn_vec4",
-    ];
+    /// The entry points each tiling's launcher may pick.
+    fn entries(tiling: Tiling) -> &'static [&'static str] {
+        match tiling {
+            Tiling::Registers => &[
+                "matmul::matmul",
+                "matmul::matmul_nn_vec4",
+                "matmul::matmul_nt_vec4",
+                "matmul::matmul_tn_vec4",
+            ],
+            Tiling::Workgroup => &["matmul::matmul_workgroup"],
+        }
+    }
 
+    const TILINGS: [Tiling; 2] = [Tiling::Registers, Tiling::Workgroup];
+
+    /// Every case and layout on a device of each tiling, whatever the
+    /// adapter type would choose: the workgroup-memory kernel written for
+    /// GPUs is proven on lavapipe here.
     #[test]
     fn matmul_matches_reference_for_all_transposes() {
-        let gpu = gpu();
-        let mut ran = std::collections::BTreeSet::new();
-        for (ci, &(ba, bb, m, k, n)) in CASES.iter().enumerate() {
-            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-                let spec = Spec {
-                    trans_a: ta,
-                    trans_b: tb,
-                    accumulate: false,
-                };
-                let a_shape = if ta { (ba, k, m) } else { (ba, m, k) };
-                let b_shape = if tb { (bb, n, k) } else { (bb, k, n) };
-                let av = random_vec(ba * m * k, 100 + ci as u64);
-                let bv = random_vec(bb * k * n, 200 + ci as u64);
-                let shape_of = |bt: usize, s: (usize, usize, usize)| {
-                    if bt == 1 && ba != bb {
-                        vec![s.1, s.2]
-                    } else {
-                        vec![bt, s.1, s.2]
-                    }
-                };
-                let ta_t = gpu.upload(&av, &shape_of(ba, a_shape)).unwrap();
-                let tb_t = gpu.upload(&bv, &shape_of(bb, b_shape)).unwrap();
-                let (out_shape, ..) = output_shape(&ta_t, &tb_t, spec).unwrap();
-                let c = poisoned(gpu, &out_shape);
-                let ((), trace) =
-                    gpu.traced(|| matmul_into(gpu, &ta_t, &tb_t, &c, spec, 1.0).unwrap());
-                let entry = kernel_entry(spec, m, n, k);
-                ran.insert(format!("matmul::{entry}"));
-                assert!(
-                    !crate::check::dispatches(&trace, &format!("matmul::{entry}")).is_empty(),
-                    "case {ci} ta={ta} tb={tb}: {entry} did not run: {trace:?}"
-                );
-                let want = reference::matmul(&arr(&av, a_shape), &arr(&bv, b_shape), spec);
-                assert_close(
-                    &gpu.read(&c).unwrap(),
-                    want.as_slice().unwrap(),
-                    Tolerance::ACCUMULATION,
-                    &format!("matmul case {ci} ta={ta} tb={tb}"),
-                );
+        for tiling in TILINGS {
+            let gpu = crate::check::gpu_with_tiling(tiling);
+            let mut ran = std::collections::BTreeSet::new();
+            for (ci, &(ba, bb, m, k, n)) in CASES.iter().enumerate() {
+                for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                    let spec = Spec {
+                        trans_a: ta,
+                        trans_b: tb,
+                        accumulate: false,
+                    };
+                    let a_shape = if ta { (ba, k, m) } else { (ba, m, k) };
+                    let b_shape = if tb { (bb, n, k) } else { (bb, k, n) };
+                    let av = random_vec(ba * m * k, 100 + ci as u64);
+                    let bv = random_vec(bb * k * n, 200 + ci as u64);
+                    let shape_of = |bt: usize, s: (usize, usize, usize)| {
+                        if bt == 1 && ba != bb {
+                            vec![s.1, s.2]
+                        } else {
+                            vec![bt, s.1, s.2]
+                        }
+                    };
+                    let ta_t = gpu.upload(&av, &shape_of(ba, a_shape)).unwrap();
+                    let tb_t = gpu.upload(&bv, &shape_of(bb, b_shape)).unwrap();
+                    let (out_shape, ..) = output_shape(&ta_t, &tb_t, spec).unwrap();
+                    let c = poisoned(gpu, &out_shape);
+                    let ((), trace) =
+                        gpu.traced(|| matmul_into(gpu, &ta_t, &tb_t, &c, spec, 1.0).unwrap());
+                    let entry = kernel_entry(spec, m, n, k, tiling);
+                    ran.insert(format!("matmul::{entry}"));
+                    assert!(
+                        !crate::check::dispatches(&trace, &format!("matmul::{entry}")).is_empty(),
+                        "{tiling:?} case {ci} ta={ta} tb={tb}: {entry} did not run: {trace:?}"
+                    );
+                    let want = reference::matmul(&arr(&av, a_shape), &arr(&bv, b_shape), spec);
+                    assert_close(
+                        &gpu.read(&c).unwrap(),
+                        want.as_slice().unwrap(),
+                        Tolerance::ACCUMULATION,
+                        &format!("{tiling:?} matmul case {ci} ta={ta} tb={tb}"),
+                    );
+                }
             }
+            let every: std::collections::BTreeSet<String> =
+                entries(tiling).iter().map(|e| e.to_string()).collect();
+            assert_eq!(
+                ran, every,
+                "the cases must reach every entry point of {tiling:?}"
+            );
         }
-        let every: std::collections::BTreeSet<String> =
-            ENTRIES.iter().map(|e| e.to_string()).collect();
-        assert_eq!(ran, every, "the cases must reach every entry point");
+    }
+
+    #[test]
+    fn the_tiling_follows_the_adapter_type_unless_overridden() {
+        assert_eq!(
+            Tiling::for_adapter(wgpu::DeviceType::Cpu),
+            Tiling::Registers
+        );
+        for t in [
+            wgpu::DeviceType::DiscreteGpu,
+            wgpu::DeviceType::IntegratedGpu,
+            wgpu::DeviceType::VirtualGpu,
+            wgpu::DeviceType::Other,
+        ] {
+            assert_eq!(Tiling::for_adapter(t), Tiling::Workgroup, "{t:?}");
+        }
+        assert_eq!(Tiling::parse(" workgroup\n"), Some(Tiling::Workgroup));
+        assert_eq!(Tiling::parse("registers"), Some(Tiling::Registers));
+        assert_eq!(Tiling::parse("shared"), None);
+        let e = crate::gpu::GpuError::Environment {
+            name: crate::gpu::TILING_ENV,
+            value: "shared".into(),
+            expected: "`registers` or `workgroup`",
+        }
+        .to_string();
+        assert_eq!(
+            e,
+            "STPTF_TILING=\"shared\": expected `registers` or `workgroup`"
+        );
+        // The shared device took the adapter's choice or the variable's.
+        let shared = gpu();
+        let want = match std::env::var(crate::gpu::TILING_ENV) {
+            Ok(v) => Tiling::parse(&v).unwrap(),
+            Err(_) => Tiling::for_adapter(shared.report.info.device_type),
+        };
+        assert_eq!(shared.tiling(), want);
     }
 
     #[test]
     fn long_contractions_split_k_and_match_the_reference() {
-        let gpu = gpu();
         // (M, K, N, trans_a, trans_b): weight gradient Xᵀ·G, bias gradient
         // ones·G, a single-column B, a K with few divisors.
         let cases = [
@@ -615,7 +670,19 @@ mod tests {
             (32, 16_384, 1, true, true),
             (5, 3 * 8209, 7, true, false),
         ];
-        for (ci, &(m, k, n, ta, tb)) in cases.iter().enumerate() {
+        for (ci, &(m, k, n, ta, tb, tiling)) in cases
+            .iter()
+            .flat_map(|&(m, k, n, ta, tb)| TILINGS.map(|t| (m, k, n, ta, tb, t)))
+            .collect::<Vec<_>>()
+            .iter()
+            .enumerate()
+        {
+            let gpu = crate::check::gpu_with_tiling(tiling);
+            // f32 rounding of a sum grows about as the square root of its
+            // length: ACCUMULATION is for a few thousand terms, these have
+            // 16k to 50k (an element with heavy cancellation in the K of
+            // 24,627 was off by 1.5e-4 in the workgroup kernel).
+            let tol = Tolerance::both(1e-4 * (k as f64 / 2048.0).sqrt());
             let spec = Spec {
                 trans_a: ta,
                 trans_b: tb,
@@ -634,19 +701,19 @@ mod tests {
             // Overwrite into a poisoned output.
             let c = poisoned(gpu, &[m, n]);
             let ((), trace) = gpu.traced(|| matmul_into(gpu, &a_t, &b_t, &c, spec, 1.0).unwrap());
-            let grids: Vec<[u32; 3]> = ENTRIES
+            let grids: Vec<[u32; 3]> = entries(tiling)
                 .iter()
                 .flat_map(|kname| crate::check::dispatches(&trace, kname))
                 .collect();
             assert!(
                 grids.iter().any(|g| g[2] as usize == chunks) && grids.len() == 2,
-                "case {ci}: expected the partial batch of {chunks} and the reduction, got {grids:?}"
+                "{tiling:?} case {ci}: expected the partial batch of {chunks} and the reduction, got {grids:?}"
             );
             assert_close(
                 &gpu.read(&c).unwrap(),
                 prod.as_slice().unwrap(),
-                Tolerance::ACCUMULATION,
-                &format!("split-K case {ci}"),
+                tol,
+                &format!("{tiling:?} split-K case {ci}"),
             );
             // c = c0 - 0.5·op(A)·op(B).
             let c = gpu.upload(&cv, &[m, n]).unwrap();
@@ -659,8 +726,8 @@ mod tests {
             assert_close(
                 &gpu.read(&c).unwrap(),
                 &want,
-                Tolerance::ACCUMULATION,
-                &format!("split-K case {ci}, accumulate"),
+                tol,
+                &format!("{tiling:?} split-K case {ci}, accumulate"),
             );
         }
         // Batched, wide, short or non-contiguous products run whole.
@@ -672,8 +739,11 @@ mod tests {
 
     #[test]
     fn accumulate_and_alpha() {
-        let gpu = gpu();
-        for (m, k, n) in [(9, 4, 6), (9, 8, 12)] {
+        for (m, k, n, tiling) in [(9, 4, 6), (9, 8, 12), (70, 20, 66)]
+            .into_iter()
+            .flat_map(|(m, k, n)| TILINGS.map(|t| (m, k, n, t)))
+        {
+            let gpu = crate::check::gpu_with_tiling(tiling);
             let av = random_vec(m * k, 1);
             let bv = random_vec(k * n, 2);
             let cv = random_vec(m * n, 3);
@@ -697,15 +767,18 @@ mod tests {
                 &gpu.read(&c).unwrap(),
                 &want,
                 Tolerance::ACCUMULATION,
-                "accumulate",
+                &format!("{tiling:?} accumulate {m}x{k}x{n}"),
             );
         }
     }
 
     #[test]
     fn backward_matches_reference_and_reference_matches_finite_differences() {
-        let gpu = gpu();
-        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        for (ta, tb, tiling) in [(false, false), (false, true), (true, false), (true, true)]
+            .into_iter()
+            .flat_map(|(ta, tb)| TILINGS.map(|t| (ta, tb, t)))
+        {
+            let gpu = crate::check::gpu_with_tiling(tiling);
             let spec = Spec {
                 trans_a: ta,
                 trans_b: tb,
@@ -753,13 +826,13 @@ mod tests {
                 &da,
                 &fd_a,
                 Tolerance::COMPOSITE,
-                &format!("dA ta={ta} tb={tb}"),
+                &format!("{tiling:?} dA ta={ta} tb={tb}"),
             );
             assert_close(
                 &db,
                 &fd_b,
                 Tolerance::COMPOSITE,
-                &format!("dB ta={ta} tb={tb}"),
+                &format!("{tiling:?} dB ta={ta} tb={tb}"),
             );
             // The analytic reference (dA = G·op(B)ᵀ) against finite differences, in f64.
             let analytic_a: Vec<f64> = if !ta {
@@ -824,23 +897,29 @@ mod tests {
     /// whose grids fit, instead of failing with "use launch_linear".
     #[test]
     fn a_product_taller_than_one_grid_is_split_by_rows() {
-        let gpu = gpu();
-        // k = n = 1: the scalar kernel, 32 rows per workgroup.
-        let m = 65_536 * 32 + 5;
-        let av = random_vec(m, 90);
-        let a = gpu.upload(&av, &[m, 1]).unwrap();
-        let b = gpu.upload(&[-2.0], &[1, 1]).unwrap();
-        let (c, trace) = gpu.traced(|| matmul(gpu, &a, &b, Spec::NN).unwrap());
-        let grids = crate::check::dispatches(&trace, "matmul::matmul");
-        assert_eq!(grids.len(), 2, "{grids:?}");
-        assert!(grids.iter().all(|g| g[1] <= 65_535), "{grids:?}");
-        let want: Vec<f64> = av.iter().map(|&x| -2.0 * x as f64).collect();
-        assert_close(
-            &gpu.read(&c).unwrap(),
-            &want,
-            Tolerance::ELEMENTWISE,
-            "tall matmul",
-        );
+        // k = n = 1: the scalar kernel with 32 rows per workgroup, or the
+        // workgroup-memory one with 64.
+        for (tiling, rows_per_group, entry) in [
+            (Tiling::Registers, 32, "matmul::matmul"),
+            (Tiling::Workgroup, 64, "matmul::matmul_workgroup"),
+        ] {
+            let gpu = crate::check::gpu_with_tiling(tiling);
+            let m = 65_536 * rows_per_group + 5;
+            let av = random_vec(m, 90);
+            let a = gpu.upload(&av, &[m, 1]).unwrap();
+            let b = gpu.upload(&[-2.0], &[1, 1]).unwrap();
+            let (c, trace) = gpu.traced(|| matmul(gpu, &a, &b, Spec::NN).unwrap());
+            let grids = crate::check::dispatches(&trace, entry);
+            assert_eq!(grids.len(), 2, "{tiling:?}: {grids:?}");
+            assert!(grids.iter().all(|g| g[1] <= 65_535), "{grids:?}");
+            let want: Vec<f64> = av.iter().map(|&x| -2.0 * x as f64).collect();
+            assert_close(
+                &gpu.read(&c).unwrap(),
+                &want,
+                Tolerance::ELEMENTWISE,
+                &format!("{tiling:?} tall matmul"),
+            );
+        }
     }
 
     #[test]

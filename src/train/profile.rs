@@ -99,6 +99,8 @@ pub struct Ceiling {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StepProfile {
     pub adapter: String,
+    /// How the matrix products tiled their work (`Gpu::tiling`).
+    pub tiling: crate::gpu::Tiling,
     pub phase: Phase,
     pub shape: String,
     pub params: usize,
@@ -199,6 +201,7 @@ pub fn profile_step(gpu: &Gpu, cfg: &Config, opts: &ProfileOptions) -> Result<St
     let peak = gpu.memory().1;
     Ok(StepProfile {
         adapter: gpu.adapter_name().to_string(),
+        tiling: gpu.tiling(),
         phase: opts.phase,
         shape: format!(
             "B={b} N={n} T={t} F={} D={}",
@@ -309,14 +312,15 @@ pub fn measure_ceiling(gpu: &Gpu) -> Result<Ceiling> {
 /// The profile as a table.
 pub fn print(p: &StepProfile) {
     println!(
-        "{} step, {} ({} params) on {}",
+        "{} step, {} ({} params) on {}, matmul tiling {}",
         match p.phase {
             Phase::Pretrain => "pretrain",
             Phase::Finetune => "finetune",
         },
         p.shape,
         p.params,
-        p.adapter
+        p.adapter,
+        p.tiling.name()
     );
     println!(
         "step: {:.1} ms (median of {} unprofiled); profiled step {:.1} ms wall, {:.1} ms GPU span",
