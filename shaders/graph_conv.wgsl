@@ -170,6 +170,97 @@ fn propagate_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     out4[o + 3u * f4] = acc3;
 }
 
+// Workgroup-memory tiling, the variant for GPUs (`Tiling::Workgroup`, as in
+// matmul.wgsl; the entry points above are for CPU adapters). A workgroup of
+// 64 computes a 64 (n) x 16 (f) tile of one frame's output, each invocation
+// a 4x4 block. The contraction over m advances in slices of 16: op(A)[64 n,
+// 16 m] and H[16 m, 16 f] are staged in workgroup memory (5 KiB), so each
+// adjacency element read from device memory serves 16 multiply-adds and
+// each activation 64. Any N and F: out-of-range elements are staged as 0 and
+// never stored. Workgroups are indexed linearly (grid folded by
+// Gpu::launch_linear); p.total is the number of workgroups with work, so
+// the early exit is uniform and every barrier is reached by the whole group.
+const PROP_TILE_N: u32 = 64u;
+const PROP_TILE_F: u32 = 16u;
+const PROP_TILE_M: u32 = 16u;
+// a_stage[k * 64 + i] = op(A)[n0 + i, m0 + k]; h_stage[k * 16 + j] = H[m0 + k, f0 + j].
+var<workgroup> a_stage: array<f32, 1024>;
+var<workgroup> h_stage: array<f32, 256>;
+
+@compute @workgroup_size(64)
+fn propagate_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let group = wid.x + wid.y * nwg.x;
+    if (group >= p.total) { return; }
+    let tiles_f = (p.feats + PROP_TILE_F - 1u) / PROP_TILE_F;
+    let tiles_n = (p.nodes + PROP_TILE_N - 1u) / PROP_TILE_N;
+    let per_frame = tiles_f * tiles_n;
+    let bt = group / per_frame;
+    let rem = group % per_frame;
+    let n0 = (rem / tiles_f) * PROP_TILE_N;
+    let f0 = (rem % tiles_f) * PROP_TILE_F;
+    let b = bt / p.frames;
+    let t = bt % p.frames;
+    let a_base = p.a_off + (b * p.windows + window_of(t)) * p.nodes * p.nodes;
+    let h_base = p.h_off + bt * p.nodes * p.feats;
+    let transposed = (p.flags & 1u) != 0u;
+    let rn = (lid / 4u) * 4u;
+    let cf = (lid % 4u) * 4u;
+    var acc: array<vec4<f32>, 4>;
+    for (var q = 0u; q < 4u; q = q + 1u) { acc[q] = vec4<f32>(0.0); }
+    for (var m0 = 0u; m0 < p.nodes; m0 = m0 + PROP_TILE_M) {
+        // The adjacency slice, 16 elements per invocation, walking the
+        // stored rows: along m for A, along n for Aᵀ.
+        for (var e = 0u; e < 16u; e = e + 1u) {
+            let idx = lid + e * 64u;
+            var i = idx / PROP_TILE_M;
+            var k = idx % PROP_TILE_M;
+            if (transposed) {
+                i = idx % PROP_TILE_N;
+                k = idx / PROP_TILE_N;
+            }
+            let n = n0 + i;
+            let m = m0 + k;
+            var v = 0.0;
+            if (n < p.nodes && m < p.nodes) {
+                if (transposed) { v = adj[a_base + m * p.nodes + n]; } else { v = adj[a_base + n * p.nodes + m]; }
+            }
+            a_stage[k * PROP_TILE_N + i] = v;
+        }
+        for (var e = 0u; e < 4u; e = e + 1u) {
+            let idx = lid + e * 64u;
+            let k = idx / PROP_TILE_F;
+            let j = idx % PROP_TILE_F;
+            let m = m0 + k;
+            let f = f0 + j;
+            var v = 0.0;
+            if (m < p.nodes && f < p.feats) { v = h[h_base + m * p.feats + f]; }
+            h_stage[k * PROP_TILE_F + j] = v;
+        }
+        // The slices are complete before anyone reads them.
+        workgroupBarrier();
+        for (var k = 0u; k < PROP_TILE_M; k = k + 1u) {
+            let hr = k * PROP_TILE_F + cf;
+            let hv = vec4<f32>(h_stage[hr], h_stage[hr + 1u], h_stage[hr + 2u], h_stage[hr + 3u]);
+            let ar = k * PROP_TILE_N + rn;
+            acc[0] = acc[0] + a_stage[ar] * hv;
+            acc[1] = acc[1] + a_stage[ar + 1u] * hv;
+            acc[2] = acc[2] + a_stage[ar + 2u] * hv;
+            acc[3] = acc[3] + a_stage[ar + 3u] * hv;
+        }
+        // Everyone is done reading before the next slice overwrites them.
+        workgroupBarrier();
+    }
+    for (var q = 0u; q < 4u; q = q + 1u) {
+        let n = n0 + rn + q;
+        if (n >= p.nodes) { break; }
+        for (var jj = 0u; jj < 4u; jj = jj + 1u) {
+            let f = f0 + cf + jj;
+            if (f >= p.feats) { break; }
+            out[h_base + n * p.feats + f] = acc[q][jj];
+        }
+    }
+}
+
 // Frames [first, last) that use window w.
 fn frames_of(w: u32) -> vec2<u32> {
     let first = min(w * p.stride, p.frames);

@@ -87,43 +87,50 @@ pub fn gpu() -> &'static Gpu {
 /// shared device other tests use concurrently. One device per limit, opened
 /// on first use and kept for the process.
 pub fn gpu_with_binding_limit(bytes: u64) -> &'static Gpu {
-    static DEVICES: std::sync::Mutex<Vec<(u64, &'static Gpu)>> = std::sync::Mutex::new(Vec::new());
-    let mut devices = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(&(_, gpu)) = devices.iter().find(|(b, _)| *b == bytes) {
-        return gpu;
-    }
-    let gpu = match Gpu::with_binding_limit(bytes) {
-        Ok(gpu) => Box::leak(Box::new(gpu)),
-        Err(e) => panic!("GPU tests need an adapter and none could be opened: {e}"),
-    };
-    assert_eq!(
-        gpu.max_binding_bytes(),
-        bytes,
-        "the device's own binding limit is below the requested test limit"
-    );
-    gpu.set_poison_new_tensors(true);
-    devices.push((bytes, gpu));
-    gpu
+    test_device(Some(bytes), None)
 }
 
 /// A device of its own whose matrix products use `tiling` whatever the
 /// adapter type (and whatever `STPTF_TILING` says), with poisoned new
-/// tensors: how CI runs the GPU variants' tests on lavapipe. One device per
-/// tiling, opened on first use and kept for the process.
+/// tensors: how CI runs the GPU variants' tests on lavapipe.
 pub fn gpu_with_tiling(tiling: crate::gpu::Tiling) -> &'static Gpu {
-    static DEVICES: std::sync::Mutex<Vec<(crate::gpu::Tiling, &'static Gpu)>> =
-        std::sync::Mutex::new(Vec::new());
+    test_device(None, Some(tiling))
+}
+
+/// Both: a binding limit (`None`: the device's own) and a tiling (`None`:
+/// the adapter's choice). One device per combination, opened on first use
+/// and kept for the process.
+pub fn test_device(bytes: Option<u64>, tiling: Option<crate::gpu::Tiling>) -> &'static Gpu {
+    type Key = (Option<u64>, Option<crate::gpu::Tiling>);
+    static DEVICES: std::sync::Mutex<Vec<(Key, &'static Gpu)>> = std::sync::Mutex::new(Vec::new());
     let mut devices = DEVICES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(&(_, gpu)) = devices.iter().find(|(t, _)| *t == tiling) {
+    if let Some(&(_, gpu)) = devices.iter().find(|(k, _)| *k == (bytes, tiling)) {
         return gpu;
     }
-    let gpu: &'static Gpu = match Gpu::with_tiling(tiling) {
-        Ok(gpu) => Box::leak(Box::new(gpu)),
+    let opened = match bytes {
+        Some(b) => Gpu::with_binding_limit(b),
+        None => Gpu::new(),
+    };
+    let mut gpu = match opened {
+        Ok(gpu) => gpu,
         Err(e) => panic!("GPU tests need an adapter and none could be opened: {e}"),
     };
-    assert_eq!(gpu.tiling(), tiling);
+    if let Some(t) = tiling {
+        gpu = gpu.tiled(t);
+    }
+    let gpu: &'static Gpu = Box::leak(Box::new(gpu));
+    if let Some(b) = bytes {
+        assert_eq!(
+            gpu.max_binding_bytes(),
+            b,
+            "the device's own binding limit is below the requested test limit"
+        );
+    }
+    if let Some(t) = tiling {
+        assert_eq!(gpu.tiling(), t);
+    }
     gpu.set_poison_new_tensors(true);
-    devices.push((tiling, gpu));
+    devices.push(((bytes, tiling), gpu));
     gpu
 }
 

@@ -247,19 +247,24 @@ fn parity_partial_profiles_zero_region() {
     check_case("partial");
 }
 
-/// The whole model with the workgroup-memory matmul that GPUs get by
+/// The whole model with the workgroup-memory kernels that GPUs get by
 /// default (`Tiling::Workgroup`), forced on lavapipe: every matrix product
-/// of the forward and backward must take it, and parity must hold.
+/// and graph propagation of the forward and backward must take them, and
+/// parity must hold.
 #[test]
 fn parity_base_t32_with_workgroup_tiling() {
     let gpu = stptf::check::gpu_with_tiling(Tiling::Workgroup);
     let ((), trace) = gpu.traced(|| check_case_on(gpu, "base"));
     let tiled = stptf::check::dispatches(&trace, "matmul::matmul_workgroup").len();
+    let propagated = stptf::check::dispatches(&trace, "graph_conv::propagate_workgroup").len();
+    assert!(propagated > 0, "no workgroup-tiled propagation ran");
     let register: usize = [
         "matmul::matmul",
         "matmul::matmul_nn_vec4",
         "matmul::matmul_nt_vec4",
         "matmul::matmul_tn_vec4",
+        "graph_conv::propagate",
+        "graph_conv::propagate_vec4",
     ]
     .iter()
     .map(|k| stptf::check::dispatches(&trace, k).len())

@@ -323,13 +323,12 @@ impl Gpu {
         self.tiling
     }
 
-    /// A device of its own whose matrix products use `tiling` whatever the
+    /// This device with its matrix products using `tiling` whatever the
     /// adapter type, so CI proves every variant on lavapipe. Tests get one
     /// through `check::gpu_with_tiling`.
-    pub fn with_tiling(tiling: Tiling) -> Result<Self> {
-        let mut gpu = Self::new()?;
-        gpu.tiling = tiling;
-        Ok(gpu)
+    pub fn tiled(mut self, tiling: Tiling) -> Self {
+        self.tiling = tiling;
+        self
     }
 
     /// Bytes currently allocated by the pool and the high-water mark.

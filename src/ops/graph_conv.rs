@@ -14,7 +14,7 @@
 //! F = 32 is 210 MB, over lavapipe's 128 MiB) are split over batch items,
 //! bound from aligned offsets with the remainders passed to the shader.
 
-use crate::gpu::{Gpu, GpuError, Planner, Result, Tensor};
+use crate::gpu::{Gpu, GpuError, Planner, Result, Tensor, Tiling};
 
 const SHADER: crate::gpu::Shader = crate::shader!("graph_conv");
 
@@ -138,9 +138,15 @@ fn run_propagate(gpu: &Gpu, adj: &Tensor, h: &Tensor, d: Dims, transposed: bool)
     if h.is_empty() {
         return Ok(out);
     }
-    let vec4 = d.nodes % 4 == 0 && d.feats % 4 == 0;
-    let per_frame = d.nodes.div_ceil(4) * d.feats.div_ceil(4);
-    let entry = if vec4 { "propagate_vec4" } else { "propagate" };
+    let entry = propagate_entry(&d, gpu.tiling());
+    // Work items per frame: 64x16 output tiles (one workgroup each) for the
+    // workgroup-memory kernel, 4x4 blocks (one invocation each) otherwise.
+    let tiled = entry == "propagate_workgroup";
+    let per_frame = if tiled {
+        d.nodes.div_ceil(64) * d.feats.div_ceil(16)
+    } else {
+        d.nodes.div_ceil(4) * d.feats.div_ceil(4)
+    };
     for_batch_chunks(gpu, &d, |planner, first, count| {
         let (a_arg, a_off) =
             planner.bind(adj, first * d.adj_item()..(first + count) * d.adj_item());
@@ -149,18 +155,32 @@ fn run_propagate(gpu: &Gpu, adj: &Tensor, h: &Tensor, d: Dims, transposed: bool)
         let total = count * d.frames * per_frame;
         let chunk = Dims { batch: count, ..d };
         gpu.count_flops(2 * (count * d.frames * d.nodes * d.nodes * d.feats) as u64);
-        gpu.launch_threads(
-            SHADER.kernel(entry),
-            &[(0, a_arg), (1, h_arg), (2, o_arg)],
-            &Params {
-                a_off,
-                h_off,
-                ..chunk.params(transposed as u32, total)
-            },
-            total as u64,
-        )
+        let params = Params {
+            a_off,
+            h_off,
+            ..chunk.params(transposed as u32, total)
+        };
+        let args = [(0, a_arg), (1, h_arg), (2, o_arg)];
+        if tiled {
+            gpu.launch_linear(SHADER.kernel(entry), &args, &params, total as u64)
+        } else {
+            gpu.launch_threads(SHADER.kernel(entry), &args, &params, total as u64)
+        }
     })?;
     Ok(out)
+}
+
+/// The propagation's entry point: the workgroup-memory kernel on a
+/// workgroup-tiled device, else the register-tiled vec4 path when N and F
+/// are multiples of 4, else the scalar one.
+pub fn propagate_entry(d: &Dims, tiling: Tiling) -> &'static str {
+    if tiling == Tiling::Workgroup {
+        "propagate_workgroup"
+    } else if d.nodes % 4 == 0 && d.feats % 4 == 0 {
+        "propagate_vec4"
+    } else {
+        "propagate"
+    }
 }
 
 /// Forward: `out[b,t,n,f] = Σ_m A[b,w(t),n,m] · H[b,t,m,f]`.
@@ -352,6 +372,8 @@ mod tests {
         (3, 2, 6, 3, 1, 5),
         (1, 2, 200, 8, 2, 1),
         (1, 2, 200, 3, 1, 1),
+        // Several 64x16 output tiles of the workgroup kernel, both partial.
+        (2, 3, 70, 33, 2, 2),
     ];
 
     fn dims_of(
@@ -376,8 +398,12 @@ mod tests {
 
     #[test]
     fn forward_and_backward_match_reference() {
-        let gpu = gpu();
-        for (k, case) in CASES.iter().enumerate() {
+        for (k, case, tiling) in CASES
+            .iter()
+            .enumerate()
+            .flat_map(|(k, c)| [Tiling::Registers, Tiling::Workgroup].map(|t| (k, c, t)))
+        {
+            let gpu = crate::check::gpu_with_tiling(tiling);
             let d = dims_of(case);
             let a_len = d.batch * d.windows * d.nodes * d.nodes;
             let h_len = d.batch * d.frames * d.nodes * d.feats;
@@ -391,8 +417,10 @@ mod tests {
                 .upload(&hv, &[d.batch, d.frames, d.nodes, d.feats])
                 .unwrap();
             let g = gpu.upload(&gv, h.shape()).unwrap();
-            let what = format!("case {case:?}");
-            let out = propagate(gpu, &a, &h, d.stride).unwrap();
+            let what = format!("{tiling:?} case {case:?}");
+            let entry = format!("graph_conv::{}", propagate_entry(&d, tiling));
+            let (out, trace) = gpu.traced(|| propagate(gpu, &a, &h, d.stride).unwrap());
+            assert_eq!(dispatches(&trace, &entry).len(), 1, "{what}: {trace:?}");
             let (a64, h64, g64) = (to_f64(&av), to_f64(&hv), to_f64(&gv));
             assert_close(
                 &gpu.read(&out).unwrap(),
@@ -400,7 +428,9 @@ mod tests {
                 Tolerance::ACCUMULATION,
                 &format!("forward {what}"),
             );
-            let (dh, da) = propagate_backward(gpu, &a, &h, &g, d.stride, true).unwrap();
+            let ((dh, da), trace) =
+                gpu.traced(|| propagate_backward(gpu, &a, &h, &g, d.stride, true).unwrap());
+            assert_eq!(dispatches(&trace, &entry).len(), 1, "{what}: {trace:?}");
             let (want_dh, want_da) = reference::propagate_backward(&a64, &h64, &g64, &d);
             assert_close(
                 &gpu.read(&dh).unwrap(),
@@ -425,9 +455,14 @@ mod tests {
         // disturb tests running in parallel.
         // Items of 3·7·7 = 147 / 5·7·3 = 105 (scalar) and 2·8·8 = 128 / 3·8·4 = 96
         // (vec4) values, so chunks start at unaligned offsets.
-        for (k, case) in [(5, 5, 7, 3, 3, 2), (6, 3, 8, 4, 2, 2)].iter().enumerate() {
+        for (k, case, tiling) in [(5, 5, 7, 3, 3, 2), (6, 3, 8, 4, 2, 2)]
+            .iter()
+            .enumerate()
+            .flat_map(|(k, c)| [Tiling::Registers, Tiling::Workgroup].map(|t| (k, c, t)))
+        {
             let d = dims_of(case);
-            let gpu = gpu_with_binding_limit(4 * (2 * d.adj_item().max(d.h_item()) + 64) as u64);
+            let limit = 4 * (2 * d.adj_item().max(d.h_item()) + 64) as u64;
+            let gpu = crate::check::test_device(Some(limit), Some(tiling));
             let av = random_vec(d.batch * d.adj_item(), 660 + k as u64);
             let hv = random_vec(d.batch * d.h_item(), 670 + k as u64);
             let gv = random_vec(d.batch * d.h_item(), 680 + k as u64);
@@ -446,15 +481,11 @@ mod tests {
             });
             let (a64, h64, g64) = (to_f64(&av), to_f64(&hv), to_f64(&gv));
             let (want_dh, want_da) = reference::propagate_backward(&a64, &h64, &g64, &d);
-            let what = format!("split {case:?}");
-            let entry = if d.nodes % 4 == 0 && d.feats % 4 == 0 {
-                "graph_conv::propagate_vec4"
-            } else {
-                "graph_conv::propagate"
-            };
+            let what = format!("{tiling:?} split {case:?}");
+            let entry = format!("graph_conv::{}", propagate_entry(&d, tiling));
             // Two items per launch, forward and dH: 2 · ceil(B / 2) launches.
             assert_eq!(
-                dispatches(&trace, entry).len(),
+                dispatches(&trace, &entry).len(),
                 2 * d.batch.div_ceil(2),
                 "{what}: {trace:?}"
             );
