@@ -104,16 +104,18 @@ fn correlation_on(
     if out.is_empty() {
         return Ok(out);
     }
+    // The launch parameters of `count` items from item `first`.
+    let params = |first: usize, count: usize| Params {
+        n: n as u32,
+        t: t as u32,
+        l: window as u32,
+        s: stride as u32,
+        w: w as u32,
+        items: count as u32,
+        first: first as u32,
+    };
     if chosen == Path::Matmul {
-        let p = Params {
-            n: n as u32,
-            t: t as u32,
-            l: window as u32,
-            s: stride as u32,
-            w: w as u32,
-            items: b as u32,
-            first: 0,
-        };
+        let p = params(0, b);
         let stats = gpu.empty(&[b, w, n, 2]);
         gpu.launch_threads(
             SHADER.kernel("window_stats"),
@@ -147,15 +149,7 @@ fn correlation_on(
     for items in planner.aligned_rows(b, &[per_item])? {
         let (first, count) = (items.start, items.len());
         let stats = gpu.empty(&[count, w, n, 2]);
-        let p = Params {
-            n: n as u32,
-            t: t as u32,
-            l: window as u32,
-            s: stride as u32,
-            w: w as u32,
-            items: count as u32,
-            first: first as u32,
-        };
+        let p = params(first, count);
         gpu.launch_threads(
             SHADER.kernel("window_stats"),
             &[(0, x.arg()), (1, stats.arg())],
