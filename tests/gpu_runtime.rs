@@ -48,6 +48,40 @@ fn an_opengl_backend_is_refused_by_name() {
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
 
+/// `STPTF_TILING` picks the kernels' tiling for a run; a value that is not
+/// one of the two is refused by name, and `info` says which one is in use.
+#[test]
+fn the_tiling_variable_acts_or_is_refused_by_name() {
+    let info = |value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_stptf"))
+            .arg("info")
+            .env("STPTF_TILING", value)
+            .output()
+            .expect("run stptf")
+    };
+    let out = info("shared");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("STPTF_TILING=\"shared\": expected `registers` or `workgroup`"),
+        "stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    for value in ["registers", "workgroup"] {
+        let out = info(value);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("matmul tiling   {value} (set by STPTF_TILING)")),
+            "{value}: {stdout}"
+        );
+    }
+}
+
 #[test]
 fn info_names_the_adapter() {
     let out = Command::new(env!("CARGO_BIN_EXE_stptf"))
