@@ -408,3 +408,81 @@ fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     if (i == j) { a = 1.0; }
     out[e] = a * h[row] * h[b * p.nodes + j];
 }
+
+// dA with workgroup-memory tiling, the variant for GPUs (as propagate_workgroup).
+// A workgroup of 64 computes a 32x32 tile of one window's dA, each invocation
+// a 4x4 block. The contraction runs over the window's (frame, feature) pairs,
+// flattened, in slices of 16: dOut[32 n, 16] and H[32 m, 16] are staged in
+// workgroup memory (4 KiB). A window that no frame uses contracts over
+// nothing and is written as 0. p.total is the number of workgroups with work
+// (the early exit is uniform); the slice count depends only on the window,
+// which is the same for the whole workgroup, so every barrier is reached by all.
+const GRAD_TILE: u32 = 32u;
+const GRAD_TILE_K: u32 = 16u;
+// g_stage[k * 32 + i] = dOut at (n0 + i, pair k0 + k); hm_stage likewise H at m0 + i.
+var<workgroup> g_stage: array<f32, 512>;
+var<workgroup> hm_stage: array<f32, 512>;
+
+@compute @workgroup_size(64)
+fn adjacency_grad_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let group = wid.x + wid.y * nwg.x;
+    if (group >= p.total) { return; }
+    let tiles = (p.nodes + GRAD_TILE - 1u) / GRAD_TILE;
+    let per_window = tiles * tiles;
+    let bw = group / per_window;
+    let rem = group % per_window;
+    let n0 = (rem / tiles) * GRAD_TILE;
+    let m0 = (rem % tiles) * GRAD_TILE;
+    let b = bw / p.windows;
+    let w = bw % p.windows;
+    let span = frames_of(w);
+    let pairs = (span.y - span.x) * p.feats;
+    let rn = (lid / 8u) * 4u;
+    let cm = (lid % 8u) * 4u;
+    var acc: array<vec4<f32>, 4>;
+    for (var q = 0u; q < 4u; q = q + 1u) { acc[q] = vec4<f32>(0.0); }
+    for (var k0 = 0u; k0 < pairs; k0 = k0 + GRAD_TILE_K) {
+        // 512 elements of each, 8 per invocation, the feature fastest (the
+        // stored order of a region's row).
+        for (var e = 0u; e < 8u; e = e + 1u) {
+            let idx = lid + e * 64u;
+            let i = idx / GRAD_TILE_K;
+            let k = idx % GRAD_TILE_K;
+            let pair = k0 + k;
+            var gv = 0.0;
+            var hv = 0.0;
+            if (pair < pairs) {
+                let t = span.x + pair / p.feats;
+                let f = pair % p.feats;
+                let base = p.h_off + (b * p.frames + t) * p.nodes * p.feats;
+                if (n0 + i < p.nodes) { gv = g[base + (n0 + i) * p.feats + f]; }
+                if (m0 + i < p.nodes) { hv = h[base + (m0 + i) * p.feats + f]; }
+            }
+            g_stage[k * GRAD_TILE + i] = gv;
+            hm_stage[k * GRAD_TILE + i] = hv;
+        }
+        // The slices are complete before anyone reads them.
+        workgroupBarrier();
+        for (var k = 0u; k < GRAD_TILE_K; k = k + 1u) {
+            let hr = k * GRAD_TILE + cm;
+            let hv = vec4<f32>(hm_stage[hr], hm_stage[hr + 1u], hm_stage[hr + 2u], hm_stage[hr + 3u]);
+            let gr = k * GRAD_TILE + rn;
+            acc[0] = acc[0] + g_stage[gr] * hv;
+            acc[1] = acc[1] + g_stage[gr + 1u] * hv;
+            acc[2] = acc[2] + g_stage[gr + 2u] * hv;
+            acc[3] = acc[3] + g_stage[gr + 3u] * hv;
+        }
+        // Everyone is done reading before the next slice overwrites them.
+        workgroupBarrier();
+    }
+    let o = p.a_off + bw * p.nodes * p.nodes;
+    for (var q = 0u; q < 4u; q = q + 1u) {
+        let n = n0 + rn + q;
+        if (n >= p.nodes) { break; }
+        for (var jj = 0u; jj < 4u; jj = jj + 1u) {
+            let m = m0 + cm + jj;
+            if (m >= p.nodes) { break; }
+            out[o + n * p.nodes + m] = acc[q][jj];
+        }
+    }
+}

@@ -258,6 +258,8 @@ fn parity_base_t32_with_workgroup_tiling() {
     let tiled = stptf::check::dispatches(&trace, "matmul::matmul_workgroup").len();
     let propagated = stptf::check::dispatches(&trace, "graph_conv::propagate_workgroup").len();
     assert!(propagated > 0, "no workgroup-tiled propagation ran");
+    let adjacency = stptf::check::dispatches(&trace, "graph_conv::adjacency_grad_workgroup").len();
+    assert!(adjacency > 0, "no workgroup-tiled adjacency gradient ran");
     let register: usize = [
         "matmul::matmul",
         "matmul::matmul_nn_vec4",
@@ -265,6 +267,8 @@ fn parity_base_t32_with_workgroup_tiling() {
         "matmul::matmul_tn_vec4",
         "graph_conv::propagate",
         "graph_conv::propagate_vec4",
+        "graph_conv::adjacency_grad",
+        "graph_conv::adjacency_grad_vec4",
     ]
     .iter()
     .map(|k| stptf::check::dispatches(&trace, k).len())

@@ -215,32 +215,49 @@ pub fn propagate_backward(
     if adj.is_empty() {
         return Ok((dh, Some(da)));
     }
-    let entry = if d.feats % 4 == 0 {
-        "adjacency_grad_vec4"
+    let entry = adjacency_grad_entry(&d, gpu.tiling());
+    // Workgroups of 32x32 output tiles, or invocations of 4x4 blocks.
+    let tiled = entry == "adjacency_grad_workgroup";
+    let per_window = if tiled {
+        d.nodes.div_ceil(32).pow(2)
     } else {
-        "adjacency_grad"
+        d.nodes.div_ceil(4).pow(2)
     };
     for_batch_chunks(gpu, &d, |planner, first, count| {
         let (a_arg, a_off) =
             planner.bind(&da, first * d.adj_item()..(first + count) * d.adj_item());
         let (h_arg, h_off) = planner.bind(h, first * d.h_item()..(first + count) * d.h_item());
         let (g_arg, _) = planner.bind(grad, first * d.h_item()..(first + count) * d.h_item());
-        let total = count * d.windows * d.nodes.div_ceil(4).pow(2);
+        let total = count * d.windows * per_window;
         let chunk = Dims { batch: count, ..d };
         // dA[w] = Σ over the window's frames of G_t H_tᵀ.
         gpu.count_flops(2 * (count * d.frames * d.nodes * d.nodes * d.feats) as u64);
-        gpu.launch_threads(
-            SHADER.kernel(entry),
-            &[(1, h_arg), (2, a_arg), (3, g_arg)],
-            &Params {
-                a_off,
-                h_off,
-                ..chunk.params(0, total)
-            },
-            total as u64,
-        )
+        let params = Params {
+            a_off,
+            h_off,
+            ..chunk.params(0, total)
+        };
+        let args = [(1, h_arg), (2, a_arg), (3, g_arg)];
+        if tiled {
+            gpu.launch_linear(SHADER.kernel(entry), &args, &params, total as u64)
+        } else {
+            gpu.launch_threads(SHADER.kernel(entry), &args, &params, total as u64)
+        }
     })?;
     Ok((dh, Some(da)))
+}
+
+/// The adjacency gradient's entry point: the workgroup-memory kernel on a
+/// workgroup-tiled device, else the register-tiled vec4 path when F is a
+/// multiple of 4, else the scalar one.
+pub fn adjacency_grad_entry(d: &Dims, tiling: Tiling) -> &'static str {
+    if tiling == Tiling::Workgroup {
+        "adjacency_grad_workgroup"
+    } else if d.feats % 4 == 0 {
+        "adjacency_grad_vec4"
+    } else {
+        "adjacency_grad"
+    }
 }
 
 /// `Â = D^{-1/2}(A + I)D^{-1/2}` with `A = |P|`, zero diagonal, D the row sums
@@ -431,6 +448,12 @@ mod tests {
             let ((dh, da), trace) =
                 gpu.traced(|| propagate_backward(gpu, &a, &h, &g, d.stride, true).unwrap());
             assert_eq!(dispatches(&trace, &entry).len(), 1, "{what}: {trace:?}");
+            let grad_entry = format!("graph_conv::{}", adjacency_grad_entry(&d, tiling));
+            assert_eq!(
+                dispatches(&trace, &grad_entry).len(),
+                1,
+                "{what}: {trace:?}"
+            );
             let (want_dh, want_da) = reference::propagate_backward(&a64, &h64, &g64, &d);
             assert_close(
                 &gpu.read(&dh).unwrap(),
@@ -487,6 +510,12 @@ mod tests {
             assert_eq!(
                 dispatches(&trace, &entry).len(),
                 2 * d.batch.div_ceil(2),
+                "{what}: {trace:?}"
+            );
+            let grad_entry = format!("graph_conv::{}", adjacency_grad_entry(&d, tiling));
+            assert_eq!(
+                dispatches(&trace, &grad_entry).len(),
+                d.batch.div_ceil(2),
                 "{what}: {trace:?}"
             );
             assert_close(
