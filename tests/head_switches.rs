@@ -3,6 +3,10 @@
 //!   (and only the forward does: they are not parameters), evaluation uses
 //!   them, so a scan's logits alone equal its logits within a batch, and the
 //!   checkpointed weights carry them;
+//! - `model.head_norm = "batch-precise"`: after fine-tuning, the statistics
+//!   are exactly Z_st's moments over the evaluation crops of the training
+//!   scans with the final weights, whatever they held before, and evaluation
+//!   then standardizes those crops to mean 0, variance 1; `batch` is not;
 //! - `finetune.head_lr_multiplier`: only the head's update changes, by the
 //!   multiplier;
 //! - `finetune.early_stopping_patience`: the fold ends with the weights of
@@ -169,6 +173,156 @@ fn batch_head_norm_evaluates_with_running_statistics() {
     assert_eq!(eval_logits(gpu, &restored, &x, &valid), together);
     // And a head_norm = "none" config refuses them (another model).
     assert!(Model::from_host(gpu, model_config(HeadNorm::None), dims(), &after).is_err());
+}
+
+const PRECISE: &str = r#"
+seed = 3
+
+[model]
+crop = 16
+node_channels = 4
+width = 8
+embed_dim = 4
+window = 8
+stride = 4
+segment = 8
+qk_dim = 4
+proj_dim = 8
+head_norm = "batch-precise"
+
+[finetune]
+epochs = 2
+batch = 4
+lr = 0.05
+warmup_fraction = 0.0
+eval_crops = 3
+diagnostic_scans = 0
+"#;
+
+/// Z_st [crops][D] of the K evaluation crops of `scans` (evenly spaced, as
+/// `Batcher::evaluation_plan` lays them), one crop per forward.
+fn evaluation_embeddings(
+    gpu: &Gpu,
+    model: &Model,
+    data: &Dataset,
+    scans: &[usize],
+    k: usize,
+) -> Vec<Vec<f64>> {
+    let batcher = Batcher {
+        batch_size: 1,
+        crop_length: CROP,
+        seed: 0,
+        drop_last: false,
+        eval_crops: k,
+    };
+    let mut rows = Vec::new();
+    for crops in batcher.evaluation_plan(data, scans) {
+        let hb = stptf::data::batch::assemble(data, &crops, CROP);
+        let x = gpu.upload(&hb.x, &[hb.b, hb.n, hb.t]).unwrap();
+        let valid = gpu.upload(&hb.valid, &[hb.b, hb.t]).unwrap();
+        let mut tape = Tape::new(gpu);
+        let enc = model.encode(&mut tape, &x, &valid).unwrap();
+        rows.push(
+            gpu.read(tape.value(enc.z_st))
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect(),
+        );
+    }
+    rows
+}
+
+/// Column mean and unbiased variance, in f64.
+fn moments(rows: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let n = rows.len() as f64;
+    let d = rows[0].len();
+    let mean: Vec<f64> = (0..d)
+        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n)
+        .collect();
+    let var = (0..d)
+        .map(|j| rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / (n - 1.0))
+        .collect();
+    (mean, var)
+}
+
+fn finetune(gpu: &Gpu, cfg: &Config, data: &Arc<Dataset>, scans: &[usize], poison: bool) -> Model {
+    let model = Model::new(gpu, cfg.model.clone(), dims(), 5).unwrap();
+    if poison {
+        let nan = vec![f32::NAN; cfg.model.width];
+        model.set_head_norm_statistics(gpu, &nan, &nan).unwrap();
+    }
+    stptf::train::trainer::train_phase(
+        gpu,
+        &model,
+        data,
+        scans,
+        cfg,
+        stptf::train::trainer::Phase::Finetune,
+        None,
+        &stptf::train::trainer::RunOptions {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    gpu.flush().unwrap();
+    model
+}
+
+#[test]
+fn batch_precise_head_norm_holds_the_training_crops_moments() {
+    let gpu = gpu();
+    let data = Arc::new(dataset(10, 6));
+    let scans: Vec<usize> = (0..9).collect();
+    let cfg = Config::from_toml_str(PRECISE, Path::new("precise.toml")).unwrap();
+    let k = cfg.finetune.eval_crops;
+    // Poisoned before training: every statistic must be replaced, none blended.
+    let model = finetune(gpu, &cfg, &data, &scans, true);
+    let weights = model.params.to_host(gpu).unwrap();
+    let (mean, var) = (
+        host(&weights, HEAD_NORM_MEAN),
+        host(&weights, HEAD_NORM_VAR),
+    );
+    let rows = evaluation_embeddings(gpu, &model, &data, &scans, k);
+    assert_eq!(rows.len(), scans.len() * k);
+    let (want_mean, want_var) = moments(&rows);
+    for j in 0..cfg.model.width {
+        let scale = want_var[j].sqrt();
+        assert!(
+            (mean[j] as f64 - want_mean[j]).abs() <= 1e-4 * scale + 1e-6,
+            "column {j}: mean {} against {}",
+            mean[j],
+            want_mean[j]
+        );
+        assert!(
+            (var[j] as f64 - want_var[j]).abs() <= 1e-4 * want_var[j] + 1e-9,
+            "column {j}: variance {} against {}",
+            var[j],
+            want_var[j]
+        );
+    }
+    // The same training with `batch`: its momentum average is not the
+    // final weights' moments (so the test above tells the two apart).
+    let mut momentum_cfg = cfg.clone();
+    momentum_cfg.model.head_norm = HeadNorm::Batch;
+    let lagging = finetune(gpu, &momentum_cfg, &data, &scans, false);
+    let lagging_weights = lagging.params.to_host(gpu).unwrap();
+    let lagging_mean = host(&lagging_weights, HEAD_NORM_MEAN);
+    let (lag_want_mean, lag_want_var) =
+        moments(&evaluation_embeddings(gpu, &lagging, &data, &scans, k));
+    let off = (0..cfg.model.width)
+        .map(|j| (lagging_mean[j] as f64 - lag_want_mean[j]).abs() / lag_want_var[j].sqrt())
+        .fold(0.0, f64::max);
+    assert!(
+        off > 1e-2,
+        "`batch` running mean within {off} sd of the final moments"
+    );
+    // A model without a head BatchNorm refuses statistics.
+    let plain = Model::new(gpu, model_config(HeadNorm::None), dims(), 1).unwrap();
+    assert!(plain
+        .set_head_norm_statistics(gpu, &[0.0; 8], &[1.0; 8])
+        .is_err());
 }
 
 /// The same start, the same batch, one step at multiplier 1 and at 10: the

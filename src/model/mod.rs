@@ -638,11 +638,33 @@ impl Model {
         self.linear(tape, &self.layers.head, z)
     }
 
-    /// The head BatchNorm's running statistics (`head_norm = "batch"`).
+    /// Replaces the head BatchNorm's running statistics with `mean` and
+    /// `var` [D] (`head_norm = "batch-precise"`, recomputed by the trainer).
+    pub fn set_head_norm_statistics(
+        &self,
+        gpu: &crate::gpu::Gpu,
+        mean: &[f32],
+        var: &[f32],
+    ) -> Result<()> {
+        let Some(running) = self.head_norm_running()? else {
+            return Err(GpuError::Shape {
+                op: "set_head_norm_statistics",
+                message: format!(
+                    "model.head_norm = {:?} keeps no statistics to set",
+                    self.cfg.head_norm
+                ),
+            });
+        };
+        gpu.write(running.mean, mean)?;
+        gpu.write(running.var, var)
+    }
+
+    /// The head BatchNorm's running statistics (`head_norm = "batch"` or
+    /// `"batch-precise"`).
     fn head_norm_running(&self) -> Result<Option<Running<'_>>> {
         Ok(match self.cfg.head_norm {
             HeadNorm::None => None,
-            HeadNorm::Batch => Some(Running {
+            HeadNorm::Batch | HeadNorm::BatchPrecise => Some(Running {
                 mean: self.params.buffer(params::HEAD_NORM_MEAN)?,
                 var: self.params.buffer(params::HEAD_NORM_VAR)?,
             }),

@@ -245,7 +245,7 @@ fn buffer_layout(m: &ModelConfig) -> Vec<(String, Vec<usize>, f32)> {
     match m.head_norm {
         HeadNorm::None => Vec::new(),
         // PyTorch's initial running statistics: mean 0, variance 1.
-        HeadNorm::Batch => vec![
+        HeadNorm::Batch | HeadNorm::BatchPrecise => vec![
             (HEAD_NORM_MEAN.into(), vec![m.width], 0.0),
             (HEAD_NORM_VAR.into(), vec![m.width], 1.0),
         ],

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::autograd::optim::AdamWState;
 use crate::autograd::Tape;
-use crate::config::Config;
+use crate::config::{Config, HeadNorm};
 use crate::data::batch::{Batcher, HostBatch, Plan};
 use crate::data::upload::BatchUploader;
 use crate::data::Dataset;
@@ -471,6 +471,12 @@ pub fn train_phase(
             &bar,
         )?;
         if phase == Phase::Finetune {
+            if cfg.model.head_norm == HeadNorm::BatchPrecise {
+                // Before anything scores with them: the diagnostics, the
+                // early-stopping choice and the checkpoint all see this
+                // epoch's recomputed statistics.
+                recompute_head_norm_statistics(gpu, model, dataset, &diagnostic_scans, cfg)?;
+            }
             // After the epoch's last step: its gradients are still in the
             // parameters' gradient buffers (the next step zeroes them).
             let diag = epoch_diagnostics(
@@ -543,6 +549,59 @@ pub fn train_phase(
         diagnostics,
         best_epoch,
     })
+}
+
+/// `model.head_norm = "batch-precise"`: the head BatchNorm's statistics
+/// become the mean and unbiased variance (PyTorch's running-variance
+/// convention) of Z_st over the K evaluation crops of `scans`, each crop a
+/// row, computed in f64 with the current weights. Each crop is a row because
+/// training standardizes single crops, and the evaluation crops because they
+/// are what evaluation standardizes.
+pub fn recompute_head_norm_statistics(
+    gpu: &Gpu,
+    model: &Model,
+    dataset: &Arc<Dataset>,
+    scans: &[usize],
+    cfg: &Config,
+) -> Result<()> {
+    let batcher = batcher(cfg, Phase::Finetune);
+    let mut uploader = BatchUploader::new();
+    let mut rows: Vec<f32> = Vec::new();
+    let mut d = 0;
+    let plan = batcher.evaluation_plan(dataset, scans);
+    for host in batcher.prefetch(dataset.clone(), plan) {
+        let batch = uploader.upload(gpu, &host)?;
+        let mut tape = Tape::new(gpu);
+        let enc = model.encode(&mut tape, &batch.x, &batch.valid)?;
+        d = tape.value(enc.z_st).shape().last().copied().unwrap_or(0);
+        let z = gpu.read(tape.value(enc.z_st))?;
+        rows.extend_from_slice(&z[..host.scan_index.len() * d]);
+    }
+    let n = if d == 0 { 0 } else { rows.len() / d };
+    if n < 2 {
+        return Err(TrainError::Invalid(format!(
+            "model.head_norm = \"batch-precise\" needs at least 2 evaluation crops of training \
+             scans to estimate Z_st's variance, and {} scans gave {n}",
+            scans.len()
+        )));
+    }
+    let mut mean = vec![0.0f64; d];
+    for row in rows.chunks(d) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += v as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let mut var = vec![0.0f64; d];
+    for row in rows.chunks(d) {
+        for ((s, &v), m) in var.iter_mut().zip(row).zip(&mean) {
+            *s += (v as f64 - m).powi(2);
+        }
+    }
+    var.iter_mut().for_each(|s| *s /= (n - 1) as f64);
+    let to_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    model.set_head_norm_statistics(gpu, &to_f32(mean), &to_f32(var))?;
+    Ok(())
 }
 
 /// The learning diagnostics of one fine-tuning epoch: the training and
