@@ -577,7 +577,7 @@ pub fn recompute_head_norm_statistics(
         let z = gpu.read(tape.value(enc.z_st))?;
         rows.extend_from_slice(&z[..host.scan_index.len() * d]);
     }
-    let n = if d == 0 { 0 } else { rows.len() / d };
+    let n = rows.len().checked_div(d).unwrap_or(0);
     if n < 2 {
         return Err(TrainError::Invalid(format!(
             "model.head_norm = \"batch-precise\" needs at least 2 evaluation crops of training \
