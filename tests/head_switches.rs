@@ -175,30 +175,6 @@ fn batch_head_norm_evaluates_with_running_statistics() {
     assert!(Model::from_host(gpu, model_config(HeadNorm::None), dims(), &after).is_err());
 }
 
-const PRECISE: &str = r#"
-seed = 3
-
-[model]
-crop = 16
-node_channels = 4
-width = 8
-embed_dim = 4
-window = 8
-stride = 4
-segment = 8
-qk_dim = 4
-proj_dim = 8
-head_norm = "batch-precise"
-
-[finetune]
-epochs = 2
-batch = 4
-lr = 0.05
-warmup_fraction = 0.0
-eval_crops = 3
-diagnostic_scans = 0
-"#;
-
 /// Z_st [crops][D] of the K evaluation crops of `scans` (evenly spaced, as
 /// `Batcher::evaluation_plan` lays them), one crop per forward.
 fn evaluation_embeddings(
@@ -275,7 +251,19 @@ fn batch_precise_head_norm_holds_the_training_crops_moments() {
     let gpu = gpu();
     let data = Arc::new(dataset(10, 6));
     let scans: Vec<usize> = (0..9).collect();
-    let cfg = Config::from_toml_str(PRECISE, Path::new("precise.toml")).unwrap();
+    // EARLY's small model and optimizer, without the validation split.
+    let mut cfg = Config::from_toml_str(EARLY, Path::new("early.toml")).unwrap();
+    for (key, value) in [
+        ("seed", "3"),
+        ("model.head_norm", "batch-precise"),
+        ("finetune.epochs", "2"),
+        ("finetune.eval_crops", "3"),
+        ("finetune.diagnostic_scans", "0"),
+        ("finetune.early_stopping_patience", "0"),
+        ("finetune.validation_fraction", "0"),
+    ] {
+        cfg.apply_override(key, value).unwrap();
+    }
     let k = cfg.finetune.eval_crops;
     // Poisoned before training: every statistic must be replaced, none blended.
     let model = finetune(gpu, &cfg, &data, &scans, true);
