@@ -153,14 +153,6 @@ pub enum HeadNorm {
     BatchPrecise,
 }
 
-impl HeadNorm {
-    /// Whether the head standardizes Z_st with a BatchNorm (and so the model
-    /// has running statistics).
-    pub fn is_batch(self) -> bool {
-        matches!(self, HeadNorm::Batch | HeadNorm::BatchPrecise)
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Norm {
@@ -942,7 +934,6 @@ mod tests {
         c.apply_override("model.head_norm", "batch-precise")
             .unwrap();
         assert_eq!(c.model.head_norm, HeadNorm::BatchPrecise);
-        assert!(c.model.head_norm.is_batch() && !HeadNorm::None.is_batch());
     }
 
     /// The literal-model preset pins every switch at its literal value.
