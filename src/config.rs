@@ -272,6 +272,12 @@ pub struct FinetuneConfig {
     /// "batch-precise"` the same subset's evaluation crops give the head's
     /// evaluation statistics.
     pub diagnostic_scans: usize,
+    /// Dropout on the readout's input (the fused node features before
+    /// fusion.proj) in fine-tuning steps: each of a scan's N·F features is
+    /// dropped with this probability for the whole crop, the kept ones
+    /// scaled by 1/(1 − p). Never in pretraining or evaluation. 0 = off;
+    /// the `lstm` encoder has no readout and refuses it.
+    pub dropout: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -396,6 +402,7 @@ impl Default for FinetuneConfig {
             validation_fraction: 0.0,
             eval_crops: 8,
             head_lr_multiplier: 1.0,
+            dropout: 0.0,
             early_stopping_patience: 0,
             diagnostic_scans: 128,
         }
@@ -706,6 +713,18 @@ impl Config {
             self.finetune.head_lr_multiplier.to_string(),
             "a finite number > 0",
         )?;
+        check(
+            (0.0..1.0).contains(&self.finetune.dropout),
+            "finetune.dropout",
+            self.finetune.dropout.to_string(),
+            "a probability in [0, 1)",
+        )?;
+        check(
+            self.finetune.dropout == 0.0 || self.model.encoder != Encoder::Lstm,
+            "finetune.dropout",
+            format!("{} with model.encoder = \"lstm\"", self.finetune.dropout),
+            "0 with the lstm encoder (it has no readout to drop features of)",
+        )?;
         // Early stopping chooses the epoch by the validation loss; without a
         // validation split there is nothing to choose by.
         check(
@@ -934,6 +953,23 @@ mod tests {
         c.apply_override("model.head_norm", "batch-precise")
             .unwrap();
         assert_eq!(c.model.head_norm, HeadNorm::BatchPrecise);
+        for bad in ["1", "1.5", "-0.1", "nan"] {
+            let e = c
+                .apply_override("finetune.dropout", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("finetune.dropout"), "{bad}: {e}");
+        }
+        c.apply_override("finetune.dropout", "0.3").unwrap();
+        assert_eq!(c.finetune.dropout, 0.3);
+        // It acts: the fine-tuning step's objective carries it.
+        let objective = crate::train::step::FinetuneObjective::from_config(&c);
+        assert_eq!((objective.dropout, objective.seed), (0.3, c.seed));
+        let e = c
+            .apply_override("model.encoder", "lstm")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("finetune.dropout") && e.contains("lstm"), "{e}");
     }
 
     /// The literal-model preset pins every switch at its literal value.

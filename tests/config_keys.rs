@@ -93,6 +93,7 @@ const CHANGES: &[(&str, &str)] = &[
     ("finetune.eval_crops", "3"),
     ("finetune.validation_fraction", "0.25"),
     ("finetune.head_lr_multiplier", "100"),
+    ("finetune.dropout", "0.5"),
     ("evaluate.folds", "3"),
     ("evaluate.split", "leave-site-out"),
     ("evaluate.include_test_unlabeled", "true"),

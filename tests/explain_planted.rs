@@ -73,6 +73,7 @@ fn finetune(gpu: &Gpu, model: &Model, data: &Dataset, scans: &[usize], steps: u6
                 &valid,
                 &labels,
                 &FinetuneObjective::default(),
+                step as u64,
                 &mut opt,
                 3e-3,
             )

@@ -10,7 +10,11 @@
 //! - `finetune.head_lr_multiplier`: only the head's update changes, by the
 //!   multiplier;
 //! - `finetune.early_stopping_patience`: the fold ends with the weights of
-//!   the epoch of lowest validation loss and stops `patience` epochs after it.
+//!   the epoch of lowest validation loss and stops `patience` epochs after it;
+//! - `finetune.dropout`: the mask is the generator's draw per (scan,
+//!   feature), the same at every frame and scaled by 1/(1 − p); in a
+//!   fine-tuning step a feature dropped in every scan of the batch gives its
+//!   fusion.proj row no gradient; evaluation never drops.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,9 +27,11 @@ use stptf::data::batch::Batcher;
 use stptf::data::dataset::Dataset;
 use stptf::data::synth::{generate, SynthConfig};
 use stptf::gpu::{Gpu, Tensor};
+use stptf::model::augment::{rng_key, STREAM_DROPOUT};
 use stptf::model::params::{HEAD_NORM_MEAN, HEAD_NORM_VAR};
-use stptf::model::{DataDims, HostTensor, Model};
+use stptf::model::{feature_dropout_mask, DataDims, Dropout, HostTensor, Model};
 use stptf::ops::adamw::AdamW;
+use stptf::ops::random::{reference as rng_reference, ProbLayout};
 use stptf::train::step::{record_finetune_step, FinetuneObjective};
 
 const CROP: usize = 16;
@@ -128,6 +134,7 @@ fn batch_head_norm_evaluates_with_running_statistics() {
             &valid,
             &labels,
             &FinetuneObjective::default(),
+            epoch as u64,
             &mut opt,
             1e-3,
         )
@@ -336,8 +343,12 @@ fn head_lr_multiplier_changes_only_the_head_update() {
         let objective = FinetuneObjective {
             freeze_encoder: freeze,
             head_lr_multiplier: multiplier,
+            ..FinetuneObjective::default()
         };
-        record_finetune_step(gpu, &model, &x, &valid, &labels, &objective, &mut opt, 1e-3).unwrap();
+        record_finetune_step(
+            gpu, &model, &x, &valid, &labels, &objective, 0, &mut opt, 1e-3,
+        )
+        .unwrap();
         gpu.flush().unwrap();
         (start, model.params.to_host(gpu).unwrap())
     };
@@ -637,4 +648,120 @@ fn batch_head_norm_statistics_survive_checkpoints_resume_and_predict() {
     for id in &pair {
         assert_eq!(row(&alone, id), row(&all, id));
     }
+}
+
+#[test]
+fn feature_dropout_mask_is_the_generators_draw_shared_by_every_frame() {
+    let gpu = gpu();
+    for (i, &(b, t, k, p)) in [
+        (1, 1, 1, 0.5f32),
+        (3, 5, 7, 0.3),
+        (4, 16, 48, 0.5),
+        (2, 64, 1600, 0.1),
+        (5, 3, 33, 0.9),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dropout = Dropout {
+            p,
+            key: rng_key(7 + i as u64, STREAM_DROPOUT, 3 * i as u64),
+        };
+        // check::gpu poisons every new tensor with NaN: each element must be written.
+        let mask = gpu
+            .read(&feature_dropout_mask(gpu, b, t, k, dropout).unwrap())
+            .unwrap();
+        let keep =
+            rng_reference::bernoulli_mask(dropout.key, &[b, k], &vec![p; k], ProbLayout::PerColumn);
+        let scale = 1.0 / (1.0 - p as f64);
+        for bi in 0..b {
+            for ti in 0..t {
+                for ki in 0..k {
+                    let want = keep[bi * k + ki] as f64 * scale;
+                    let got = mask[(bi * t + ti) * k + ki] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-6 * scale,
+                        "[{b}, {t}, {k}] p {p}: ({bi}, {ti}, {ki}) = {got}, expected {want}"
+                    );
+                }
+            }
+        }
+        if b * k >= 1000 {
+            let dropped = keep.iter().filter(|&&v| v == 0.0).count() as f64 / (b * k) as f64;
+            assert!(
+                (dropped - p as f64).abs() < 0.03,
+                "dropped {dropped}, p {p}"
+            );
+        }
+    }
+    for p in [0.0, 1.0, f32::NAN] {
+        let d = Dropout {
+            p,
+            key: rng_key(0, STREAM_DROPOUT, 0),
+        };
+        assert!(
+            feature_dropout_mask(gpu, 2, 3, 4, d).is_err(),
+            "p {p} accepted"
+        );
+    }
+    assert_eq!(Dropout::at_step(0.0, 1, 2), None);
+}
+
+#[test]
+fn dropout_silences_the_fusion_rows_of_features_dropped_in_every_scan() {
+    let gpu = gpu();
+    let data = dataset(8, 21);
+    let (b, f) = (2, 4);
+    let k = REGIONS * f;
+    let model = Model::new(gpu, model_config(HeadNorm::None), dims(), 4).unwrap();
+    let (x, valid, labels) = batch(gpu, &data, b, 0);
+    let loss_and_proj_grad = |dropout: Option<Dropout>| -> (f32, Vec<f32>) {
+        model.params.store.zero_grads(gpu).unwrap();
+        let mut tape = Tape::new(gpu);
+        let (loss, _) = model
+            .finetune_loss(&mut tape, &x, &valid, &labels, dropout)
+            .unwrap();
+        let value = gpu.read(tape.value(loss)).unwrap()[0];
+        tape.backward(loss, &model.params.store).unwrap();
+        let grads = model.params.grads_to_host(gpu).unwrap();
+        (value, host(&grads, "fusion.proj.weight"))
+    };
+    let (plain, plain_grad) = loss_and_proj_grad(None);
+    let dropout = Dropout::at_step(0.5, 11, 1).unwrap();
+    let (dropped, grad) = loss_and_proj_grad(Some(dropout));
+    assert!(plain.is_finite() && dropped.is_finite());
+    assert_ne!(plain, dropped, "dropout changed nothing");
+    // The same step's key gives the same mask: a resumed run draws the same.
+    assert_eq!(loss_and_proj_grad(Some(dropout)).0, dropped);
+
+    // fusion.proj.weight is [N·F, D]; row k carries feature k (n·F + f).
+    let keep =
+        rng_reference::bernoulli_mask(dropout.key, &[b, k], &vec![0.5; k], ProbLayout::PerColumn);
+    let width = grad.len() / k;
+    let (mut silent, mut live) = (0, 0);
+    for ki in 0..k {
+        let row = &grad[ki * width..(ki + 1) * width];
+        let kept_somewhere = (0..b).any(|bi| keep[bi * k + ki] == 1.0);
+        let row_norm: f32 = row.iter().map(|v| v * v).sum();
+        if kept_somewhere {
+            live += 1;
+            let plain_norm: f32 = plain_grad[ki * width..(ki + 1) * width]
+                .iter()
+                .map(|v| v * v)
+                .sum();
+            assert!(
+                row_norm > 0.0 || plain_norm == 0.0,
+                "feature {ki}: kept, but its row got no gradient"
+            );
+        } else {
+            silent += 1;
+            assert_eq!(
+                row_norm, 0.0,
+                "feature {ki}: dropped in every scan, yet its row has a gradient"
+            );
+        }
+    }
+    // Not vacuous: this key drops some features in both scans and keeps others.
+    assert!(silent > 0 && live > 0, "silent {silent}, live {live}");
+    assert!(plain_grad.iter().all(|v| v.is_finite()));
 }

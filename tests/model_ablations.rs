@@ -92,7 +92,7 @@ fn loss(gpu: &Gpu, model: &Model, d: &Batch, backward: bool) -> f64 {
         )
         .unwrap();
     let (ce, _) = model
-        .finetune_loss(&mut tape, &d.x, &d.valid, &d.labels)
+        .finetune_loss(&mut tape, &d.x, &d.valid, &d.labels, None)
         .unwrap();
     let l = tape.add(pre, ce).unwrap();
     let loss = tape.value(l).clone();

@@ -106,8 +106,9 @@ fn zero_regions_and_padded_frames_stay_finite() {
                         (l, None)
                     }
                     _ => {
-                        let (l, logits) =
-                            model.finetune_loss(&mut tape, &xg, &vg, &labels).unwrap();
+                        let (l, logits) = model
+                            .finetune_loss(&mut tape, &xg, &vg, &labels, None)
+                            .unwrap();
                         (l, Some(logits))
                     }
                 };

@@ -121,7 +121,7 @@ fn run(gpu: &Gpu, case: &str, loss: &str) -> (f64, Vec<HostTensor>) {
             .unwrap(),
         "finetune" => {
             model
-                .finetune_loss(&mut tape, &xg, &valid, &labels)
+                .finetune_loss(&mut tape, &xg, &valid, &labels, None)
                 .unwrap()
                 .0
         }

@@ -31,6 +31,58 @@ use crate::ops::{correlation, elementwise, reduce};
 pub const STREAM_SCA: u32 = 0x5CA0_0001;
 /// Generator stream of the TCA (frame) mask.
 pub const STREAM_TCA: u32 = 0x7CA0_0002;
+/// Generator stream of the fine-tuning dropout mask (`finetune.dropout`).
+pub const STREAM_DROPOUT: u32 = 0xD50F_0003;
+
+/// Dropout on the readout's input in a fine-tuning step (`finetune.dropout`):
+/// each of a scan's N·F fused node features is dropped with probability
+/// `p` for the whole crop (one draw per scan and feature, shared by every
+/// frame), and the kept ones are scaled by 1/(1 − p). A mask per frame
+/// would average out: the static branch's features are the same at every
+/// frame, and the temporal stages mix the frames again.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    /// Probability of dropping a feature, in (0, 1).
+    pub p: f32,
+    /// The step's generator key: `rng_key(seed, STREAM_DROPOUT, step)`.
+    pub key: RngKey,
+}
+
+impl Dropout {
+    /// The dropout of fine-tuning step `step`, or None when `p` is 0.
+    pub fn at_step(p: f32, seed: u64, step: u64) -> Option<Self> {
+        (p > 0.0).then(|| Self {
+            p,
+            key: rng_key(seed, STREAM_DROPOUT, step),
+        })
+    }
+}
+
+/// The dropout multiplier [B, T, K] for features [B, T, K]: element
+/// (b, t, k) is 0 where feature k of scan b is dropped, else 1/(1 − p),
+/// the same at every t. The [B, K] keep-mask is the counter generator's
+/// Bernoulli draw (element b·K + k), so the host can recompute it with
+/// `random::reference::bernoulli_mask`; the broadcast over T and the scale
+/// are one batched product `full([T, 1], 1/(1 − p)) · mask[b]`.
+pub fn feature_dropout_mask(
+    gpu: &Gpu,
+    b: usize,
+    t: usize,
+    k: usize,
+    dropout: Dropout,
+) -> Result<Tensor> {
+    if !(dropout.p > 0.0 && dropout.p < 1.0) {
+        return Err(GpuError::Shape {
+            op: "feature_dropout_mask",
+            message: format!("dropout probability {} is not in (0, 1)", dropout.p),
+        });
+    }
+    let prob = gpu.full(&[k], dropout.p)?;
+    let keep = random::bernoulli_mask(gpu, &[b, k], &prob, ProbLayout::PerColumn, dropout.key)?;
+    let keep = keep.reshape(&[b, 1, k])?;
+    let scale = gpu.full(&[t, 1], 1.0 / (1.0 - dropout.p))?;
+    crate::ops::matmul::matmul(gpu, &scale, &keep, crate::ops::matmul::Spec::NN)
+}
 
 /// The two augmented views of a batch and the probabilities they were drawn with.
 pub struct Views {

@@ -20,7 +20,7 @@ use crate::ops::batchnorm::{self, Running};
 use crate::ops::matmul::Spec;
 use crate::ops::{graph_conv, partial_correlation, segment_pool, window};
 
-pub use augment::{make_views, Views};
+pub use augment::{feature_dropout_mask, make_views, Dropout, Views};
 pub use params::{DataDims, HostTensor, Params, ParamsError};
 
 use layers::{Aggregation, EncoderLayers, Gcn, Layers, Linear, Readout, WeightBias};
@@ -177,8 +177,21 @@ impl Model {
     }
 
     /// The encoder selected by `cfg.encoder` (PSTA by default) on one view
-    /// x [B, N, T] (valid [B, T]: 1 real frame, 0 padding).
+    /// x [B, N, T] (valid [B, T]: 1 real frame, 0 padding), without dropout
+    /// (pretraining, evaluation, prediction).
     pub fn encode(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
+        self.encode_with(tape, x, valid, None)
+    }
+
+    /// [`Model::encode`] with `finetune.dropout` on the readout's input
+    /// (fine-tuning steps only; see [`Dropout`]).
+    pub fn encode_with(
+        &self,
+        tape: &mut Tape,
+        x: &Tensor,
+        valid: &Tensor,
+        dropout: Option<Dropout>,
+    ) -> Result<Encoded> {
         let &[b, n, t] = x.shape() else {
             return Err(GpuError::Shape {
                 op: "encode",
@@ -201,17 +214,26 @@ impl Model {
             });
         }
         match &self.layers.encoder {
-            EncoderLayers::Psta { .. } => self.encode_psta(tape, x, valid),
+            EncoderLayers::Psta { .. } => self.encode_psta(tape, x, valid, dropout),
             EncoderLayers::GcnOnly {
                 static_gcn,
                 readout,
-            } => self.encode_gcn_only(tape, static_gcn, readout, x, valid),
-            EncoderLayers::Lstm { lstm, agg } => self.encode_lstm(tape, lstm, agg, x, valid),
+            } => self.encode_gcn_only(tape, static_gcn, readout, x, valid, dropout),
+            EncoderLayers::Lstm { lstm, agg } => {
+                if dropout.is_some() {
+                    // Config validation refuses this; a direct caller gets an error.
+                    return Err(GpuError::Shape {
+                        op: "encode",
+                        message: "the lstm encoder has no readout to apply dropout to".into(),
+                    });
+                }
+                self.encode_lstm(tape, lstm, agg, x, valid)
+            }
             EncoderLayers::StgcnStyle {
                 static_gcn,
                 tcn,
                 readout,
-            } => self.encode_stgcn(tape, static_gcn, tcn, readout, x, valid),
+            } => self.encode_stgcn(tape, static_gcn, tcn, readout, x, valid, dropout),
         }
     }
 
@@ -286,7 +308,13 @@ impl Model {
     }
 
     /// The PSTA encoder (docs/model.md, Forward).
-    fn encode_psta(&self, tape: &mut Tape, x: &Tensor, valid: &Tensor) -> Result<Encoded> {
+    fn encode_psta(
+        &self,
+        tape: &mut Tape,
+        x: &Tensor,
+        valid: &Tensor,
+        dropout: Option<Dropout>,
+    ) -> Result<Encoded> {
         let EncoderLayers::Psta {
             static_gcn,
             dynamic,
@@ -349,7 +377,7 @@ impl Model {
         tape.release(zs);
         tape.release(zd);
         let z = tape.reshape(z_fused, &[b, t, n * f])?;
-        let z_sp = self.readout(tape, readout, z)?; // [B, T, D]
+        let z_sp = self.readout(tape, readout, z, dropout)?; // [B, T, D]
         let z_sp = tape.transpose(z_sp)?; // [B, D, T]
 
         // Continuous brain-state calibration (eq. 2).
@@ -452,8 +480,24 @@ impl Model {
         }
     }
 
-    /// fusion.proj of z [B, T, N·F] → [B, T, D] (with `norm.fusion` when `norm = layer`).
-    fn readout(&self, tape: &mut Tape, readout: &Readout, z: Var) -> Result<Var> {
+    /// fusion.proj of z [B, T, N·F] → [B, T, D] (with `norm.fusion` when
+    /// `norm = layer`), after `dropout` when a fine-tuning step asks for it.
+    fn readout(
+        &self,
+        tape: &mut Tape,
+        readout: &Readout,
+        z: Var,
+        dropout: Option<Dropout>,
+    ) -> Result<Var> {
+        let z = match dropout {
+            Some(d) => {
+                let s = tape.shape(z).to_vec();
+                let mask = feature_dropout_mask(tape.gpu, s[0], s[1], s[2], d)?;
+                let mask = tape.input(mask);
+                tape.mul(z, mask)?
+            }
+            None => z,
+        };
         let z_sp = self.linear(tape, &readout.proj, z)?;
         match &readout.norm {
             Some(norm) => norm.layer_norm(tape, self.store(), z_sp),
@@ -463,10 +507,16 @@ impl Model {
 
     /// Node features [B, T, N, F] → the per-frame readout fusion.proj [B, T, D]
     /// (with `norm.fusion` when `norm = layer`).
-    fn frame_readout(&self, tape: &mut Tape, readout: &Readout, z: Var) -> Result<Var> {
+    fn frame_readout(
+        &self,
+        tape: &mut Tape,
+        readout: &Readout,
+        z: Var,
+        dropout: Option<Dropout>,
+    ) -> Result<Var> {
         let s = tape.shape(z).to_vec();
         let z = tape.reshape(z, &[s[0], s[1], s[2] * s[3]])?;
-        self.readout(tape, readout, z)
+        self.readout(tape, readout, z, dropout)
     }
 
     /// Ablation `gcn-only`: the static GCN branch alone (no dynamic graph, no
@@ -479,13 +529,14 @@ impl Model {
         readout: &Readout,
         x: &Tensor,
         valid: &Tensor,
+        dropout: Option<Dropout>,
     ) -> Result<Encoded> {
         let t = x.shape()[2];
         let xv = tape.input(x.clone());
         let xt = tape.transpose(xv)?; // [B, T, N]
         let (a_static, _) = self.static_adjacency(tape, x)?;
         let z_s = self.gcn(tape, static_gcn, a_static, xt, t.max(1))?;
-        let z_sp = self.frame_readout(tape, readout, z_s)?; // [B, T, D]
+        let z_sp = self.frame_readout(tape, readout, z_s, dropout)?; // [B, T, D]
         let (z_st, frame_weights, segment_weights) = self.mean_readout(tape, z_sp, valid)?;
         let z_temporal = tape.transpose(z_sp)?;
         Ok(Encoded {
@@ -538,6 +589,7 @@ impl Model {
     /// then the per-frame readout fusion.proj and the mean over valid frames.
     /// (No residual connections or BatchNorm inside the blocks: kept as
     /// small as the other ablations.)
+    #[allow(clippy::too_many_arguments)]
     fn encode_stgcn(
         &self,
         tape: &mut Tape,
@@ -546,6 +598,7 @@ impl Model {
         readout: &Readout,
         x: &Tensor,
         valid: &Tensor,
+        dropout: Option<Dropout>,
     ) -> Result<Encoded> {
         let (b, n, t) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let f = self.cfg.node_channels;
@@ -571,7 +624,7 @@ impl Model {
             let c = tape.reshape(c, &[b, n, t, f])?;
             h = tape.swap_axes(c, 1)?; // [B, T, N, F]
         }
-        let z_sp = self.frame_readout(tape, readout, h)?; // [B, T, D]
+        let z_sp = self.frame_readout(tape, readout, h, dropout)?; // [B, T, D]
         let (z_st, frame_weights, segment_weights) = self.mean_readout(tape, z_sp, valid)?;
         let z_temporal = tape.transpose(z_sp)?;
         Ok(Encoded {
@@ -783,16 +836,18 @@ impl Model {
         tape.reshape(z_temporal, &[s[0] * s[1], s[2]])
     }
 
-    /// Fine-tuning loss (training mode: see [`Model::head_train`]): mean
-    /// cross-entropy of the head's logits; also returns the logits.
+    /// Fine-tuning loss (training mode: see [`Model::head_train`], and
+    /// `dropout` on the readout's input): mean cross-entropy of the head's
+    /// logits; also returns the logits.
     pub fn finetune_loss(
         &self,
         tape: &mut Tape,
         x: &Tensor,
         valid: &Tensor,
         labels: &Tensor,
+        dropout: Option<Dropout>,
     ) -> Result<(Var, Var)> {
-        let enc = self.encode(tape, x, valid)?;
+        let enc = self.encode_with(tape, x, valid, dropout)?;
         tape.gpu.set_stage("loss");
         let logits = self.head_train(tape, enc.z_st)?;
         let y = tape.input(labels.clone());

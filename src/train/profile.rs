@@ -169,6 +169,7 @@ pub fn profile_step(gpu: &Gpu, cfg: &Config, opts: &ProfileOptions) -> Result<St
                 &valid,
                 &labels,
                 &FinetuneObjective::default(),
+                i,
                 &mut opt,
                 1e-4,
             )?,

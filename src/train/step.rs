@@ -13,7 +13,7 @@ use crate::config::{AugmentConfig, Config, Fgco};
 use crate::dist::{all_reduce_gradients, Collective, Single};
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::model::augment::make_views_from;
-use crate::model::Model;
+use crate::model::{Dropout, Model};
 
 /// What a pretraining step needs beyond the batch: how the views are drawn
 /// and which FGCO loss compares them.
@@ -127,6 +127,11 @@ pub struct FinetuneObjective {
     pub freeze_encoder: bool,
     /// The head's (`head.*`) learning rate is the step's lr times this.
     pub head_lr_multiplier: f32,
+    /// `finetune.dropout` (0 = off) and the run's seed, which with the
+    /// step number key the dropout mask ([`Dropout::at_step`]), so a
+    /// resumed run draws the same masks.
+    pub dropout: f32,
+    pub seed: u64,
 }
 
 impl FinetuneObjective {
@@ -135,16 +140,20 @@ impl FinetuneObjective {
         Self {
             freeze_encoder: cfg.finetune.freeze_encoder,
             head_lr_multiplier: cfg.finetune.head_lr_multiplier as f32,
+            dropout: cfg.finetune.dropout as f32,
+            seed: cfg.seed,
         }
     }
 }
 
 impl Default for FinetuneObjective {
-    /// Every parameter, one learning rate.
+    /// Every parameter, one learning rate, no dropout.
     fn default() -> Self {
         Self {
             freeze_encoder: false,
             head_lr_multiplier: 1.0,
+            dropout: 0.0,
+            seed: 0,
         }
     }
 }
@@ -157,8 +166,9 @@ pub fn is_head(name: &str) -> bool {
 /// Records one fine-tuning step on x [B, N, T] (valid [B, T], labels [B]):
 /// forward, mean cross-entropy of the head, backward and one AdamW update —
 /// of the head only when `freeze_encoder` (a linear probe), else of every
-/// parameter; the head at `lr × head_lr_multiplier`, the encoder at `lr`.
-/// Returns the 1-element loss tensor.
+/// parameter; the head at `lr × head_lr_multiplier`, the encoder at `lr`;
+/// with `objective.dropout` > 0, step `step`'s dropout mask on the
+/// readout's input. Returns the 1-element loss tensor.
 #[allow(clippy::too_many_arguments)]
 pub fn record_finetune_step(
     gpu: &Gpu,
@@ -167,12 +177,14 @@ pub fn record_finetune_step(
     valid: &Tensor,
     labels: &Tensor,
     objective: &FinetuneObjective,
+    step: u64,
     opt: &mut AdamWState,
     lr: f32,
 ) -> Result<Tensor> {
     model.params.store.zero_grads(gpu)?;
     let mut tape = Tape::new(gpu);
-    let (loss, _logits) = model.finetune_loss(&mut tape, x, valid, labels)?;
+    let dropout = Dropout::at_step(objective.dropout, objective.seed, step);
+    let (loss, _logits) = model.finetune_loss(&mut tape, x, valid, labels, dropout)?;
     let loss_value = tape.value(loss).clone();
     gpu.set_stage("backward");
     tape.backward(loss, &model.params.store)?;

@@ -826,6 +826,7 @@ fn record_step(
             &batch.valid,
             &batch.labels,
             finetune,
+            step,
             opt,
             lr,
         )?,
