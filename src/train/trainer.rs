@@ -471,11 +471,14 @@ pub fn train_phase(
             &bar,
         )?;
         if phase == Phase::Finetune {
+            // One forward over the diagnostic training scans' evaluation
+            // crops serves both the precise statistics and the diagnostics.
+            let train_crops = crop_embeddings(gpu, model, dataset, &diagnostic_scans, cfg)?;
             if cfg.model.head_norm == HeadNorm::BatchPrecise {
                 // Before anything scores with them: the diagnostics, the
                 // early-stopping choice and the checkpoint all see this
                 // epoch's recomputed statistics.
-                recompute_head_norm_statistics(gpu, model, dataset, &diagnostic_scans, cfg)?;
+                set_precise_head_norm_statistics(gpu, model, &train_crops)?;
             }
             // After the epoch's last step: its gradients are still in the
             // parameters' gradient buffers (the next step zeroes them).
@@ -483,7 +486,7 @@ pub fn train_phase(
                 gpu,
                 model,
                 dataset,
-                &diagnostic_scans,
+                (&diagnostic_scans, &train_crops),
                 &opts.validation,
                 cfg,
             )?;
@@ -553,47 +556,33 @@ pub fn train_phase(
 
 /// `model.head_norm = "batch-precise"`: the head BatchNorm's statistics
 /// become the mean and unbiased variance (PyTorch's running-variance
-/// convention) of Z_st over the K evaluation crops of `scans`, each crop a
-/// row, computed in f64 with the current weights. Each crop is a row because
-/// training standardizes single crops, and the evaluation crops because they
-/// are what evaluation standardizes.
-pub fn recompute_head_norm_statistics(
+/// convention) of Z_st over the K evaluation crops of the scans in `crops`,
+/// each crop a row, computed in f64 with the weights that encoded them.
+/// Each crop is a row because training standardizes single crops, and the
+/// evaluation crops because they are what evaluation standardizes.
+fn set_precise_head_norm_statistics(
     gpu: &Gpu,
     model: &Model,
-    dataset: &Arc<Dataset>,
-    scans: &[usize],
-    cfg: &Config,
+    crops: &CropEmbeddings,
 ) -> Result<()> {
-    let batcher = batcher(cfg, Phase::Finetune);
-    let mut uploader = BatchUploader::new();
-    let mut rows: Vec<f32> = Vec::new();
-    let mut d = 0;
-    let plan = batcher.evaluation_plan(dataset, scans);
-    for host in batcher.prefetch(dataset.clone(), plan) {
-        let batch = uploader.upload(gpu, &host)?;
-        let mut tape = Tape::new(gpu);
-        let enc = model.encode(&mut tape, &batch.x, &batch.valid)?;
-        d = tape.value(enc.z_st).shape().last().copied().unwrap_or(0);
-        let z = gpu.read(tape.value(enc.z_st))?;
-        rows.extend_from_slice(&z[..host.scan_index.len() * d]);
-    }
-    let n = rows.len().checked_div(d).unwrap_or(0);
+    let (d, n) = (crops.d, crops.scan_of_row.len());
     if n < 2 {
         return Err(TrainError::Invalid(format!(
             "model.head_norm = \"batch-precise\" needs at least 2 evaluation crops of training \
              scans to estimate Z_st's variance, and {} scans gave {n}",
-            scans.len()
+            crops.scans
         )));
     }
+    let rows = || crops.z.chunks(d);
     let mut mean = vec![0.0f64; d];
-    for row in rows.chunks(d) {
+    for row in rows() {
         for (m, &v) in mean.iter_mut().zip(row) {
             *m += v as f64;
         }
     }
     mean.iter_mut().for_each(|m| *m /= n as f64);
     let mut var = vec![0.0f64; d];
-    for row in rows.chunks(d) {
+    for row in rows() {
         for ((s, &v), m) in var.iter_mut().zip(row).zip(&mean) {
             *s += (v as f64 - m).powi(2);
         }
@@ -604,21 +593,22 @@ pub fn recompute_head_norm_statistics(
     Ok(())
 }
 
-/// The learning diagnostics of one fine-tuning epoch: the training and
-/// validation splits scored like test scans (K fixed crops, logits
-/// averaged), and the gradient norm per parameter group.
+/// The learning diagnostics of one fine-tuning epoch: the training
+/// scans (already encoded: `train`) and the validation split scored like
+/// test scans (K fixed crops, logits averaged), and the gradient norm per
+/// parameter group.
 fn epoch_diagnostics(
     gpu: &Gpu,
     model: &Model,
     dataset: &Arc<Dataset>,
-    train: &[usize],
+    train: (&[usize], &CropEmbeddings),
     validation: &[usize],
     cfg: &Config,
 ) -> Result<EpochDiagnostics> {
     let grad_norms = grad_norms_by_group(gpu, model)?;
     let labels = dataset.labels();
-    let split = |scans: &[usize]| -> Result<SplitDiagnostics> {
-        let out = scan_outputs(gpu, model, dataset, scans, cfg, true)?;
+    let split = |scans: &[usize], crops: &CropEmbeddings| -> Result<SplitDiagnostics> {
+        let out = scan_outputs_from(gpu, model, dataset, scans, crops, true)?;
         let split_labels: Vec<u32> = scans.iter().map(|&s| labels[s]).collect();
         Ok(SplitDiagnostics::compute(
             &out.logits,
@@ -627,11 +617,12 @@ fn epoch_diagnostics(
         )?)
     };
     Ok(EpochDiagnostics {
-        train: split(train)?,
+        train: split(train.0, train.1)?,
         validation: if validation.is_empty() {
             None
         } else {
-            Some(split(validation)?)
+            let crops = crop_embeddings(gpu, model, dataset, validation, cfg)?;
+            Some(split(validation, &crops)?)
         },
         grad_norms,
     })
@@ -672,42 +663,83 @@ struct ScanOutputs {
     embeddings: Vec<Vec<f64>>,
 }
 
-fn scan_outputs(
+/// Z_st [D] of every evaluation crop (the K fixed crops of each scan):
+/// row r of `z` is a crop of scan `scan_of_row[r]` (a dataset index).
+struct CropEmbeddings {
+    scan_of_row: Vec<usize>,
+    z: Vec<f32>,
+    d: usize,
+    /// How many scans were asked for (for messages).
+    scans: usize,
+}
+
+/// Encodes the K evaluation crops of `scans` (no head): one forward per
+/// evaluation batch, Z_st read back. The head runs afterwards on these rows
+/// ([`scan_outputs_from`]), so a caller that first changes the head's
+/// statistics from them (`batch-precise`) does not encode twice.
+fn crop_embeddings(
     gpu: &Gpu,
     model: &Model,
     dataset: &Arc<Dataset>,
     scans: &[usize],
     cfg: &Config,
-    with_embeddings: bool,
-) -> Result<ScanOutputs> {
+) -> Result<CropEmbeddings> {
     let batcher = batcher(cfg, Phase::Finetune);
-    let c = model.dims.n_classes;
-    let mut sums = vec![vec![0.0f64; c]; dataset.scans.len()];
-    let mut z_sums: Vec<Vec<f64>> = vec![Vec::new(); dataset.scans.len()];
-    let mut counts = vec![0usize; dataset.scans.len()];
+    let mut out = CropEmbeddings {
+        scan_of_row: Vec::new(),
+        z: Vec::new(),
+        d: 0,
+        scans: scans.len(),
+    };
     let mut uploader = BatchUploader::new();
     let plan = batcher.evaluation_plan(dataset, scans);
     for host in batcher.prefetch(dataset.clone(), plan) {
         let batch = uploader.upload(gpu, &host)?;
         let mut tape = Tape::new(gpu);
         let enc = model.encode(&mut tape, &batch.x, &batch.valid)?;
-        let logits = model.head(&mut tape, enc.z_st)?;
+        // Z_st is [rows, D]; a short last batch's rows past its scans are padding.
+        out.d = tape.value(enc.z_st).shape().last().copied().unwrap_or(0);
+        let z = gpu.read(tape.value(enc.z_st))?;
+        out.z.extend_from_slice(&z[..host.scan_index.len() * out.d]);
+        out.scan_of_row.extend_from_slice(&host.scan_index);
+    }
+    Ok(out)
+}
+
+/// Crops per head pass in [`scan_outputs_from`]: bounds the upload.
+const HEAD_ROWS: usize = 4096;
+
+/// The head (evaluation mode) on every crop's Z_st, then per scan the mean
+/// of its crops' logits and, when asked, of their Z_st, in `scans` order.
+fn scan_outputs_from(
+    gpu: &Gpu,
+    model: &Model,
+    dataset: &Arc<Dataset>,
+    scans: &[usize],
+    crops: &CropEmbeddings,
+    with_embeddings: bool,
+) -> Result<ScanOutputs> {
+    let (c, d) = (model.dims.n_classes, crops.d);
+    let mut sums = vec![vec![0.0f64; c]; dataset.scans.len()];
+    let mut z_sums: Vec<Vec<f64>> = vec![Vec::new(); dataset.scans.len()];
+    let mut counts = vec![0usize; dataset.scans.len()];
+    for (chunk, rows) in crops
+        .scan_of_row
+        .chunks(HEAD_ROWS)
+        .zip(crops.z.chunks(HEAD_ROWS * d.max(1)))
+    {
+        let mut tape = Tape::new(gpu);
+        let z = tape.input(gpu.upload(rows, &[chunk.len(), d])?);
+        let logits = model.head(&mut tape, z)?;
         let values = gpu.read(tape.value(logits))?;
-        // Z_st is [rows, D].
-        let d = tape.value(enc.z_st).shape().last().copied().unwrap_or(0);
-        let z = if with_embeddings {
-            Some(gpu.read(tape.value(enc.z_st))?)
-        } else {
-            None
-        };
-        for (row, &scan) in host.scan_index.iter().enumerate() {
+        for (row, &scan) in chunk.iter().enumerate() {
             for k in 0..c {
                 sums[scan][k] += values[row * c + k] as f64;
             }
-            if let Some(z) = &z {
+            if with_embeddings {
                 let acc = &mut z_sums[scan];
                 acc.resize(d, 0.0);
-                for (a, v) in acc.iter_mut().zip(&z[row * d..(row + 1) * d]) {
+                for (a, v) in acc.iter_mut().zip(&rows[row * d..(row + 1) * d]) {
                     *a += *v as f64;
                 }
             }
@@ -843,7 +875,8 @@ pub fn score_scans(
     scans: &[usize],
     cfg: &Config,
 ) -> Result<Vec<Vec<f64>>> {
-    let out = scan_outputs(gpu, model, dataset, scans, cfg, false)?;
+    let crops = crop_embeddings(gpu, model, dataset, scans, cfg)?;
+    let out = scan_outputs_from(gpu, model, dataset, scans, &crops, false)?;
     Ok(out
         .logits
         .iter()
