@@ -134,7 +134,7 @@ fn batch_head_norm_evaluates_with_running_statistics() {
             &valid,
             &labels,
             &FinetuneObjective::default(),
-            epoch as u64,
+            epoch,
             &mut opt,
             1e-3,
         )
