@@ -620,13 +620,15 @@ impl Config {
             "\"fine\"".to_string(),
             "\"global\" with model.encoder = \"lstm\" (the LSTM has no region embeddings)",
         )?;
-        // Only PSTA's branches take connectivity profiles; the ablation
-        // encoders keep the literal scalar input.
+        // PSTA's branches and the gcn-only ablation take connectivity
+        // profiles; stgcn-style (temporal convolutions of constant features)
+        // and lstm keep the literal per-frame input.
         check(
-            m.node_features == NodeFeatures::Series || m.encoder == Encoder::Psta,
+            m.node_features == NodeFeatures::Series
+                || matches!(m.encoder, Encoder::Psta | Encoder::GcnOnly),
             "model.node_features",
             format!("{:?} with model.encoder = {:?}", m.node_features, m.encoder).to_lowercase(),
-            "\"series\" unless model.encoder = \"psta\"",
+            "\"series\" unless model.encoder = \"psta\" or \"gcn-only\"",
         )?;
         check(
             m.window <= m.crop,
@@ -890,14 +892,17 @@ mod tests {
         );
     }
 
-    /// Connectivity profiles are PSTA's: with another encoder the pair is
-    /// refused naming both keys; an unknown kind names the key.
+    /// Connectivity profiles are PSTA's and gcn-only's: with another
+    /// encoder the pair is refused naming both keys; an unknown kind names
+    /// the key.
     #[test]
     fn node_features_are_validated() {
         let mut c = Config::default();
         c.apply_override("model.node_features", "pearson").unwrap();
         assert_eq!(c.model.node_features, NodeFeatures::Pearson);
-        for encoder in ["lstm", "gcn-only", "stgcn-style"] {
+        c.apply_override("model.encoder", "gcn-only").unwrap();
+        c.apply_override("model.encoder", "psta").unwrap();
+        for encoder in ["lstm", "stgcn-style"] {
             let e = c
                 .apply_override("model.encoder", encoder)
                 .unwrap_err()

@@ -1,7 +1,9 @@
 //! The ablation encoders (`model.encoder` = gcn-only, lstm, stgcn-style) and,
 //! for comparison, PSTA: forward and backward run, every gradient is finite,
 //! and the gradient agrees with a finite difference of the loss along one
-//! random direction of all parameters at once.
+//! random direction of all parameters at once. The same check covers
+//! `gcn-only` on connectivity profiles and `finetune.dropout` (a fixed mask,
+//! the same in every evaluation of the loss).
 //!
 //! The check: with θ all parameters, v a random direction of unit length
 //! (U(−1, 1) elements, fixed seed, normalized over all parameters) and the
@@ -24,9 +26,10 @@
 
 use stptf::autograd::Tape;
 use stptf::check::{gpu, random_vec};
+use stptf::config::NodeFeatures;
 use stptf::config::{Encoder, Fgco, ModelConfig, Norm};
 use stptf::gpu::{Gpu, Tensor};
-use stptf::model::{DataDims, Model};
+use stptf::model::{DataDims, Dropout, Model};
 use stptf::ops::barlow::LAMBDA;
 use stptf::ops::elementwise::mul_broadcast;
 
@@ -76,8 +79,9 @@ fn batch(gpu: &Gpu, b: usize, n: usize, t: usize) -> Batch {
     }
 }
 
-/// L = FGCO global + cross-entropy; with `backward`, the gradients land in the store.
-fn loss(gpu: &Gpu, model: &Model, d: &Batch, backward: bool) -> f64 {
+/// L = FGCO global + cross-entropy (with `dropout` in the fine-tuning
+/// term); with `backward`, the gradients land in the store.
+fn loss(gpu: &Gpu, model: &Model, d: &Batch, dropout: Option<Dropout>, backward: bool) -> f64 {
     model.params.store.zero_grads(gpu).unwrap();
     let mut tape = Tape::new(gpu);
     let pre = model
@@ -92,7 +96,7 @@ fn loss(gpu: &Gpu, model: &Model, d: &Batch, backward: bool) -> f64 {
         )
         .unwrap();
     let (ce, _) = model
-        .finetune_loss(&mut tape, &d.x, &d.valid, &d.labels, None)
+        .finetune_loss(&mut tape, &d.x, &d.valid, &d.labels, dropout)
         .unwrap();
     let l = tape.add(pre, ce).unwrap();
     let loss = tape.value(l).clone();
@@ -110,15 +114,18 @@ fn set_params(gpu: &Gpu, model: &Model, base: &[Vec<f32>], dir: &[Vec<f32>], h: 
 }
 
 fn check_encoder(encoder: Encoder, norm: Norm) {
+    check_model(tiny(encoder, norm), None, &format!("{encoder:?}/{norm:?}"));
+}
+
+fn check_model(cfg: ModelConfig, dropout: Option<Dropout>, what: &str) {
     let gpu = gpu();
     let (b, n, t) = (16, 6, 16);
     let dims = DataDims {
         n_regions: n,
         n_classes: 2,
     };
-    let model = Model::new(gpu, tiny(encoder, norm), dims, 3).unwrap();
+    let model = Model::new(gpu, cfg, dims, 3).unwrap();
     let d = batch(gpu, b, n, t);
-    let what = format!("{encoder:?}/{norm:?}");
     // Move off the initialization to a generic point: at init the biases are
     // 0, so masked regions and frames put ReLU pre-activations exactly at
     // the kink, where the tape's ReLU′(0) = 0 and the central difference
@@ -137,8 +144,8 @@ fn check_encoder(encoder: Encoder, norm: Norm) {
         .collect();
     set_params(gpu, &model, &init, &jitter, 0.1);
 
-    let l0b = loss(gpu, &model, &d, false);
-    let l0 = loss(gpu, &model, &d, true);
+    let l0b = loss(gpu, &model, &d, dropout, false);
+    let l0 = loss(gpu, &model, &d, dropout, true);
     assert_eq!(l0, l0b, "{what}: the loss is not deterministic");
     assert!(l0.is_finite(), "{what}: loss {l0}");
     let grads = model.params.grads_to_host(gpu).unwrap();
@@ -196,9 +203,9 @@ fn check_encoder(encoder: Encoder, norm: Norm) {
         .sum();
     let h = 1e-3f32;
     set_params(gpu, &model, &base, &dir, h);
-    let lp = loss(gpu, &model, &d, false);
+    let lp = loss(gpu, &model, &d, dropout, false);
     set_params(gpu, &model, &base, &dir, -h);
-    let lm = loss(gpu, &model, &d, false);
+    let lm = loss(gpu, &model, &d, dropout, false);
     set_params(gpu, &model, &base, &dir, 0.0);
     let numeric = (lp - lm) / (2.0 * h as f64);
     let grad_norm = grads
@@ -218,6 +225,42 @@ fn check_encoder(encoder: Encoder, norm: Norm) {
 #[test]
 fn gcn_only_gradients() {
     check_encoder(Encoder::GcnOnly, Norm::None);
+}
+
+#[test]
+fn gcn_only_on_profiles_gradients() {
+    for features in [NodeFeatures::Pearson, NodeFeatures::Partial] {
+        let cfg = ModelConfig {
+            node_features: features,
+            ..tiny(Encoder::GcnOnly, Norm::None)
+        };
+        // The path taken: the lift reads a profile (N values per region).
+        let dims = DataDims {
+            n_regions: 6,
+            n_classes: 2,
+        };
+        let model = Model::new(gpu(), cfg.clone(), dims, 3).unwrap();
+        let lift = model
+            .params
+            .store
+            .params
+            .iter()
+            .find(|p| p.name == "static.lift.weight");
+        assert_eq!(lift.unwrap().value.shape(), [6, 4]);
+        check_model(cfg, None, &format!("GcnOnly/{features:?}"));
+    }
+}
+
+#[test]
+fn dropout_gradients() {
+    let dropout = Dropout::at_step(0.4, 9, 2);
+    for encoder in [Encoder::Psta, Encoder::GcnOnly, Encoder::StgcnStyle] {
+        check_model(
+            tiny(encoder, Norm::None),
+            dropout,
+            &format!("{encoder:?}/dropout"),
+        );
+    }
 }
 
 #[test]

@@ -534,8 +534,14 @@ impl Model {
         let t = x.shape()[2];
         let xv = tape.input(x.clone());
         let xt = tape.transpose(xv)?; // [B, T, N]
-        let (a_static, _) = self.static_adjacency(tape, x)?;
-        let z_s = self.gcn(tape, static_gcn, a_static, xt, t.max(1))?;
+        let (a_static, partial) = self.static_adjacency(tape, x)?;
+        // With connectivity profiles the static features are the same at
+        // every frame, and the mean over frames returns them: Z_st is the
+        // readout of the two GCN layers on the profiles.
+        let z_s = match self.node_profiles(tape, x, partial)? {
+            None => self.gcn(tape, static_gcn, a_static, xt, t.max(1))?,
+            Some(r) => self.gcn_on_profiles(tape, static_gcn, a_static, r, t, t.max(1))?,
+        };
         let z_sp = self.frame_readout(tape, readout, z_s, dropout)?; // [B, T, D]
         let (z_st, frame_weights, segment_weights) = self.mean_readout(tape, z_sp, valid)?;
         let z_temporal = tape.transpose(z_sp)?;

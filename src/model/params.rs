@@ -176,8 +176,14 @@ fn ablation_layout(m: &ModelConfig, d: DataDims) -> Vec<(String, Vec<usize>, Ini
     let x = |fan_in, fan_out| Init::Xavier { fan_in, fan_out };
     let zero = Init::Constant(0.0);
     let mut v: Vec<(String, Vec<usize>, Init)> = Vec::new();
+    // As PSTA's: connectivity profiles (N values per node) where the config
+    // allows them (`gcn-only`), else the BOLD value per frame.
+    let lift_in = match m.node_features {
+        NodeFeatures::Series => 1,
+        NodeFeatures::Pearson | NodeFeatures::Partial => n,
+    };
     let static_gcn = |v: &mut Vec<(String, Vec<usize>, Init)>| {
-        v.push(("static.lift.weight".into(), vec![1, f], x(1, f)));
+        v.push(("static.lift.weight".into(), vec![lift_in, f], x(lift_in, f)));
         v.push(("static.lift.bias".into(), vec![f], zero));
         for layer in ["gcn1", "gcn2"] {
             v.push((format!("static.{layer}.weight"), vec![f, f], x(f, f)));
