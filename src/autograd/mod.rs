@@ -321,6 +321,54 @@ mod tests {
         }
     }
 
+    /// `mul_constant_broadcast` (the dropout mask's product): the forward is
+    /// `a ⊙ c` broadcast over the middle dimension, the gradient of `a` is
+    /// the upstream gradient times the same broadcast `c` (an f64 reference,
+    /// exact for this linear op), and the recorded node has `a` as its only
+    /// input, so no gradient is formed for the constant.
+    #[test]
+    fn mul_constant_broadcast_passes_the_broadcast_constant_to_the_gradient() {
+        let gpu = gpu();
+        for (i, &(outer, mid, inner)) in [(1, 1, 1), (2, 3, 5), (4, 16, 48), (3, 64, 200)]
+            .iter()
+            .enumerate()
+        {
+            let n = outer * mid * inner;
+            let av = random_vec(n, 60 + i as u64);
+            let cv = random_vec(outer * inner, 70 + i as u64);
+            let gv = random_vec(n, 80 + i as u64);
+            let mut store = ParamStore::default();
+            let id = store.add(gpu, "a", &av, &[outer, mid, inner]).unwrap();
+            store.zero_grads(gpu).unwrap();
+            let mut tape = Tape::new(gpu);
+            let a = tape.param(&store, id);
+            let c = gpu.upload(&cv, &[outer, inner]).unwrap();
+            let y = tape.mul_constant_broadcast(a, &c, inner, mid).unwrap();
+            assert_eq!(tape.nodes.last().unwrap().inputs, vec![a]);
+            let broadcast = |i: usize| cv[(i / (inner * mid)) * inner + i % inner] as f64;
+            let want: Vec<f64> = (0..n).map(|i| av[i] as f64 * broadcast(i)).collect();
+            assert_close(
+                &gpu.read(tape.value(y)).unwrap(),
+                &want,
+                Tolerance::ELEMENTWISE,
+                "mul_constant_broadcast forward",
+            );
+            let gt = tape.input(gpu.upload(&gv, &[outer, mid, inner]).unwrap());
+            let prod = tape.mul(y, gt).unwrap();
+            let flat = tape.reshape(prod, &[1, n]).unwrap();
+            let ones = tape.input(gpu.full(&[n, 1], 1.0).unwrap());
+            let loss = tape.matmul(flat, ones, Spec::NN).unwrap();
+            tape.backward(loss, &store).unwrap();
+            let want: Vec<f64> = (0..n).map(|i| gv[i] as f64 * broadcast(i)).collect();
+            assert_close(
+                &gpu.read(&store.get(id).grad).unwrap(),
+                &want,
+                Tolerance::ELEMENTWISE,
+                &format!("mul_constant_broadcast gradient [{outer}, {mid}, {inner}]"),
+            );
+        }
+    }
+
     /// The backward frees what it no longer needs and reuses that memory:
     /// a chain of k tanh (each saves its output) holds k outputs after the
     /// forward; were nothing freed until the step's end, the backward's k

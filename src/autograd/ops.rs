@@ -2,7 +2,7 @@
 //! closure that calls the op family's backward kernels.
 
 use super::{Tape, Var};
-use crate::gpu::Result;
+use crate::gpu::{Result, Tensor};
 use crate::ops::elementwise::{self, Unary};
 use crate::ops::matmul::{self, Spec};
 
@@ -42,6 +42,32 @@ impl Tape<'_> {
                     Some(elementwise::mul(gpu, g, &tb)?),
                     Some(elementwise::mul(gpu, g, &ta)?),
                 ])
+            }),
+        ))
+    }
+
+    /// `a ⊙ c` with a constant `c` broadcast over one middle dimension of `a`
+    /// viewed as [outer, mid, inner] (`c` holds [outer, inner]; see
+    /// `elementwise::mul_broadcast`). The backward is the same product of the
+    /// upstream gradient, and `c` gets none: unlike [`Tape::mul`] with a
+    /// `Tape::input`, no [outer, mid, inner] copy of `c` is made and no
+    /// gradient for it is computed and dropped.
+    pub fn mul_constant_broadcast(
+        &mut self,
+        a: Var,
+        c: &Tensor,
+        inner: usize,
+        mid: usize,
+    ) -> Result<Var> {
+        let out = elementwise::mul_broadcast(self.gpu, self.value(a), c, inner, mid)?;
+        let c = c.clone();
+        Ok(self.push(
+            out,
+            &[a],
+            Box::new(move |gpu, g| {
+                Ok(vec![Some(elementwise::mul_broadcast(
+                    gpu, g, &c, inner, mid,
+                )?)])
             }),
         ))
     }

@@ -58,19 +58,15 @@ impl Dropout {
     }
 }
 
-/// The dropout multiplier [B, T, K] for features [B, T, K]: element
-/// (b, t, k) is 0 where feature k of scan b is dropped, else 1/(1 − p),
-/// the same at every t. The [B, K] keep-mask is the counter generator's
+/// The dropout multiplier [B, K] of features [B, T, K]: element (b, k) is 0
+/// where feature k of scan b is dropped, else 1/(1 − p). It is applied at
+/// every frame by [`Tape::mul_constant_broadcast`] over T, so it is never
+/// materialized at [B, T, K]. The keep-mask is the counter generator's
 /// Bernoulli draw (element b·K + k), so the host can recompute it with
-/// `random::reference::bernoulli_mask`; the broadcast over T and the scale
-/// are one batched product `full([T, 1], 1/(1 − p)) · mask[b]`.
-pub fn feature_dropout_mask(
-    gpu: &Gpu,
-    b: usize,
-    t: usize,
-    k: usize,
-    dropout: Dropout,
-) -> Result<Tensor> {
+/// `random::reference::bernoulli_mask`.
+///
+/// [`Tape::mul_constant_broadcast`]: crate::autograd::Tape::mul_constant_broadcast
+pub fn feature_dropout_mask(gpu: &Gpu, b: usize, k: usize, dropout: Dropout) -> Result<Tensor> {
     if !(dropout.p > 0.0 && dropout.p < 1.0) {
         return Err(GpuError::Shape {
             op: "feature_dropout_mask",
@@ -79,9 +75,7 @@ pub fn feature_dropout_mask(
     }
     let prob = gpu.full(&[k], dropout.p)?;
     let keep = random::bernoulli_mask(gpu, &[b, k], &prob, ProbLayout::PerColumn, dropout.key)?;
-    let keep = keep.reshape(&[b, 1, k])?;
-    let scale = gpu.full(&[t, 1], 1.0 / (1.0 - dropout.p))?;
-    crate::ops::matmul::matmul(gpu, &scale, &keep, crate::ops::matmul::Spec::NN)
+    elementwise::scale(gpu, &keep, 1.0 / (1.0 - dropout.p), 0.0)
 }
 
 /// The two augmented views of a batch and the probabilities they were drawn with.

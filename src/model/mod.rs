@@ -492,9 +492,8 @@ impl Model {
         let z = match dropout {
             Some(d) => {
                 let s = tape.shape(z).to_vec();
-                let mask = feature_dropout_mask(tape.gpu, s[0], s[1], s[2], d)?;
-                let mask = tape.input(mask);
-                tape.mul(z, mask)?
+                let mask = feature_dropout_mask(tape.gpu, s[0], s[2], d)?;
+                tape.mul_constant_broadcast(z, &mask, s[2], s[1])?
             }
             None => z,
         };

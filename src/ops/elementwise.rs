@@ -480,21 +480,30 @@ mod tests {
     #[test]
     fn mul_broadcast_masks_regions_and_frames() {
         let gpu = gpu();
-        let (b, n, t) = (2, 5, 7);
-        let x = random_vec(b * n * t, 50);
-        let tx = gpu.upload(&x, &[b, n, t]).unwrap();
-        for (inner, mid, ylen) in [(1, t, b * n), (t, n, b * t)] {
-            let y = random_vec(ylen, 51);
-            let out =
-                mul_broadcast(gpu, &tx, &gpu.upload(&y, &[ylen]).unwrap(), inner, mid).unwrap();
-            let want = reference::mul_broadcast(&to_f64(&x), &to_f64(&y), inner, mid);
-            assert_close(
-                &gpu.read(&out).unwrap(),
-                &want,
-                Tolerance::ELEMENTWISE,
-                "mul_broadcast",
-            );
+        // Region masks (inner 1), frame masks (inner T) and the dropout mask
+        // of [B, T, N·F] features (inner N·F, mid T) on several shapes.
+        for (case, &(b, n, t)) in [(2, 5, 7), (1, 1, 1), (3, 200, 64), (4, 33, 9)]
+            .iter()
+            .enumerate()
+        {
+            let seed = 50 + 10 * case as u64;
+            let x = random_vec(b * n * t, seed);
+            let tx = gpu.upload(&x, &[b, n, t]).unwrap();
+            for (inner, mid, ylen) in [(1, t, b * n), (t, n, b * t)] {
+                let y = random_vec(ylen, seed + 1);
+                let out =
+                    mul_broadcast(gpu, &tx, &gpu.upload(&y, &[ylen]).unwrap(), inner, mid).unwrap();
+                let want = reference::mul_broadcast(&to_f64(&x), &to_f64(&y), inner, mid);
+                assert_close(
+                    &gpu.read(&out).unwrap(),
+                    &want,
+                    Tolerance::ELEMENTWISE,
+                    &format!("mul_broadcast [{b}, {n}, {t}] inner {inner}"),
+                );
+            }
         }
+        let (b, n, t) = (2, 5, 7);
+        let tx = gpu.upload(&random_vec(b * n * t, 49), &[b, n, t]).unwrap();
         assert!(mul_broadcast(gpu, &tx, &gpu.zeros(&[3]).unwrap(), 1, t).is_err());
     }
 
