@@ -16,7 +16,19 @@ mod nn_ops;
 mod ops;
 pub mod optim;
 
-use crate::gpu::{Gpu, Result, Tensor};
+use crate::gpu::{BackwardPeak, Gpu, Result, Tensor};
+
+/// Bytes of the distinct buffers the tensors hold (clones and reshapes of
+/// one buffer counted once).
+fn distinct_bytes(tensors: &[Option<Tensor>]) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    tensors
+        .iter()
+        .flatten()
+        .filter(|t| seen.insert(t.buffer_id()))
+        .map(|t| t.buffer().size())
+        .sum()
+}
 
 /// A value on the tape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +39,8 @@ type BackwardFn = Box<dyn Fn(&Gpu, &Tensor) -> Result<Vec<Option<Tensor>>>>;
 struct Node {
     inputs: Vec<Var>,
     output: Var,
+    /// Where the op that pushed it is (for the profile's backward peak).
+    op: &'static std::panic::Location<'static>,
     /// Given the gradient of the output, returns one gradient per input
     /// (None where an input needs none).
     backward: BackwardFn,
@@ -148,6 +162,7 @@ impl<'g> Tape<'g> {
 
     /// Records an op's result and its backward. The backward is skipped
     /// entirely when no input needs a gradient.
+    #[track_caller]
     pub fn push(&mut self, output: Tensor, inputs: &[Var], backward: BackwardFn) -> Var {
         let needs = inputs.iter().any(|v| self.needs_grad[v.0]);
         let out = self.push_value(output, None, needs);
@@ -155,6 +170,7 @@ impl<'g> Tape<'g> {
             self.nodes.push(Node {
                 inputs: inputs.to_vec(),
                 output: out,
+                op: std::panic::Location::caller(),
                 backward,
             });
         }
@@ -201,8 +217,12 @@ impl<'g> Tape<'g> {
         let mut grads: Vec<Option<Tensor>> = vec![None; values.len()];
         drop(values);
         gpu.mark_backward_start();
+        let forward_peak_in_use = gpu.peak_in_use();
+        gpu.reset_peak_in_use();
+        let (total, mut peak) = (nodes.len(), None::<BackwardPeak>);
         grads[out.0] = Some(grad);
         while let Some(node) = nodes.pop() {
+            let op = node.op;
             let Some(g_out) = grads[node.output.0].take() else {
                 continue;
             };
@@ -220,7 +240,21 @@ impl<'g> Tape<'g> {
                     slot @ None => *slot = Some(g),
                 }
             }
+            // A new high of the bytes in use: note what they were.
+            let high = gpu.peak_in_use();
+            if peak.is_none_or(|p| high > p.peak_in_use) {
+                peak = Some(BackwardPeak {
+                    forward_peak_in_use,
+                    peak_in_use: high,
+                    node: total - nodes.len() - 1,
+                    nodes: total,
+                    op,
+                    in_use_after: gpu.memory_in_use(),
+                    pending_gradients: distinct_bytes(&grads),
+                });
+            }
         }
+        gpu.set_backward_peak(peak);
         for (i, g) in grads.into_iter().enumerate() {
             if let (Some(g), Some(pid)) = (g, param_of[i]) {
                 crate::ops::elementwise::axpy(gpu, &store.get(pid).grad, 1.0, &g)?;

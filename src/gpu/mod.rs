@@ -34,6 +34,7 @@ pub use plan::{Pieces, Planner};
 pub use profile::DispatchTime;
 pub use tensor::{Arg, Tensor};
 
+
 use bind_cache::{BindGroupCache, BindGroupKey};
 use pipeline::PipelineCache;
 use pool::BufferPool;
@@ -139,6 +140,8 @@ pub struct Gpu {
     /// marks it once the forward's unsaved values are freed), for the
     /// profile's activation bound.
     in_use_at_backward: std::sync::atomic::AtomicU64,
+    /// Where the last backward's bytes in use peaked (`Tape::backward`).
+    backward_peak: Mutex<Option<BackwardPeak>>,
     /// Floating-point operations announced for the next dispatch
     /// ([`Gpu::count_flops`]), taken by it while a profile is open.
     pending_flops: std::sync::atomic::AtomicU64,
@@ -239,6 +242,30 @@ pub enum Recorded {
     Copy { bytes: u64 },
 }
 
+/// Where a backward's bytes in use peaked, and what they held then: the
+/// composition the profile prints beside the activation bound.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BackwardPeak {
+    /// The high-water mark of the bytes in use before the backward began,
+    /// since the last [`Gpu::reset_peak_in_use`] (the profile resets it as
+    /// its step begins, so this is the forward's).
+    pub forward_peak_in_use: u64,
+    /// The high-water mark of the bytes in use during the backward.
+    pub peak_in_use: u64,
+    /// The node whose backward reached it: its position in backward order
+    /// (0 = the loss's) of `nodes`, and the op that recorded it.
+    pub node: usize,
+    pub nodes: usize,
+    pub op: &'static std::panic::Location<'static>,
+    /// Just after that node: the bytes in use, and the part of them that
+    /// are gradients not yet consumed (each buffer counted once). The rest
+    /// of the in-use bytes are the parameters' state and the saved
+    /// activations the remaining nodes hold; the peak less the in-use bytes
+    /// is what the node's own backward held transiently.
+    pub in_use_after: u64,
+    pub pending_gradients: u64,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind
     // (pools, caches); it stays usable.
@@ -278,6 +305,7 @@ impl Gpu {
             errors,
             poison_new_tensors: Default::default(),
             in_use_at_backward: Default::default(),
+            backward_peak: Mutex::default(),
             pending_flops: Default::default(),
             traces: Mutex::default(),
             tracing: Default::default(),
@@ -360,6 +388,29 @@ impl Gpu {
         if self.profiling.load(Relaxed) {
             self.pending_flops.fetch_add(flops, Relaxed);
         }
+    }
+
+    /// The high-water mark of the bytes held by live tensors since
+    /// [`Gpu::reset_peak_in_use`] (at most [`Gpu::memory`]'s peak, which
+    /// also counts idle buffers of the pool's other size classes).
+    pub fn peak_in_use(&self) -> u64 {
+        lock(&self.pool).peak_in_use_bytes
+    }
+
+    /// Restarts [`Gpu::peak_in_use`] from the bytes in use now.
+    pub fn reset_peak_in_use(&self) {
+        lock(&self.pool).reset_peak_in_use();
+    }
+
+    /// Records where a backward's bytes in use reached a new high (called
+    /// by `Tape::backward`; the profile reads it back).
+    pub fn set_backward_peak(&self, peak: Option<BackwardPeak>) {
+        *lock(&self.backward_peak) = peak;
+    }
+
+    /// Where the last backward's bytes in use peaked.
+    pub fn backward_peak(&self) -> Option<BackwardPeak> {
+        *lock(&self.backward_peak)
     }
 
     /// The bytes in use at the last [`Gpu::mark_backward_start`].

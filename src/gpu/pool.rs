@@ -60,12 +60,18 @@ pub struct BufferPool {
     pub peak_bytes: u64,
     /// Bytes held by live tensors (allocated less the free lists).
     pub in_use_bytes: u64,
+    /// High-water mark of `in_use_bytes` since the last
+    /// [`BufferPool::reset_peak_in_use`]: the memory live tensors needed at
+    /// once. `peak_bytes` above it is what the size classes' free lists held
+    /// unused (a free buffer of one class cannot serve another).
+    pub peak_in_use_bytes: u64,
 }
 
 impl BufferPool {
     pub fn acquire(&mut self, device: &wgpu::Device, bytes: u64) -> Arc<PooledBuffer> {
         let class = size_class(bytes);
         self.in_use_bytes += class;
+        self.peak_in_use_bytes = self.peak_in_use_bytes.max(self.in_use_bytes);
         if let Some(buf) = self.free.get_mut(&class).and_then(Vec::pop) {
             return buf;
         }
@@ -89,6 +95,11 @@ impl BufferPool {
     pub fn release(&mut self, buf: Arc<PooledBuffer>) {
         self.in_use_bytes -= buf.buffer.size();
         self.free.entry(buf.buffer.size()).or_default().push(buf);
+    }
+
+    /// Starts a new high-water mark of the bytes in use from what is in use now.
+    pub fn reset_peak_in_use(&mut self) {
+        self.peak_in_use_bytes = self.in_use_bytes;
     }
 
     /// Frees every idle buffer (for memory reports and long-lived processes)

@@ -127,7 +127,33 @@ pub struct StepProfile {
     /// Peak over (resident + activations): 1.0 would be no memory beyond
     /// what the backward truly needs.
     pub peak_over_bound: f64,
+    /// High-water mark of the bytes live tensors held in the profiled step
+    /// (the pool's peak less idle buffers of other size classes).
+    pub peak_in_use_mib: f64,
+    /// The same, before the backward began.
+    pub forward_peak_in_use_mib: f64,
+    /// What the backward held when its bytes in use peaked.
+    pub backward_peak: Option<PeakComposition>,
     pub ceiling: Option<Ceiling>,
+}
+
+/// The bytes in use at the backward's peak, by what holds them (MiB):
+/// `resident + saved_activations + pending_gradients + node_temporaries`
+/// is the peak.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeakComposition {
+    /// The node whose backward reached the peak (0 = the loss's), of `nodes`.
+    pub node: usize,
+    pub nodes: usize,
+    /// Source location of the op that recorded that node.
+    pub op: String,
+    pub resident_mib: f64,
+    /// Forward values the remaining nodes' backwards still hold.
+    pub saved_activations_mib: f64,
+    /// Gradients computed and not yet consumed by their producer's backward.
+    pub pending_gradients_mib: f64,
+    /// What the node's own backward held while it ran, beyond the above.
+    pub node_temporaries_mib: f64,
 }
 
 impl StepProfile {
@@ -189,6 +215,7 @@ pub fn profile_step(gpu: &Gpu, cfg: &Config, opts: &ProfileOptions) -> Result<St
     let (groups_before, submits_before) = (gpu.bind_group_stats(), gpu.submits());
     let resident = gpu.memory_in_use();
     gpu.start_profile()?;
+    gpu.reset_peak_in_use();
     let profiled = step(1 + times.len() as u64);
     let dispatches = gpu.finish_profile()?;
     let profiled_step_ms = profiled?;
@@ -200,6 +227,22 @@ pub fn profile_step(gpu: &Gpu, cfg: &Config, opts: &ProfileOptions) -> Result<St
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let activations = gpu.in_use_at_backward_start().saturating_sub(resident);
     let peak = gpu.memory().1;
+    let backward = gpu.backward_peak();
+    let forward_peak_in_use = backward.map_or(gpu.peak_in_use(), |b| b.forward_peak_in_use);
+    let peak_in_use = backward.map_or(0, |b| b.peak_in_use).max(forward_peak_in_use);
+    let backward_peak = backward.map(|b| PeakComposition {
+        node: b.node,
+        nodes: b.nodes,
+        op: b.op.to_string(),
+        resident_mib: mib(resident),
+        saved_activations_mib: mib(
+            b.in_use_after
+                .saturating_sub(b.pending_gradients)
+                .saturating_sub(resident),
+        ),
+        pending_gradients_mib: mib(b.pending_gradients),
+        node_temporaries_mib: mib(b.peak_in_use.saturating_sub(b.in_use_after)),
+    });
     Ok(StepProfile {
         adapter: gpu.adapter_name().to_string(),
         tiling: gpu.tiling(),
@@ -223,6 +266,9 @@ pub fn profile_step(gpu: &Gpu, cfg: &Config, opts: &ProfileOptions) -> Result<St
         resident_mib: mib(resident),
         activations_mib: mib(activations),
         peak_over_bound: peak as f64 / (resident + activations).max(1) as f64,
+        peak_in_use_mib: mib(peak_in_use),
+        forward_peak_in_use_mib: mib(forward_peak_in_use),
+        backward_peak,
         ceiling: None,
     })
 }
@@ -335,6 +381,24 @@ pub fn print(p: &StepProfile) {
         "memory: peak pool {:.1} MiB = {:.2}x the bound (resident {:.1} MiB: parameters, gradients, AdamW, inputs; + activations {:.1} MiB live when the backward starts)",
         p.peak_pool_mib, p.peak_over_bound, p.resident_mib, p.activations_mib
     );
+    println!(
+        "memory in use by live tensors: peak {:.1} MiB (forward {:.1}); the pool's idle buffers of other size classes make up the other {:.1} MiB",
+        p.peak_in_use_mib,
+        p.forward_peak_in_use_mib,
+        p.peak_pool_mib - p.peak_in_use_mib
+    );
+    if let Some(b) = &p.backward_peak {
+        println!(
+            "backward peak at node {} of {} ({}): resident {:.1} + saved activations {:.1} + pending gradients {:.1} + that node's temporaries {:.1} MiB",
+            b.node,
+            b.nodes,
+            b.op,
+            b.resident_mib,
+            b.saved_activations_mib,
+            b.pending_gradients_mib,
+            b.node_temporaries_mib
+        );
+    }
     if let Some(c) = &p.ceiling {
         println!(
             "ceiling (measured now): matmul {:.1} GFLOP/s, elementwise {:.1} GB/s",
@@ -484,6 +548,27 @@ mod tests {
             // at least what was live when it began.
             assert!(p.activations_mib > 0.0 && p.resident_mib > 0.0, "{phase:?}");
             assert!(p.peak_over_bound >= 1.0, "{phase:?}: {}", p.peak_over_bound);
+            // The live tensors' peak is within the pool's, and the backward
+            // peak's parts add up to it.
+            assert!(
+                p.peak_in_use_mib <= p.peak_pool_mib && p.peak_in_use_mib >= p.forward_peak_in_use_mib,
+                "{phase:?}: in use {} pool {} forward {}",
+                p.peak_in_use_mib,
+                p.peak_pool_mib,
+                p.forward_peak_in_use_mib
+            );
+            let b = p.backward_peak.as_ref().expect("the backward records its peak");
+            assert!(b.node < b.nodes && b.op.contains("src/"), "{b:?}");
+            let parts = b.resident_mib
+                + b.saved_activations_mib
+                + b.pending_gradients_mib
+                + b.node_temporaries_mib;
+            assert!(json["backward_peak"]["pending_gradients_mib"].is_f64());
+            assert!(
+                parts <= p.peak_in_use_mib + 1e-6 && b.pending_gradients_mib > 0.0,
+                "{phase:?}: parts {parts} of {}: {b:?}",
+                p.peak_in_use_mib
+            );
         }
     }
 
