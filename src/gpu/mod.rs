@@ -34,7 +34,6 @@ pub use plan::{Pieces, Planner};
 pub use profile::DispatchTime;
 pub use tensor::{Arg, Tensor};
 
-
 use bind_cache::{BindGroupCache, BindGroupKey};
 use pipeline::PipelineCache;
 use pool::BufferPool;

@@ -229,17 +229,18 @@ pub fn profile_step(gpu: &Gpu, cfg: &Config, opts: &ProfileOptions) -> Result<St
     let peak = gpu.memory().1;
     let backward = gpu.backward_peak();
     let forward_peak_in_use = backward.map_or(gpu.peak_in_use(), |b| b.forward_peak_in_use);
-    let peak_in_use = backward.map_or(0, |b| b.peak_in_use).max(forward_peak_in_use);
+    let peak_in_use = backward
+        .map_or(0, |b| b.peak_in_use)
+        .max(forward_peak_in_use);
     let backward_peak = backward.map(|b| PeakComposition {
         node: b.node,
         nodes: b.nodes,
         op: b.op.to_string(),
         resident_mib: mib(resident),
-        saved_activations_mib: mib(
-            b.in_use_after
-                .saturating_sub(b.pending_gradients)
-                .saturating_sub(resident),
-        ),
+        saved_activations_mib: mib(b
+            .in_use_after
+            .saturating_sub(b.pending_gradients)
+            .saturating_sub(resident)),
         pending_gradients_mib: mib(b.pending_gradients),
         node_temporaries_mib: mib(b.peak_in_use.saturating_sub(b.in_use_after)),
     });
@@ -551,13 +552,17 @@ mod tests {
             // The live tensors' peak is within the pool's, and the backward
             // peak's parts add up to it.
             assert!(
-                p.peak_in_use_mib <= p.peak_pool_mib && p.peak_in_use_mib >= p.forward_peak_in_use_mib,
+                p.peak_in_use_mib <= p.peak_pool_mib
+                    && p.peak_in_use_mib >= p.forward_peak_in_use_mib,
                 "{phase:?}: in use {} pool {} forward {}",
                 p.peak_in_use_mib,
                 p.peak_pool_mib,
                 p.forward_peak_in_use_mib
             );
-            let b = p.backward_peak.as_ref().expect("the backward records its peak");
+            let b = p
+                .backward_peak
+                .as_ref()
+                .expect("the backward records its peak");
             assert!(b.node < b.nodes && b.op.contains("src/"), "{b:?}");
             let parts = b.resident_mib
                 + b.saved_activations_mib
