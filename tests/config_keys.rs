@@ -119,6 +119,12 @@ const IN_CONTEXT: &[(&str, &str, Context)] = &[
             ("finetune.lr", "0.05"),
         ],
     ),
+    // Profile normalization acts on connectivity profiles.
+    (
+        "model.profile_norm",
+        "standardize",
+        &[("model.node_features", "pearson")],
+    ),
     // The explanation's settings act where evaluate explains its folds.
     ("explain.max_scans", "3", EXPLAINED),
     ("explain.heatmap", "false", EXPLAINED),

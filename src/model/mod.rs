@@ -13,12 +13,12 @@ pub mod params;
 pub mod sizes;
 
 use crate::autograd::{Tape, Var};
-use crate::config::{Encoder, Fgco, HeadNorm, ModelConfig, NodeFeatures, Residual};
+use crate::config::{Encoder, Fgco, HeadNorm, ModelConfig, NodeFeatures, ProfileNorm, Residual};
 use crate::dist::{Collective, Single};
 use crate::gpu::{GpuError, Result, Tensor};
 use crate::ops::batchnorm::{self, Running};
 use crate::ops::matmul::Spec;
-use crate::ops::{graph_conv, partial_correlation, segment_pool, window};
+use crate::ops::{elementwise, graph_conv, partial_correlation, segment_pool, window};
 
 pub use augment::{feature_dropout_mask, make_views, Dropout, Views};
 pub use params::{DataDims, HostTensor, Params, ParamsError};
@@ -248,18 +248,106 @@ impl Model {
     }
 
     /// The connectivity profiles R [B, N, N] that `model.node_features`
-    /// names (a tape input: no gradient flows into them), or None for the
-    /// literal per-frame series. `partial` is the static graph's.
+    /// names, normalized per edge by `model.profile_norm` (a tape input: no
+    /// gradient flows into them), or None for the literal per-frame series.
+    /// `partial` is the static graph's.
     fn node_profiles(&self, tape: &mut Tape, x: &Tensor, partial: Tensor) -> Result<Option<Var>> {
-        let (b, n) = (x.shape()[0], x.shape()[1]);
         let r = match self.cfg.node_features {
             NodeFeatures::Series => return Ok(None),
             NodeFeatures::Partial => partial,
-            NodeFeatures::Pearson => {
-                crate::ops::correlation::correlation_whole(tape.gpu, x)?.reshape(&[b, n, n])?
-            }
+            NodeFeatures::Pearson => self.pearson_profiles(tape.gpu, x)?,
         };
+        let r = self.normalize_profiles(tape.gpu, r)?;
         Ok(Some(tape.input(r)))
+    }
+
+    fn pearson_profiles(&self, gpu: &crate::gpu::Gpu, x: &Tensor) -> Result<Tensor> {
+        let (b, n) = (x.shape()[0], x.shape()[1]);
+        crate::ops::correlation::correlation_whole(gpu, x)?.reshape(&[b, n, n])
+    }
+
+    /// The connectivity profiles of crops x [B, N, T] before
+    /// `model.profile_norm` ([B, N, N]; None for `node_features = "series"`):
+    /// what the profile statistics are computed from.
+    pub fn raw_profiles(&self, gpu: &crate::gpu::Gpu, x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(match self.cfg.node_features {
+            NodeFeatures::Series => None,
+            NodeFeatures::Pearson => Some(self.pearson_profiles(gpu, x)?),
+            NodeFeatures::Partial => {
+                Some(partial_correlation::partial_correlation(gpu, x)?.partial)
+            }
+        })
+    }
+
+    /// The profiles the lift reads: `raw_profiles` normalized per edge.
+    pub fn profiles(&self, gpu: &crate::gpu::Gpu, x: &Tensor) -> Result<Option<Tensor>> {
+        self.raw_profiles(gpu, x)?
+            .map(|r| self.normalize_profiles(gpu, r))
+            .transpose()
+    }
+
+    /// (R + shift) ⊙ scale per edge, both [N, N] broadcast over the batch,
+    /// for `profile_norm = center | standardize`; R itself for `none`.
+    fn normalize_profiles(&self, gpu: &crate::gpu::Gpu, r: Tensor) -> Result<Tensor> {
+        if self.cfg.profile_norm == ProfileNorm::None {
+            return Ok(r);
+        }
+        let (b, n) = (r.shape()[0], r.shape()[1]);
+        let shift = self.params.buffer(params::PROFILE_NORM_SHIFT)?;
+        let scale = self.params.buffer(params::PROFILE_NORM_SCALE)?;
+        let shifted =
+            elementwise::bias_add(gpu, &r.reshape(&[b, n * n])?, &shift.reshape(&[n * n])?)?;
+        elementwise::mul_broadcast(gpu, &shifted, &scale.reshape(&[1, n * n])?, n * n, b)?
+            .reshape(&[b, n, n])
+    }
+
+    /// Sets the profile normalization's statistics: `mean` and `std` [N·N]
+    /// per edge (row-major), as the trainer computes them. `center` uses the
+    /// mean only; `standardize` divides by std, and an edge whose std is
+    /// at most 1e-6 (the Pearson diagonal, 1 up to rounding; a real edge
+    /// varies by 0.05 or more) becomes 0.
+    pub fn set_profile_statistics(
+        &self,
+        gpu: &crate::gpu::Gpu,
+        mean: &[f64],
+        std: &[f64],
+    ) -> Result<()> {
+        let n = self.dims.n_regions;
+        if self.cfg.profile_norm == ProfileNorm::None || mean.len() != n * n || std.len() != n * n {
+            return Err(GpuError::Shape {
+                op: "set_profile_statistics",
+                message: format!(
+                    "model.profile_norm = {:?} with {} regions cannot take statistics of {} and {} entries",
+                    self.cfg.profile_norm,
+                    n,
+                    mean.len(),
+                    std.len()
+                ),
+            });
+        }
+        let shift: Vec<f32> = mean.iter().map(|&m| -m as f32).collect();
+        let scale: Vec<f32> = std
+            .iter()
+            .map(|&s| match self.cfg.profile_norm {
+                ProfileNorm::Standardize if s > 1e-6 => (1.0 / s) as f32,
+                ProfileNorm::Standardize => 0.0,
+                _ => 1.0,
+            })
+            .collect();
+        gpu.write(self.params.buffer(params::PROFILE_NORM_SHIFT)?, &shift)?;
+        gpu.write(self.params.buffer(params::PROFILE_NORM_SCALE)?, &scale)
+    }
+
+    /// True when the model normalizes its profiles and its statistics are
+    /// still the initial identity (shift 0 and scale 1 everywhere): the
+    /// first phase that trains it sets them. Reads the two buffers back.
+    pub fn profile_statistics_unset(&self, gpu: &crate::gpu::Gpu) -> Result<bool> {
+        if self.cfg.profile_norm == ProfileNorm::None {
+            return Ok(false);
+        }
+        let shift = gpu.read(self.params.buffer(params::PROFILE_NORM_SHIFT)?)?;
+        let scale = gpu.read(self.params.buffer(params::PROFILE_NORM_SCALE)?)?;
+        Ok(shift.iter().all(|&v| v == 0.0) && scale.iter().all(|&v| v == 1.0))
     }
 
     /// One GCN branch on connectivity profiles r [B, N, N]: the lift

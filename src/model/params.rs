@@ -9,7 +9,7 @@ use rand_distr::{Distribution, Normal};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
 use crate::autograd::{ParamId, ParamStore};
-use crate::config::{Encoder, HeadNorm, ModelConfig, NodeFeatures, Norm};
+use crate::config::{Encoder, HeadNorm, ModelConfig, NodeFeatures, Norm, ProfileNorm};
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 
 /// Sizes that come from the data rather than the config.
@@ -237,17 +237,41 @@ pub const HEAD_NORM_MEAN: &str = "head_norm.running_mean";
 /// The running variance of the head's BatchNorm.
 pub const HEAD_NORM_VAR: &str = "head_norm.running_var";
 
+/// The shift of the connectivity profiles, −mean per edge [N, N]
+/// (`model.profile_norm`).
+pub const PROFILE_NORM_SHIFT: &str = "profile_norm.shift";
+/// The scale of the shifted profiles per edge [N, N]: 1 / std, or 1 for
+/// `center`.
+pub const PROFILE_NORM_SCALE: &str = "profile_norm.scale";
+
 /// Whether a weights tensor is a buffer (model state that is not a
 /// parameter: no gradient, no optimizer moments), by its name.
 pub fn is_buffer_name(name: &str) -> bool {
+    is_head_norm_buffer(name) || name == PROFILE_NORM_SHIFT || name == PROFILE_NORM_SCALE
+}
+
+fn is_head_norm_buffer(name: &str) -> bool {
     name == HEAD_NORM_MEAN || name == HEAD_NORM_VAR
 }
 
 /// (name, shape, initial value) of the model's state that is not a
-/// parameter: updated by the forward pass in training, never by the
-/// optimizer, saved with the weights. Drawn from no random number, so the
-/// parameters' initialization does not depend on it.
-fn buffer_layout(m: &ModelConfig) -> Vec<(String, Vec<usize>, f32)> {
+/// parameter, saved with the weights and never touched by the optimizer:
+/// the head BatchNorm's statistics (updated by the forward pass in
+/// training) and the profile normalization's (set once, before the first
+/// phase that trains the model; the initial shift 0 and scale 1 mean "not
+/// set yet"). Drawn from no random number, so the parameters'
+/// initialization does not depend on it.
+fn buffer_layout(m: &ModelConfig, d: DataDims) -> Vec<(String, Vec<usize>, f32)> {
+    let mut out = head_norm_buffers(m);
+    if m.profile_norm != ProfileNorm::None {
+        let n = d.n_regions;
+        out.push((PROFILE_NORM_SHIFT.into(), vec![n, n], 0.0));
+        out.push((PROFILE_NORM_SCALE.into(), vec![n, n], 1.0));
+    }
+    out
+}
+
+fn head_norm_buffers(m: &ModelConfig) -> Vec<(String, Vec<usize>, f32)> {
     match m.head_norm {
         HeadNorm::None => Vec::new(),
         // PyTorch's initial running statistics: mean 0, variance 1.
@@ -258,17 +282,21 @@ fn buffer_layout(m: &ModelConfig) -> Vec<(String, Vec<usize>, f32)> {
     }
 }
 
-/// `tensors` plus every buffer the config has that they lack, at its initial
-/// value. For fine-tuning from a pretraining checkpoint only: pretraining
-/// never updates the buffers (the head is not on its path), so a checkpoint
-/// pretrained with another `model.head_norm` still starts fine-tuning
-/// exactly where one pretrained with this config would. Buffers of
-/// another `head_norm` than this config's are dropped likewise.
+/// `tensors` plus every head-norm buffer the config has that they lack, at
+/// its initial value. For fine-tuning from a pretraining checkpoint only:
+/// pretraining never updates the head's statistics (the head is not on its
+/// path), so a checkpoint pretrained with another `model.head_norm` still
+/// starts fine-tuning exactly where one pretrained with this config would.
+/// Head-norm buffers of another `head_norm` than this config's are dropped
+/// likewise. The profile normalization's statistics are not filled in: the
+/// encoder was pretrained on profiles scaled by them (or not), so a
+/// checkpoint that lacks what the config asks for, or holds what it does
+/// not, is refused by [`Params::from_host`].
 pub fn with_initial_buffers(m: &ModelConfig, tensors: &[HostTensor]) -> Vec<HostTensor> {
-    let wanted = buffer_layout(m);
+    let wanted = head_norm_buffers(m);
     let mut out: Vec<HostTensor> = tensors
         .iter()
-        .filter(|t| !is_buffer_name(&t.name) || wanted.iter().any(|w| w.0 == t.name))
+        .filter(|t| !is_head_norm_buffer(&t.name) || wanted.iter().any(|w| w.0 == t.name))
         .cloned()
         .collect();
     for (name, shape, value) in wanted {
@@ -491,7 +519,7 @@ impl Params {
                 HostTensor { name, shape, data }
             })
             .collect::<Vec<_>>();
-        let buffers: Vec<HostTensor> = buffer_layout(m)
+        let buffers: Vec<HostTensor> = buffer_layout(m, d)
             .into_iter()
             .map(|(name, shape, value)| {
                 let len = shape.iter().product();
@@ -513,11 +541,11 @@ impl Params {
         d: DataDims,
         tensors: &[HostTensor],
     ) -> std::result::Result<Self, ParamsError> {
-        let buffer_names: Vec<String> = buffer_layout(m).into_iter().map(|b| b.0).collect();
+        let buffer_names: Vec<String> = buffer_layout(m, d).into_iter().map(|b| b.0).collect();
         let expected: Vec<(String, Vec<usize>)> = layout(m, d)
             .into_iter()
             .map(|(name, shape, _)| (name, shape))
-            .chain(buffer_layout(m).into_iter().map(|(n, s, _)| (n, s)))
+            .chain(buffer_layout(m, d).into_iter().map(|(n, s, _)| (n, s)))
             .collect();
         let mut ordered = Vec::with_capacity(expected.len());
         for (name, shape) in expected {

@@ -313,6 +313,19 @@ pub fn train_phase(
             losses = earlier.iter().map(|r| (r.step, r.loss)).collect();
         }
     }
+    // The profile normalization's statistics come from the scans of the
+    // first phase that trains the model; a resumed run, or a fine-tuning
+    // after pretraining, has them already (they are saved with the weights).
+    if resume.is_none() && model.profile_statistics_unset(gpu)? {
+        let (mean, std) = profile_statistics(gpu, model, dataset, scans, cfg)?;
+        model.set_profile_statistics(gpu, &mean, &std)?;
+        log::info!(
+            "{}: profile statistics ({:?}) from the evaluation crops of {} scans",
+            phase.name(),
+            cfg.model.profile_norm,
+            scans.len()
+        );
+    }
     let finetune_objective = FinetuneObjective::from_config(cfg);
     let objective = PretrainObjective::from_config(cfg);
     // Early stopping (fine-tuning only) keeps the best epoch's weights on
@@ -704,6 +717,53 @@ fn crop_embeddings(
         out.scan_of_row.extend_from_slice(&host.scan_index);
     }
     Ok(out)
+}
+
+/// The statistics of `model.profile_norm`: per edge (i, j), the mean and
+/// the standard deviation (divisor n) of the raw connectivity profile R_ij
+/// over the K evaluation crops (`finetune.eval_crops`, evenly spaced, so
+/// no random draw) of every scan in `scans`, accumulated in f64.
+pub fn profile_statistics(
+    gpu: &Gpu,
+    model: &Model,
+    dataset: &Arc<Dataset>,
+    scans: &[usize],
+    cfg: &Config,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let n = model.dims.n_regions;
+    let (mut sum, mut squares, mut crops) = (vec![0.0f64; n * n], vec![0.0f64; n * n], 0usize);
+    let batcher = batcher(cfg, Phase::Finetune);
+    let mut uploader = BatchUploader::new();
+    let plan = batcher.evaluation_plan(dataset, scans);
+    for host in batcher.prefetch(dataset.clone(), plan) {
+        let batch = uploader.upload(gpu, &host)?;
+        let Some(r) = model.raw_profiles(gpu, &batch.x)? else {
+            return Err(TrainError::Invalid(
+                "model.profile_norm needs connectivity profiles (model.node_features = \"pearson\" or \"partial\")".into(),
+            ));
+        };
+        // A short last batch's rows past its crops are padding.
+        for profile in gpu.read(&r)?.chunks(n * n).take(host.scan_index.len()) {
+            crops += 1;
+            for ((s, q), &v) in sum.iter_mut().zip(&mut squares).zip(profile) {
+                *s += v as f64;
+                *q += v as f64 * v as f64;
+            }
+        }
+    }
+    if crops == 0 {
+        return Err(TrainError::Invalid(format!(
+            "model.profile_norm: no evaluation crop could be formed from {} scans",
+            scans.len()
+        )));
+    }
+    let mean: Vec<f64> = sum.iter().map(|s| s / crops as f64).collect();
+    let std = squares
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| (q / crops as f64 - m * m).max(0.0).sqrt())
+        .collect();
+    Ok((mean, std))
 }
 
 /// Crops per head pass in [`scan_outputs_from`]: bounds the upload.
