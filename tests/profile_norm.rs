@@ -23,7 +23,7 @@ use stptf::train::trainer::{profile_statistics, train_phase, Phase, RunOptions};
 const CROP: usize = 16;
 const EVAL_CROPS: usize = 3;
 
-fn model_config(regions_norm: ProfileNorm) -> ModelConfig {
+fn model_config(norm: ProfileNorm) -> ModelConfig {
     ModelConfig {
         crop: CROP,
         node_channels: 4,
@@ -35,7 +35,7 @@ fn model_config(regions_norm: ProfileNorm) -> ModelConfig {
         qk_dim: 4,
         proj_dim: 8,
         node_features: NodeFeatures::Pearson,
-        profile_norm: regions_norm,
+        profile_norm: norm,
         ..ModelConfig::default()
     }
 }
